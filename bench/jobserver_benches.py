@@ -1,0 +1,90 @@
+"""jobserver's side of the log-throughput and spawn-rate benchmarks.
+
+Each function starts its own JobserverServer, runs once, returns a number and
+stops the server; until jobserver can run them they raise TargetUnavailable,
+whose message the suite prints as the skip reason.
+
+- log_throughput: one `bench-seq` job (`seq N`, held until its go file
+  exists) streamed to one logs-dialect subscriber; lines/s from go to the
+  later of the job's end and the last line received; every line must arrive
+  and be persisted (`GET /api/v1/jobs/{id}/logs`), else it raises.
+- spawn_rate: N `bench-true` jobs submitted one after another on one
+  keep-alive connection, jobs/s until the last one is SUCCEEDED.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from http.client import HTTPConnection
+from urllib.parse import urlsplit
+
+from .jobserver_target import JobserverServer
+from .loadgen import LoadClient
+from .procs import http
+from .targets import TargetUnavailable
+
+LOG_TIMEOUT = 300.0
+SPAWN_TIMEOUT = 300.0
+# A log message of the logs dialect, whatever the server's JSON spacing.
+LOG_MARKER = '"log"'
+
+
+def log_throughput(lines: int = 2_000_000) -> float:
+    server = JobserverServer()
+    try:
+        server.start()
+        go = server.dir / "go-seq"
+        job_id = server.submit("bench-seq", {"count": lines, "go_file": str(go)})
+        with LoadClient(workers=1) as client:
+            ready = client.connect(server.logs_url(job_id), 1, timeout=30)
+            if ready.ready != 1:
+                raise TargetUnavailable(f"logs subscriber did not get in: {ready.errors}")
+            client.go(expect=lines, latency=False, timeout=LOG_TIMEOUT, marker=LOG_MARKER)
+            start_ns = time.time_ns()
+            go.touch()
+            job = server.wait_finished(job_id, LOG_TIMEOUT)
+            job_end_ns = time.time_ns()
+            got = client.wait()
+        seconds = (max(job_end_ns, got.last_ns) - start_ns) / 1e9
+        if job["status"] != "SUCCEEDED":
+            raise RuntimeError(f"bench-seq job ended {job['status']}")
+        status, text = http("GET", f"{server.url}/api/v1/jobs/{job_id}/logs",
+                            token=server.token, timeout=LOG_TIMEOUT)
+        persisted = len(text.splitlines()) if status == 200 and isinstance(text, str) else -1
+        if got.total != lines or persisted != lines:
+            raise RuntimeError(f"lines lost: {lines} printed, {got.total} delivered, "
+                               f"{persisted} persisted")
+        return lines / seconds
+    finally:
+        server.stop()
+
+
+def spawn_rate(count: int = 2000, slots: int = 2) -> float:
+    server = JobserverServer(slots=slots)
+    try:
+        server.start()
+        parts = urlsplit(server.url)
+        conn = HTTPConnection(parts.hostname or "127.0.0.1", parts.port,
+                                          timeout=30)
+        headers = {"Authorization": f"Bearer {server.token}",
+                   "Content-Type": "application/json"}
+        body = json.dumps({"template": "bench-true", "params": {}})
+        ids = []
+        start = time.monotonic()
+        for _ in range(count):
+            conn.request("POST", "/api/v1/jobs", body=body, headers=headers)
+            response = conn.getresponse()
+            reply = response.read()
+            if response.status != 201:
+                raise TargetUnavailable(f"POST /api/v1/jobs answered {response.status}")
+            ids.append(json.loads(reply)["id"])
+        conn.close()
+        for job_id in ids:
+            left = SPAWN_TIMEOUT - (time.monotonic() - start)
+            job = server.wait_finished(job_id, max(left, 0.0))
+            if job["status"] != "SUCCEEDED":
+                raise RuntimeError(f"bench-true job {job_id} ended {job['status']}")
+        return count / (time.monotonic() - start)
+    finally:
+        server.stop()

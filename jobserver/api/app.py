@@ -1,0 +1,166 @@
+"""The Quart-Trio application: routes, error rendering, health and metrics.
+
+Rules: `create_app` is handed the running services; the app keeps no globals
+and starts no background work. Every error a client can cause is rendered
+here, the one place errors meet the wire: native JSON `{"code", "message"
+[, "field"]}`, or an RFC 7807 problem under the jobs dialect's /api/jobs. An
+unexpected exception is logged (path only, never the query or a token) and
+shown as a plain 500. Every request has a correlation id (X-Correlation-ID,
+taken or made) echoed in the response.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+from typing import Any
+
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from ..dialects.jobs import problem
+from ..errors import JobserverError
+from .common import Services, services
+from .jobs_dialect import jobs_api
+from .native import native
+from .openapi import openapi_document
+from .page import page
+
+log = logging.getLogger("jobserver.http")
+
+
+def create_app(svc: Services) -> QuartTrio:
+    app = QuartTrio("jobserver")
+    app.config["MAX_CONTENT_LENGTH"] = svc.config.max_body_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["jobserver"] = svc
+    app.register_blueprint(native)
+    app.register_blueprint(jobs_api)
+    app.register_blueprint(page)
+    app.register_error_handler(JobserverError, _jobserver_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+    app.before_request(_correlation_id)
+    app.after_request(_correlation_header)
+    app.add_url_rule("/healthz", view_func=healthz)
+    app.add_url_rule("/metrics", view_func=metrics)
+    app.add_url_rule("/openapi.json", view_func=openapi)
+    return app
+
+
+_CORRELATION = re.compile(r"^[\x21-\x7e]{1,128}$")
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
+           422: "Unprocessable Entity", 500: "Internal Server Error",
+           503: "Service Unavailable"}
+
+
+def correlation_id() -> str:
+    cid: str | None = getattr(g, "correlation_id", None)
+    return cid or uuid.uuid4().hex
+
+
+async def _correlation_id() -> None:
+    given = request.headers.get("X-Correlation-ID", "")
+    g.correlation_id = given if _CORRELATION.match(given) else uuid.uuid4().hex
+    g.trace_id = secrets.token_hex(7).upper()
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
+    if request.path == "/api/jobs" or request.path.startswith("/api/jobs/"):
+        doc = problem(status, _TITLES.get(status, "Error"), message,
+                      correlation_id=correlation_id(),
+                      trace_id=getattr(g, "trace_id", "") or secrets.token_hex(7).upper(),
+                      kind=code, extra={"field": field} if field else None)
+        response = Response(_json(doc), status=status, mimetype="application/problem+json")
+    else:
+        body: dict[str, Any] = {"code": code, "message": message}
+        if field is not None:
+            body["field"] = field
+        response = Response(_json(body), status=status, mimetype="application/json")
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _json(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"))
+
+
+async def _jobserver_error(exc: JobserverError) -> Response:
+    return error_response(exc.status_hint, exc.code, exc.message, exc.field)
+
+
+async def _http_error(exc: HTTPException) -> Response:
+    code = (exc.name or "error").lower().replace(" ", "_")
+    return error_response(exc.code or 500, code, exc.description or exc.name or "error")
+
+
+async def _unexpected(exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal", "internal server error")
+
+
+async def _correlation_header(response: Response) -> Response:
+    response.headers["X-Correlation-ID"] = correlation_id()
+    return response
+
+
+async def healthz() -> dict[str, Any]:
+    svc = services()
+    return {
+        "status": "ok" if svc.engine.accepting else "stopping",
+        "uptime_seconds": round(time.time() - svc.started_at, 3),
+        "running": svc.supervisor.running,
+        "queued": len(svc.engine.queued_ids()),
+    }
+
+
+async def openapi() -> dict[str, Any]:
+    return openapi_document(services().config)
+
+
+async def metrics() -> Response:
+    svc = services()
+    hub, store = svc.engine.hub.statistics(), svc.engine.store.statistics()
+    lines = [
+        "# HELP jobserver_jobs_running Jobs running now.",
+        "# TYPE jobserver_jobs_running gauge",
+        f"jobserver_jobs_running {svc.supervisor.running}",
+        "# HELP jobserver_jobs_queued Jobs waiting for a slot.",
+        "# TYPE jobserver_jobs_queued gauge",
+        f"jobserver_jobs_queued {len(svc.engine.queued_ids())}",
+        "# HELP jobserver_slots Configured concurrent job slots.",
+        "# TYPE jobserver_slots gauge",
+        f"jobserver_slots {svc.config.slots}",
+        "# HELP jobserver_events_published_total Events published to the hub.",
+        "# TYPE jobserver_events_published_total counter",
+        f"jobserver_events_published_total {hub.published}",
+        "# HELP jobserver_hub_subscribers Subscribers attached to the hub.",
+        "# TYPE jobserver_hub_subscribers gauge",
+        f"jobserver_hub_subscribers {hub.subscribers}",
+        "# HELP jobserver_store_committed_events_total Events committed to the store.",
+        "# TYPE jobserver_store_committed_events_total counter",
+        f"jobserver_store_committed_events_total {store.committed_events}",
+        "# HELP jobserver_store_commits_total Group commits.",
+        "# TYPE jobserver_store_commits_total counter",
+        f"jobserver_store_commits_total {store.commits}",
+        "# HELP jobserver_store_pending_events Events queued for the store.",
+        "# TYPE jobserver_store_pending_events gauge",
+        f"jobserver_store_pending_events {store.pending}",
+    ]
+    if svc.stream_stats is not None:
+        for name, value in _stream_metrics(svc.stream_stats()):
+            lines += [f"# TYPE jobserver_stream_{name} gauge", f"jobserver_stream_{name} {value}"]
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+
+
+def _stream_metrics(stats: Any) -> list[tuple[str, int | float]]:
+    fields = getattr(stats, "__dataclass_fields__", {})
+    return [(name, getattr(stats, name)) for name in fields
+            if isinstance(getattr(stats, name), (int, float))]

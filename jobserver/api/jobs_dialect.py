@@ -1,0 +1,224 @@
+"""The jobs dialect's REST half: /api/jobs (specs/dialect-jobs-sse.md).
+
+Rules: bodies map onto templates (a preset is a template; the legacy
+brief/planSpec/voiceSpec/renderSpec body goes to `config.legacy_template`,
+handed to the process as a JSON file, JOBSERVER_INPUT_FILE, and on stdin when
+the template says `stdin_input`; never through a shell). Errors are RFC 7807
+problems, rendered by app.py for every /api/jobs path; a bad param is named as
+the client sent it (`inputs.X`, `options.X`). Auth: `dialect.authorize`, shared
+with the event stream, which the data plane serves (dataplane/routes.py,
+`JobsEventsSession`), on a fresh connection or through its ASGI fallback. A
+retry is a new job linked to the old one (`retry_of`, `attempt`), resuming
+where a `resumable` template allows.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from quart import Blueprint, Response, g, request
+
+from ..auth import Principal
+from ..core.ids import JobId
+from ..core.job import Job
+from ..core.states import Status
+from ..dialects import jobs as dialect
+from ..engine import Submission
+from ..errors import Conflict, NotFound, ValidationFailed
+from .common import bearer_token, json_body, services
+
+jobs_api = Blueprint("jobs_dialect", __name__)
+
+LEGACY_KEYS = ("brief", "planSpec", "voiceSpec", "renderSpec")
+SUGGESTED_ACTIONS = [
+    "Re-generate with different TTS provider if narration failed",
+    "Use software encoder (x264) if hardware encoding failed",
+    "Check FFmpeg installation if render failed",
+    "Verify input files are valid if validation failed",
+]
+
+# The watch page: static, so nothing from the request is ever written into it.
+# `?token=` on the page's URL is handed on to the stream's (EventSource sends no
+# headers). Each event becomes an <li> in arrival order; the page's state is on
+# <body data-state>: "open", then "done" after job-completed / job-failed.
+WATCH_SCRIPT = """
+const id = location.pathname.split("/")[2];
+const token = new URLSearchParams(location.search).get("token");
+const url = `/api/jobs/${encodeURIComponent(id)}/events` +
+  (token ? `?token=${encodeURIComponent(token)}` : "");
+document.getElementById("title").textContent = `job ${id}`;
+const list = document.getElementById("events");
+const source = new EventSource(url);
+source.onopen = () => { document.body.dataset.state = "open"; };
+source.onerror = () => {
+  document.body.dataset.errors = String(Number(document.body.dataset.errors || 0) + 1);
+};
+for (const name of ["job-status", "step-status", "step-progress", "step-error",
+                    "job-completed", "job-failed"]) {
+  source.addEventListener(name, (e) => {
+    const li = document.createElement("li");
+    li.dataset.id = e.lastEventId;
+    li.dataset.event = name;
+    li.textContent = e.data;
+    list.appendChild(li);
+    if (name === "job-completed" || name === "job-failed") {
+      source.close();
+      document.body.dataset.state = "done";
+      document.title = JSON.parse(e.data).status;
+    }
+  });
+}
+"""
+WATCH_PAGE = ("""<!doctype html>
+<html><head><meta charset="utf-8"><title>job</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em}li{font-family:monospace}</style>
+</head><body data-state="connecting"><h1 id="title">job</h1><ol id="events"></ol>
+<script>""" + WATCH_SCRIPT + "</script></body></html>\n")
+# Only the page's own script runs (allowed by its hash); it may talk to this origin.
+WATCH_PAGE_CSP = ("default-src 'self'; style-src 'unsafe-inline'; script-src 'sha256-"
+                  + base64.b64encode(hashlib.sha256(WATCH_SCRIPT.encode()).digest()).decode()
+                  + "'")
+
+
+def principal() -> Principal:
+    svc = services()
+    return dialect.authorize(svc.keyring, svc.config, bearer=bearer_token(),
+                             query_token=request.args.get("token"), peer=request.remote_addr)
+
+
+def _job_id(text: str) -> JobId:
+    job_id = dialect.parse_jobs_id(text)
+    if job_id is None:
+        raise NotFound(f"Job {text[:80]} not found", code="job_not_found")
+    return job_id
+
+
+def _legacy(body: dict[str, Any]) -> Submission:
+    for key in LEGACY_KEYS:
+        if key in body and not isinstance(body[key], dict):
+            raise ValidationFailed(f"{key} must be an object", field=key)
+    topic = (body.get("brief") or {}).get("topic")
+    if not isinstance(topic, str) or not topic.strip():
+        raise ValidationFailed("brief.topic is required", field="brief.topic")
+    return Submission(template=services().config.legacy_template,
+                      correlation_id=g.correlation_id, input=body)
+
+
+def _submission(body: dict[str, Any]) -> Submission:
+    if any(key in body for key in LEGACY_KEYS):
+        return _legacy(body)
+    preset = body.get("preset", "default")
+    inputs, options = _object(body, "inputs"), _object(body, "options")
+    if not isinstance(preset, str):
+        raise ValidationFailed("preset must be a string", field="preset")
+    template = services().config.templates.get(preset)
+    declared = {p.name for p in template.params} if template is not None else set()
+    # Options the preset declares as params are passed on; the rest are hints.
+    params = {**{k: v for k, v in options.items() if k in declared}, **inputs}
+    return Submission(template=preset, params=params, correlation_id=g.correlation_id,
+                      input=body)
+
+
+def _object(body: dict[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationFailed(f"{key} must be an object", field=key)
+    return value
+
+
+async def _submit(who: Principal, sub: Submission, body: dict[str, Any]) -> Job:
+    """Submit; a bad param is named as the client sent it (inputs.X / options.X)."""
+    try:
+        return await services().engine.submit(who, sub)
+    except ValidationFailed as exc:
+        if exc.field == "template":
+            exc.field = "preset"
+        elif exc.field and exc.field.startswith("params."):
+            name = exc.field.removeprefix("params.")
+            exc.field = f"inputs.{name}" if name in (body.get("inputs") or {}) else \
+                f"options.{name}"
+        raise
+
+
+@jobs_api.post("/api/jobs")
+async def create_job() -> tuple[dict[str, Any], int]:
+    who = principal()
+    body = await json_body()
+    job = await _submit(who, _submission(body), body)
+    return {"jobId": job.id, "correlationId": job.correlation_id, "status": "Queued",
+            "stage": dialect.stage(job)}, 202
+
+
+@jobs_api.get("/api/jobs/<job_id>")
+async def get_job(job_id: str) -> dict[str, Any]:
+    engine = services().engine
+    job = await engine.get(principal(), _job_id(job_id))
+    return dialect.job_document(job, now=engine.now())
+
+
+@jobs_api.get("/jobs/<job_id>/watch")
+async def watch_page(job_id: str) -> Response:
+    """A page that follows a job with the browser's own EventSource (same origin, so
+    no CORS: the stream never has to be readable from other sites' pages)."""
+    response = Response(WATCH_PAGE, mimetype="text/html; charset=utf-8")
+    response.headers["Content-Security-Policy"] = WATCH_PAGE_CSP
+    return response
+
+
+@jobs_api.post("/api/jobs/<job_id>/cancel")
+async def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
+    engine = services().engine
+    who = principal()
+    job = await engine.get(who, _job_id(job_id))
+    before = dialect.STATUS_NAMES[job.status]
+    if job.status.terminal:
+        raise Conflict(f"Job is already {before}", code="job_finished")
+    await engine.cancel(who, job.id)
+    return {"jobId": job.id, "message": "Job cancellation requested", "currentStatus": before,
+            "correlationId": g.correlation_id}, 202
+
+
+@jobs_api.post("/api/jobs/<job_id>/retry")
+async def retry_job(job_id: str) -> tuple[dict[str, Any], int]:
+    engine = services().engine
+    who = principal()
+    job = await engine.get(who, _job_id(job_id))
+    strategy = request.args.get("strategy", "manual")[:64]
+    if job.status not in (Status.FAILED, Status.CANCELLED):
+        raise Conflict(f"Only failed or cancelled jobs can be retried; this one is "
+                       f"{dialect.STATUS_NAMES[job.status]}", code="not_retryable")
+    resume = _resume_index(job)
+    # The new attempt belongs to the job's owner (an admin may retry it for them).
+    owner = Principal(job.owner, who.role)
+    retry = await engine.submit(owner, Submission(
+        template=job.template, params=dict(job.params), correlation_id=g.correlation_id,
+        retry_of=job.id, attempt=job.attempt + 1, input=job.input, resume_from=resume))
+    resumed = f", resuming at step {job.steps[resume].name}" if resume else ""
+    return {
+        "jobId": job.id,
+        "currentStatus": dialect.STATUS_NAMES[job.status],
+        "currentStage": dialect.stage(job),
+        "strategy": strategy,
+        "message": f"Retry queued as job {retry.id} (attempt {retry.attempt}{resumed}).",
+        "suggestedActions": SUGGESTED_ACTIONS,
+        "correlationId": g.correlation_id,
+        "newJobId": retry.id,
+        "attempt": retry.attempt,
+        "resumeFromStep": job.steps[resume].name if job.steps else None,
+    }, 202
+
+
+def _resume_index(job: Job) -> int:
+    """Where a retry starts: at the first step that did not get done, when the
+    template is `resumable`; steps done before it (Succeeded, or Skipped) are skipped."""
+    template = services().config.templates.get(job.template)
+    if template is None or not template.resumable:
+        return 0
+    for index, step in enumerate(job.steps):
+        if step.status not in ("Succeeded", "Skipped"):
+            return index
+    return 0

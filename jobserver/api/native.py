@@ -1,0 +1,161 @@
+"""The native REST API under /api/v1 (JSON in, JSON out).
+
+Rules: every route authenticates first; another user's job is a 404; errors
+are raised as the `errors` tree and rendered in one place (app.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Blueprint, Response, g, request
+
+from ..core import events as ev
+from ..core.job import Job
+from ..core.states import Status
+from ..core.timefmt import iso_ms
+from ..engine import Submission
+from ..errors import ValidationFailed
+from ..store import JobFilter
+from .common import authenticate, job_id_arg, json_body, services
+
+native = Blueprint("native", __name__)
+
+MAX_PAGE = 500
+EVENTS_PAGE = 1000
+LOG_PAGE = 5000
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    out = job.to_dict()
+    for key in ("created_at", "started_at", "completed_at"):
+        out[key] = iso_ms(out[key])
+    for step in out["steps"]:
+        step["started_at"] = iso_ms(step["started_at"])
+        step["completed_at"] = iso_ms(step["completed_at"])
+    return out
+
+
+def event_view(event: ev.Event) -> dict[str, Any]:
+    return {"seq": event.seq, "type": event.TYPE, "ts": iso_ms(event.ts), **ev.to_data(event)}
+
+
+def _int_arg(name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed(f"{name} must be an integer", field=name) from None
+    if not low <= value <= high:
+        raise ValidationFailed(f"{name} must be between {low} and {high}", field=name)
+    return value
+
+
+@native.post("/api/v1/jobs")
+async def submit_job() -> tuple[dict[str, Any], int]:
+    principal = authenticate()
+    body = await json_body()
+    unknown = set(body) - {"template", "params", "command"}
+    if unknown:
+        raise ValidationFailed(f"unknown field {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
+    params = body.get("params", {})
+    if not isinstance(params, dict):
+        raise ValidationFailed("params must be an object", field="params")
+    template, command = body.get("template"), body.get("command")
+    if template is not None and not isinstance(template, str):
+        raise ValidationFailed("template must be a string", field="template")
+    if (template is None) == (command is None):
+        raise ValidationFailed("give exactly one of template and command", field="template")
+    job = await services().engine.submit(principal, Submission(
+        template=template, command=command, params=params,
+        correlation_id=g.correlation_id))
+    return job_view(job), 201
+
+
+@native.get("/api/v1/jobs")
+async def list_jobs() -> dict[str, Any]:
+    principal = authenticate()
+    status = request.args.get("status") or None
+    if status is not None and status.upper() not in Status.__members__:
+        raise ValidationFailed(f"status must be one of {', '.join(Status)}", field="status")
+    query = JobFilter(
+        owner=request.args.get("owner") or None,
+        status=Status(status.upper()) if status else None,
+        template=request.args.get("template") or None,
+        limit=_int_arg("limit", 50, low=1, high=MAX_PAGE),
+        cursor=request.args.get("cursor") or None,
+    )
+    jobs, cursor = await services().engine.list(principal, query)
+    return {"jobs": [job_view(j) for j in jobs], "next_cursor": cursor}
+
+
+@native.get("/api/v1/jobs/<job_id>")
+async def get_job(job_id: str) -> dict[str, Any]:
+    principal = authenticate()
+    return job_view(await services().engine.get(principal, job_id_arg(job_id)))
+
+
+@native.post("/api/v1/jobs/<job_id>/cancel")
+async def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
+    principal = authenticate()
+    job = await services().engine.cancel(principal, job_id_arg(job_id))
+    return job_view(job), 202
+
+
+@native.delete("/api/v1/jobs/<job_id>")
+async def delete_job(job_id: str) -> tuple[str, int]:
+    principal = authenticate()
+    await services().engine.delete(principal, job_id_arg(job_id))
+    return "", 204
+
+
+@native.get("/api/v1/jobs/<job_id>/events")
+async def job_events(job_id: str) -> dict[str, Any]:
+    principal = authenticate()
+    engine = services().engine
+    job = await engine.get(principal, job_id_arg(job_id))
+    after = _int_arg("after", 0, low=0, high=2**62)
+    limit = _int_arg("limit", EVENTS_PAGE, low=1, high=EVENTS_PAGE)
+    await engine.store.wait_flushed()
+    events = await engine.store.events_after(job.id, after, limit=limit)
+    next_after = events[-1].seq if len(events) == limit else None
+    return {"events": [event_view(e) for e in events], "next_after": next_after,
+            "status": job.status.value}
+
+
+@native.get("/api/v1/jobs/<job_id>/logs")
+async def job_logs(job_id: str) -> Response:
+    """The whole log as plain text, `[stream] line` when ?streams=1."""
+    principal = authenticate()
+    engine = services().engine
+    job = await engine.get(principal, job_id_arg(job_id))
+    only = request.args.get("stream")
+    tagged = request.args.get("streams") in ("1", "true")
+
+    async def lines() -> AsyncIterator[bytes]:
+        await engine.store.wait_flushed()
+        after = 0
+        while True:
+            events = await engine.store.events_after(job.id, after, limit=LOG_PAGE)
+            if not events:
+                return
+            after = events[-1].seq
+            chunk = [
+                (f"[{e.stream}] {e.line}\n" if tagged else f"{e.line}\n")
+                for e in events
+                if type(e) is ev.Log and (only is None or e.stream == only)
+            ]
+            if chunk:
+                yield "".join(chunk).encode("utf-8", "replace")
+
+    return Response(lines(), mimetype="text/plain; charset=utf-8")
+
+
+@native.get("/api/v1/templates")
+async def list_templates() -> dict[str, Any]:
+    principal = authenticate()
+    templates = services().config.templates.values()
+    return {"templates": [t.describe() for t in templates if principal.role in t.roles]}

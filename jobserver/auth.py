@@ -1,0 +1,109 @@
+"""JWT keys and principals.
+
+Rules: keys live in a server-side ring `{kid: Key(alg, key, purpose)}`; the
+algorithm used to verify is the key's own, never read from the token; `exp`,
+`iat` and `sub` are required (pyjwt would accept a token without `exp`); the
+role claim is `admin` or `user`. Key files are created once in the data
+directory with mode 0600 and reused. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from .core.ids import UserId
+from .errors import Unauthenticated
+
+ROLES = ("admin", "user")
+LEEWAY_SECONDS = 10
+DEFAULT_TTL = 24 * 3600
+API_KEY_ID = "api-1"
+MAX_TOKEN_LENGTH = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    sub: UserId
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    alg: str
+    key: bytes
+    purpose: str
+
+
+class KeyRing:
+    def __init__(self, keys: dict[str, Key], *, default_kid: str) -> None:
+        self._keys = dict(keys)
+        self._default = default_kid
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> KeyRing:
+        secret = read_or_create_secret(data_dir / "signing.key", lambda: secrets.token_bytes(32))
+        return cls({API_KEY_ID: Key("HS256", secret, "api")}, default_kid=API_KEY_ID)
+
+    def issue(self, sub: str, role: str, *, ttl: float = DEFAULT_TTL, now: float | None = None,
+              extra: dict[str, Any] | None = None) -> str:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        key = self._keys[self._default]
+        issued = int(time.time() if now is None else now)
+        claims: dict[str, Any] = {"sub": sub, "role": role, "iat": issued, "exp": issued + int(ttl)}
+        if extra:
+            claims.update(extra)
+        return jwt.encode(claims, key.key, algorithm=key.alg, headers={"kid": self._default})
+
+    def verify(self, token: str, *, purpose: str = "api") -> Principal:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthenticated("missing or malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+            kid = header.get("kid", self._default)
+            key = self._keys.get(kid) if isinstance(kid, str) else None
+            if key is None or key.purpose != purpose:
+                raise Unauthenticated("token signed with an unknown key")
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.alg],
+                options={"require": ["exp", "iat", "sub"]},
+                leeway=LEEWAY_SECONDS,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("token expired", code="token_expired") from None
+        except jwt.PyJWTError:
+            raise Unauthenticated("invalid token") from None
+        sub, role = claims.get("sub"), claims.get("role", "user")
+        if not isinstance(sub, str) or not sub or role not in ROLES:
+            raise Unauthenticated("invalid token claims")
+        return Principal(UserId(sub), role)
+
+
+def read_or_create_secret(path: Path, make: Any) -> bytes:
+    """The file's bytes; created 0600 with `make()` when it doesn't exist yet."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data: bytes = make()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return data

@@ -1,0 +1,135 @@
+"""The server's settings: one frozen Config, from defaults < TOML < env < flags.
+
+Rules: `load_config` is the only place that reads the config file and the
+`JOBSERVER_*` environment; everything else is handed a Config. A setting's
+name is the same in all three sources (`port` = `[server] port` =
+`JOBSERVER_PORT` = `--port`). Bad settings raise ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .core.templates import Template, TemplateError, parse_template
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("jobserver-data")
+    config_file: Path | None = None
+    # Jobs run at once; the rest wait QUEUED in FIFO order.
+    slots: int = 4
+    allow_adhoc: bool = True
+    kill_grace: float = 5.0
+    max_line_bytes: int = 65536
+    max_body_bytes: int = 1024 * 1024
+    log_snippet_lines: int = 20
+    # Streaming.
+    ws_max_message_bytes: int = 65536
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    handshake_timeout: float = 10.0
+    sse_heartbeat: float = 15.0
+    # A subscriber further behind than this many events leaves the live path.
+    max_lag_events: int = 10000
+    # Extra allowed WebSocket origins; same host and localhost always are.
+    allowed_origins: tuple[str, ...] = ()
+    # The jobs dialect.
+    legacy_template: str = "render-legacy"
+    anonymous_loopback: bool = False
+    anonymous_user: str = "local"
+    templates: Mapping[str, Template] = field(default_factory=dict)
+
+
+_SERVER_KEYS = {f.name: f for f in dataclasses.fields(Config) if f.name != "templates"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = getattr(Config(), name)
+    try:
+        if name in ("data_dir", "config_file"):
+            return Path(value)
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name!r}: bad value {value!r}") from None
+
+
+def example_config_text() -> str:
+    return resources.files("jobserver").joinpath("examples/templates.toml").read_text("utf-8")
+
+
+def load_templates(doc: Mapping[str, Any]) -> dict[str, Template]:
+    out: dict[str, Template] = {}
+    for name, table in dict(doc.get("templates", {})).items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"templates.{name} must be a table")
+        try:
+            out[name] = parse_template(name, table)
+        except TemplateError as exc:
+            raise ConfigError(str(exc)) from None
+    return out
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Build the Config. `flags` holds command-line values (None = not given)."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = os.environ if environ is None else environ
+    env = {
+        name: environ[f"JOBSERVER_{name.upper()}"]
+        for name in _SERVER_KEYS
+        if f"JOBSERVER_{name.upper()}" in environ
+    }
+    config_file = flags.get("config_file") or env.get("config_file")
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            doc = tomllib.loads(path.read_text("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    else:
+        doc = tomllib.loads(example_config_text())
+    settings: dict[str, Any] = {}
+    for source in (dict(doc.get("server", {})), env, flags):
+        for name, value in source.items():
+            if name not in _SERVER_KEYS:
+                raise ConfigError(f"unknown setting {name!r}")
+            settings[name] = _coerce(name, value)
+    if config_file is not None:
+        settings["config_file"] = Path(config_file)
+    config = Config(**settings, templates=load_templates(doc))
+    if not 0 <= config.port <= 65535:
+        raise ConfigError("setting 'port': must be 0..65535")
+    if config.slots < 1:
+        raise ConfigError("setting 'slots': must be at least 1")
+    return config

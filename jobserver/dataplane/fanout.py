@@ -1,0 +1,292 @@
+"""Direct-write fan-out: one encoding per event, the same bytes to every socket.
+
+A `Channel` is one topic rendered by one renderer variant in one encoding
+(WebSocket frames or SSE chunks). It is the hub's subscriber: `deliver` renders
+and encodes a batch once, then hands the joined bytes to every live `Member`,
+whose outbox sends them straight into its socket (or queues them behind a
+backlog). The publisher never awaits and nothing is copied per subscriber.
+
+A member is *live* (in the channel's live set, fed by `deliver`) or *catching
+up* (fed from the store by its connection's writer task). Every member starts
+catching up, and so does a live member whose outbox passes its bound
+(`max_lag` events or outbox.MAX_BACKLOG_BYTES): it leaves the live set at once,
+keeping what it has queued, and its writer reads on from the store by seq.
+Catching up is engine.Follower's method: join the channel's pending set first
+(a bounded buffer of raw events, dropped whole on overflow), then
+`wait_flushed` and `events_after(cursor)`, page by page, then the buffer,
+deduplicated by seq; the member goes live only when the channel has published
+exactly up to its cursor, checked and done with no await in between. So a
+member never misses, repeats or reorders an event, and a slow one holds at
+most its bounded backlog plus one page.
+
+Renderers are deterministic in the topic's history (dialects/__init__.py), so
+`FrameCache` can keep each event's encoding by (channel key, seq), and members
+catching up over the same history share it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
+
+import trio
+
+from ..core.events import Event
+from ..core.ids import JobId
+from ..dialects import Follow, Renderer
+from ..store import Store
+from .outbox import Outbox
+from .wire import Encoder
+
+# Events one store read of a catch-up returns (engine.REPLAY_PAGE's reason:
+# a page of typical lines is a few hundred KB, sent before the next is read).
+REPLAY_PAGE = 2000
+# Encoded events the frame cache keeps, and their bytes at most.
+FRAME_CACHE_ENTRIES = 8192
+FRAME_CACHE_BYTES = 8 * 1024 * 1024
+
+ChannelKey = tuple[JobId, Hashable, str]  # (topic, renderer key, encoding)
+
+
+class Sink(Protocol):
+    """A connection's side of its members: where their bytes go, and its writer."""
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    def wake(self) -> None:
+        """Tell the connection's writer task there is work (a lag, an end, a backlog)."""
+
+
+class FrameCache:
+    """Encoded bytes of recently rendered events by (channel key, seq); FIFO, bounded."""
+
+    def __init__(self, *, max_entries: int = FRAME_CACHE_ENTRIES,
+                 max_bytes: int = FRAME_CACHE_BYTES) -> None:
+        self._entries: dict[tuple[ChannelKey, int], tuple[bytes, bool]] = {}
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[ChannelKey, int]) -> tuple[bytes, bool] | None:
+        found = self._entries.get(key)
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
+
+    def put(self, key: tuple[ChannelKey, int], value: tuple[bytes, bool]) -> None:
+        if len(value[0]) > self._max_bytes or key in self._entries:
+            return
+        self._entries[key] = value
+        self._bytes += len(value[0])
+        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+            oldest = next(iter(self._entries))
+            self._bytes -= len(self._entries.pop(oldest)[0])
+
+
+class Channel:
+    """One topic x renderer variant x encoding; the hub subscriber that writes for all."""
+
+    def __init__(self, key: ChannelKey, encode: Encoder, cache: FrameCache, *,
+                 release: Callable[[Channel], None]) -> None:
+        self.key = key
+        self.topic = key[0]
+        self.encode = encode
+        self.cache = cache
+        self._release = release
+        self.renderer: Renderer | None = None  # set by the first member to go live
+        self.last_seq = 0  # the highest seq the hub delivered here
+        self.live: dict[Member, None] = {}
+        self.pending: dict[Member, None] = {}
+
+    def deliver(self, events: Sequence[Event]) -> None:
+        if events[-1].seq <= self.last_seq:
+            return
+        if events[0].seq <= self.last_seq:
+            events = [e for e in events if e.seq > self.last_seq]
+        self.last_seq = events[-1].seq
+        for member in tuple(self.pending):
+            member.buffer_nowait(events)
+        renderer = self.renderer
+        if renderer is None:
+            return
+        if not self.live:
+            for event in events:
+                renderer.advance(event)
+            return
+        data, used, end = self.encode_events(renderer, events)
+        for event in events[used:]:
+            renderer.advance(event)
+        for member in tuple(self.live):
+            member.push(data, used, self.last_seq, end)
+
+    def encode_events(self, renderer: Renderer, events: Sequence[Event]
+                      ) -> tuple[bytes, int, bool]:
+        """(bytes, events used, ended): the encoding of `events` up to an end, via the cache."""
+        parts = []
+        used = 0
+        end = False
+        for event in events:
+            ckey = (self.key, event.seq)
+            hit = self.cache.get(ckey)
+            if hit is None:
+                rendered = renderer.render(event)
+                data, end = self.encode(rendered.messages), rendered.end
+                self.cache.put(ckey, (data, end))
+            else:
+                renderer.advance(event)
+                data, end = hit
+            parts.append(data)
+            used += 1
+            if end:
+                break
+        return b"".join(parts), used, end
+
+    def add_pending(self, member: Member) -> None:
+        self.pending[member] = None
+
+    def promote(self, member: Member, renderer: Renderer) -> None:
+        del self.pending[member]
+        if self.renderer is None:
+            self.renderer = renderer
+        self.live[member] = None
+
+    def demote(self, member: Member) -> None:
+        self.live.pop(member, None)
+
+    def remove(self, member: Member) -> None:
+        self.live.pop(member, None)
+        self.pending.pop(member, None)
+        if not self.live and not self.pending:
+            self._release(self)
+
+    @property
+    def empty(self) -> bool:
+        return not self.live and not self.pending
+
+
+class Member:
+    """One connection's subscription to one channel, from a cursor on."""
+
+    def __init__(self, sink: Sink, channel: Channel, follow: Follow, *, max_lag: int) -> None:
+        self.sink = sink
+        self.channel = channel
+        self.cursor = follow.after  # the last seq written (or queued) for this member
+        self._prototype = follow.renderer
+        self._max_lag = max_lag
+        self.needs_catch_up = True
+        self.ended = False  # the renderer said the stream ends here
+        self.detached = False
+        self._buffer: deque[Event] = deque()
+        self._overflow = False
+        self._buffered = trio.Event()
+
+    @property
+    def live(self) -> bool:
+        return self in self.channel.live
+
+    # ---- called by Channel.deliver, in the publisher's task: never block --
+
+    def push(self, data: bytes, count: int, last_seq: int, end: bool) -> None:
+        self.cursor = last_seq
+        outbox = self.sink.outbox
+        outbox.write_nowait(data, count)
+        if end:
+            self._finish()
+        elif outbox.over(self._max_lag):
+            self.channel.demote(self)
+            self.needs_catch_up = True
+            self.sink.wake()
+
+    def buffer_nowait(self, events: Sequence[Event]) -> None:
+        if not self._overflow:
+            if len(self._buffer) + len(events) > self._max_lag:
+                self._overflow = True
+                self._buffer.clear()
+            else:
+                self._buffer.extend(events)
+        self._buffered.set()
+
+    # ---- called by the connection ----------------------------------------
+
+    def detach(self) -> None:
+        """Leave the channel for good (the connection is closing)."""
+        self.detached = True
+        self.channel.remove(self)
+
+    def _finish(self) -> None:
+        self.ended = True
+        self.detach()
+        self.sink.wake()
+
+    async def catch_up(self, store: Store, *, stall_timeout: float) -> None:
+        """Send what the store has after the cursor, then go live (or end)."""
+        self.needs_catch_up = False
+        channel = self.channel
+        channel.add_pending(self)
+        try:
+            await self._catch_up(store, stall_timeout)
+        finally:
+            if not self.live and not self.detached:
+                channel.remove(self)
+
+    async def _catch_up(self, store: Store, stall_timeout: float) -> None:
+        channel = self.channel
+        renderer = self._prototype
+        first = True
+        while True:
+            await store.wait_flushed()
+            start = self.cursor - 1 if first and self.cursor > 0 else self.cursor
+            page = await store.events_after(channel.topic, start, limit=REPLAY_PAGE)
+            more = len(page) == REPLAY_PAGE
+            if first:
+                first = False
+                if self.cursor == 0:
+                    renderer = renderer.after(None)
+                elif page and page[0].seq == self.cursor:
+                    renderer = renderer.after(page[0])
+                    page = page[1:]
+            if await self._write(renderer, page, stall_timeout):
+                return
+            if more:
+                continue
+            while not self._overflow:
+                fresh = [e for e in self._buffer if e.seq > self.cursor]
+                self._buffer.clear()
+                if fresh:
+                    if await self._write(renderer, fresh, stall_timeout):
+                        return
+                elif channel.last_seq >= self.cursor:
+                    channel.promote(self, renderer)
+                    return
+                else:
+                    self._buffered = trio.Event()
+                    await self._buffered.wait()
+                    if self.detached:
+                        return
+            self._overflow = False  # the buffer overflowed: back to the store
+
+    async def _write(self, renderer: Renderer, events: Sequence[Event],
+                     stall_timeout: float) -> bool:
+        """Write `events` and wait until they are sent; True when done (ended/detached)."""
+        if self.detached:
+            return True
+        if not events:
+            return False
+        data, used, end = self.channel.encode_events(renderer, events)
+        self.cursor = events[used - 1].seq
+        outbox = self.sink.outbox
+        outbox.write_nowait(data, used)
+        if end:
+            self._finish()
+            return True
+        await outbox.flush(stall_timeout=stall_timeout)
+        return self.detached

@@ -1,0 +1,147 @@
+"""The front door: one listening port; stream requests to the data plane, the rest
+to hypercorn.
+
+    serve_front_door
+    └── hypercorn lifespan (the ASGI app's startup/shutdown, once)
+        └── connections nursery: one task per accepted connection
+            ├── read the first request head (h11; 16 KiB cap; handshake timeout)
+            ├── stream route → data plane (websocket.py / sse.py), raw socket
+            ├── data plane's answer (404/405/426 for WebSocket paths) → close
+            └── anything else → hypercorn's TCPServer, bytes already read replayed
+
+Rules: the port is bound with the stdlib socket and connections are accepted
+here, so every data-plane socket is a plain non-blocking socket of ours. A
+connection costs one task; a handshake that fails ends it (after a bounded
+linger) and closes its socket. Cancelling `serve_front_door` closes every
+stream with 1001, then stops the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Any
+
+import trio
+
+from ..auth import KeyRing
+from ..config import Config
+from ..engine import Engine
+from .handoff import Hypercorn, hypercorn_config
+from .http import BadHead, Head, parse_target, read_head
+from .plane import DataPlane
+from .routes import Answer, Match
+from .sse import serve_sse
+from .stream import answer
+from .websocket import serve_websocket
+
+log = logging.getLogger("jobserver.frontdoor")
+
+BACKLOG = 1024
+# Out of file descriptors (or memory) for a new connection: pause accepting
+# this long rather than spin (trio.serve_listeners does the same).
+ACCEPT_PAUSE_SECONDS = 0.1
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_front_door(
+    config: Config, engine: Engine, keyring: KeyRing, asgi_app: Any, *,
+    listen_socket: socket.socket | None = None, plane: DataPlane | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `config.host:config.port` (or `listen_socket`); started with the bound port.
+
+    `plane` is the data plane to use (give the same one to `stream_fallback`
+    and read its statistics); one is made when it is not given.
+    """
+    plane = plane or DataPlane(config=config, engine=engine, keyring=keyring)
+    listener = listen_socket or bind_socket(config.host, config.port)
+    listener.setblocking(False)
+    hyper = Hypercorn(asgi_app, hypercorn_config(max_message_bytes=config.ws_max_message_bytes),
+                      stall_timeout=plane.stall_timeout)
+    door = FrontDoor(plane, hyper)
+    try:
+        async with hyper.running(), trio.open_nursery() as connections:
+            task_status.started(listener.getsockname()[1])
+            await door.accept_loop(listener, connections)
+    finally:
+        listener.close()
+
+
+class FrontDoor:
+    def __init__(self, plane: DataPlane, hyper: Hypercorn) -> None:
+        self.plane = plane
+        self.hyper = hyper
+
+    async def accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            while True:
+                try:
+                    sock, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if exc.errno in _RESOURCE_ERRNOS:
+                        log.error("cannot accept a connection: %s; pausing", exc)
+                        await trio.sleep(ACCEPT_PAUSE_SECONDS)
+                        break
+                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                        continue
+                    raise
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(self.connection, sock)
+
+    async def connection(self, sock: socket.socket) -> None:
+        """One accepted connection, from its first byte to its close."""
+        try:
+            head: Head | BadHead = BadHead(None)
+            with trio.move_on_after(self.plane.config.handshake_timeout):
+                head = await read_head(sock)
+            if isinstance(head, BadHead):
+                if head.status is not None:
+                    await answer(sock, head.status, b"Bad request.\n",
+                                 stall_timeout=self.plane.stall_timeout)
+                return
+            decision = self._classify(head)
+            if decision is None:
+                await self._hand_off(sock, head)
+            elif isinstance(decision, Answer):
+                await answer(sock, decision.status, decision.message.encode() + b"\n",
+                             headers=decision.headers, stall_timeout=self.plane.stall_timeout)
+            elif decision.route.transport == "ws":
+                await serve_websocket(self.plane, sock, head, decision)
+            else:
+                await serve_sse(self.plane, sock, head, decision)
+        finally:
+            sock.close()  # after hypercorn, a no-op: its stream closed it
+
+    def _classify(self, head: Head) -> Match | Answer | None:
+        websocket = head.wants_websocket
+        target = parse_target(head.target)
+        if target is None:
+            return Answer(400, "Bad request target.") if websocket else None
+        return self.plane.routes.classify(head.method, target[0], websocket)
+
+    async def _hand_off(self, sock: socket.socket, head: Head) -> None:
+        self.plane.handed_off += 1
+        try:
+            await self.hyper.serve(sock, head.raw)
+        finally:
+            self.plane.handed_off -= 1

@@ -1,0 +1,67 @@
+"""The raw Server-Sent Events transport.
+
+Rules: `200 text/event-stream`, the body runs until the connection closes
+(no chunked framing, so one encoded chunk is valid for every subscriber);
+`id:` is the event's seq and `Last-Event-ID` resumes (the session reads it);
+a comment line every `config.sse_heartbeat` seconds when nothing else was
+sent. A refused request is a complete HTTP response. Whatever the client
+sends after its request is read and dropped; its end of stream ends ours.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from ..dialects import Close, Refuse
+from .http import Head, parse_target, peer_host, stream_request
+from .outbox import recv_some
+from .plane import DataPlane
+from .routes import Match
+from .stream import StreamConnection, answer
+from .wire import SSE_HEADERS, SSE_HEARTBEAT, stream_head
+
+
+async def serve_sse(plane: DataPlane, sock: socket.socket, head: Head, match: Match) -> None:
+    stall = plane.stall_timeout
+    target = parse_target(head.target)
+    if target is None:
+        await answer(sock, 400, b"Bad request target.\n", stall_timeout=stall)
+        return
+    request = stream_request(head.method, target[0], target[1], head.headers(), match.params,
+                             peer=peer_host(sock))
+    session, opening = None, None
+    with trio.move_on_after(plane.config.handshake_timeout):
+        session, opening = await match.route.open(plane, request)
+    if session is None or opening is None:
+        await answer(sock, 503, b"Try again.\n", stall_timeout=stall)
+        return
+    if isinstance(opening, Refuse):
+        await answer(sock, opening.status, opening.body, content_type=opening.content_type,
+                     headers=opening.headers, stall_timeout=stall)
+        return
+    preamble = stream_head(200, [*SSE_HEADERS, *opening.headers])
+    await SseConnection(plane, sock, session).run(preamble, opening, head.trailing)
+
+
+class SseConnection(StreamConnection):
+    encoding = "sse"
+
+    def close(self, close: Close) -> None:
+        if not self.closing:
+            self.closing = True
+            self.detach_all()
+            self.outbox.write_nowait(b"", seal=True)
+            self.wake()
+
+    async def idle(self) -> None:
+        with trio.move_on_after(self.plane.config.sse_heartbeat) as scope:
+            await super().idle()
+        if scope.cancelled_caught and self.outbox.idle and not self.closing:
+            self.outbox.write_nowait(SSE_HEARTBEAT)
+
+    async def read_loop(self, trailing: bytes, abort: trio.CancelScope) -> None:
+        while await recv_some(self.sock):
+            pass
+        abort.cancel()

@@ -1,0 +1,95 @@
+"""Bytes on the wire: WebSocket data frames, SSE chunks, small HTTP responses.
+
+Rules: server frames are unmasked and carry no extension bits, so one encoded
+frame is valid for every subscriber; nothing here keeps state. An encoding
+turns a dialect's messages into the bytes one write sends.
+"""
+
+from __future__ import annotations
+
+import http
+import struct
+from collections.abc import Callable, Sequence
+
+from ..dialects import Message, SseEvent
+
+Encoder = Callable[[Sequence[Message]], bytes]
+
+_FIN_TEXT = 0x81
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked text frame (RFC 6455 §5.2)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((_FIN_TEXT, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", _FIN_TEXT, 126, n) + payload
+    return struct.pack("!BBQ", _FIN_TEXT, 127, n) + payload
+
+
+def encode_ws(messages: Sequence[Message]) -> bytes:
+    parts = []
+    for m in messages:
+        if not isinstance(m, str):
+            raise TypeError("a WebSocket dialect sends text messages")
+        parts.append(ws_text_frame(m.encode("utf-8")))
+    return b"".join(parts)
+
+
+def sse_text(event: SseEvent) -> str:
+    lines = []
+    if event.id is not None:
+        lines.append(f"id: {event.id}")
+    if event.event is not None:
+        lines.append(f"event: {event.event}")
+    lines.extend(f"data: {line}" for line in event.data.splitlines() or [""])
+    return "\n".join(lines) + "\n\n"
+
+
+def encode_sse(messages: Sequence[Message]) -> bytes:
+    parts = []
+    for m in messages:
+        if not isinstance(m, SseEvent):
+            raise TypeError("an SSE dialect sends SseEvent messages")
+        parts.append(sse_text(m))
+    return "".join(parts).encode("utf-8")
+
+
+ENCODERS: dict[str, Encoder] = {"ws": encode_ws, "sse": encode_sse}
+
+SSE_HEARTBEAT = b": keep-alive\n\n"
+SSE_HEADERS = (
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),
+)
+
+
+def http_response(status: int, body: bytes = b"", *, content_type: str = "text/plain; "
+                  "charset=utf-8", headers: Sequence[tuple[str, str]] = (),
+                  close: bool = True) -> bytes:
+    """A complete HTTP/1.1 response; its body is `body` (with a Content-Length)."""
+    lines = [f"HTTP/1.1 {status} {_phrase(status)}"]
+    if body and content_type:
+        lines.append(f"Content-Type: {content_type}")
+    if status != 204 and status >= 200:
+        lines.append(f"Content-Length: {len(body)}")
+    if close:
+        lines.append("Connection: close")
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def stream_head(status: int, headers: Sequence[tuple[str, str]]) -> bytes:
+    """The head of a response whose body runs until the connection closes."""
+    lines = [f"HTTP/1.1 {status} {_phrase(status)}", "Connection: close"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"

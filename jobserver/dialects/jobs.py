@@ -1,0 +1,402 @@
+"""The "jobs" dialect (specs/dialect-jobs-sse.md), rendered from the one model.
+
+Rules: pure functions of the job record and its events, no I/O. A job's
+`jobId` is its UUID (the spec's `J-...` is a placeholder; `J-<uuid>` is
+accepted on the way in). Statuses are PascalCase: Queued, Running, Succeeded,
+Failed, Cancelled. Times are ISO 8601 UTC whole seconds with `Z`, as the
+spec's examples show. Choices the spec leaves open are in docs/dialects/jobs.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..auth import KeyRing, Principal
+from ..config import Config
+from ..core import events as ev
+from ..core.ids import JobId, UserId, parse_job_id
+from ..core.job import Job, StepState
+from ..core.states import Status
+from ..core.timefmt import iso_s
+from ..errors import Unauthenticated
+from . import (
+    Accept,
+    Action,
+    Close,
+    Follow,
+    Message,
+    Opening,
+    Refuse,
+    Rendered,
+    SseEvent,
+    StreamRequest,
+    dumps,
+)
+
+DIALECT = "jobs"
+STATUS_NAMES = {
+    Status.QUEUED: "Queued",
+    Status.RUNNING: "Running",
+    Status.SUCCEEDED: "Succeeded",
+    Status.FAILED: "Failed",
+    Status.CANCELLED: "Cancelled",
+}
+# Event names a client may listen for; the stream ends after a terminal one.
+TERMINAL_EVENTS = ("job-completed", "job-failed")
+
+
+def parse_jobs_id(text: str) -> JobId | None:
+    return parse_job_id(text[2:] if text[:2] in ("J-", "j-") else text)
+
+
+def stage(job: Job) -> str:
+    """The step the job is at (running, else the next pending), else its kind."""
+    for wanted in ("Running", "Failed", "Pending"):
+        for s in job.steps:
+            if s.status == wanted:
+                return s.name
+    if job.steps:
+        return job.steps[-1].name
+    return job.kind
+
+
+def _step_view(s: StepState, now: float) -> dict[str, Any]:
+    end = s.completed_at if s.completed_at is not None else (now if s.started_at else None)
+    out: dict[str, Any] = {
+        "name": s.name,
+        "status": s.status,
+        "progressPct": round(s.progress_pct),
+        "durationMs": int((end - s.started_at) * 1000) if end and s.started_at else 0,
+        "errors": [error_view(e) for e in s.errors],
+    }
+    if s.started_at is not None:
+        out["startedAt"] = iso_s(s.started_at)
+    if s.completed_at is not None:
+        out["completedAt"] = iso_s(s.completed_at)
+    return out
+
+
+def _output(result: Mapping[str, Any] | None) -> Any:
+    """What a job produced: `result.output` when it reported one, else its result."""
+    if result is None:
+        return None
+    if "output" in result:
+        return result["output"]
+    return {k: v for k, v in result.items() if k != "message"} or None
+
+
+def output_of(job: Job) -> Any:
+    return _output(job.result)
+
+
+def error_view(error: Mapping[str, Any]) -> dict[str, Any]:
+    """An error as the spec shows it: code, message, remediation (null when none)."""
+    return {"code": error.get("code"), "message": error.get("message"),
+            "remediation": error.get("remediation")}
+
+
+def errors_of(job: Job) -> list[dict[str, Any]]:
+    """The job's errors; a failed job always has one, a cancelled one ends with Cancelled."""
+    errors = [error_view(e) for e in job.errors]
+    if not errors and job.status is Status.FAILED:
+        errors.append(failed_error(job.error_message))
+    if job.status is Status.CANCELLED:
+        errors.append(cancelled_error(job.result_message))
+    return errors
+
+
+def job_document(job: Job, *, now: float) -> dict[str, Any]:
+    return {
+        "jobId": job.id,
+        "status": STATUS_NAMES[job.status],
+        "stage": stage(job),
+        "createdUtc": iso_s(job.created_at),
+        "startedUtc": iso_s(job.started_at),
+        "endedUtc": iso_s(job.completed_at),
+        "correlationId": job.correlation_id,
+        "steps": [_step_view(s, now) for s in job.steps],
+        "output": output_of(job),
+        "warnings": list(job.warnings),
+        "errors": errors_of(job) if job.status.terminal else [error_view(e) for e in job.errors],
+        "progressPct": round(float(job.progress.get("pct", 0))) if job.progress else None,
+        "attempt": job.attempt,
+        "retryOf": job.retry_of,
+    }
+
+
+# One job event can make several SSE events (the first Started makes job-status
+# and step-status). The last of them carries `id: SEQ`, the ones before it
+# `id: SEQ.K` (K from 0), so a Last-Event-ID names exactly what was seen.
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """What a client has seen: every SSE event up to `seq`, or of `seq` the first `seen`."""
+
+    seq: int = 0
+    seen: int | None = None  # None: all of seq's events
+
+    @classmethod
+    def parse(cls, text: str | None) -> Cursor:
+        """From a Last-Event-ID; anything unreadable means "from the start"."""
+        seq, dot, sub = (text or "").strip().partition(".")
+        digits = (seq + sub).isascii() and seq.isdigit() and len(seq) <= 18
+        if not digits or (dot and (not sub.isdigit() or len(sub) > 4)):
+            return cls()
+        return cls(int(seq), int(sub) + 1 if dot else None)
+
+
+class JobsRenderer:
+    """One job's events as the dialect's SSE messages; shared by all its followers.
+
+    Deterministic in the job's history, so every follower gets the same bytes
+    for the same seq. What the spec's events need that one event lacks is
+    state: whether the job-status Running was sent since the job was (re)queued,
+    the errors so far (job-failed lists them) and the last result (job-completed
+    shows its output). A renderer made from the job record (`for_job`) is
+    placed anywhere in the history by `after(event at the cursor)`, exactly:
+    the errors are the record's plus those rendered after the record's last
+    seq, the result is the record's until a Result is rendered, and "running"
+    follows from the one event (only Queued, Bounce and the Skipped marks of a
+    resumed attempt's first steps come before its first process starts).
+    Progress or errors without a step are the job's `kind`'s.
+    """
+
+    __slots__ = ("_base_errors", "_base_seq", "_pre_start_skips", "correlation_id", "done",
+                 "errors", "kind", "result", "running")
+
+    @property
+    def key(self) -> str:
+        return DIALECT
+
+    def __init__(self, *, correlation_id: str | None, kind: str,
+                 result: Mapping[str, Any] | None = None,
+                 errors: tuple[Mapping[str, Any], ...] = (), errors_seq: int = 0,
+                 pre_start_skips: frozenset[str] = frozenset()) -> None:
+        self.correlation_id = correlation_id
+        self.kind = kind
+        self.result = result
+        self._base_errors = tuple(error_view(e) for e in errors)
+        self._base_seq = errors_seq
+        self._pre_start_skips = pre_start_skips
+        self.errors: list[dict[str, Any]] = []  # reported after the record's last seq
+        self.running = False
+        self.done = False
+
+    @classmethod
+    def for_job(cls, job: Job) -> JobsRenderer:
+        return cls(correlation_id=job.correlation_id, kind=job.kind, result=job.result,
+                   errors=job.errors, errors_seq=job.last_seq,
+                   pre_start_skips=frozenset(s.name for s in job.steps[:job.resume_from]))
+
+    def after(self, event: ev.Event | None) -> JobsRenderer:
+        """A copy in the state right after `event` (None: before the first event)."""
+        twin = JobsRenderer(correlation_id=self.correlation_id, kind=self.kind,
+                            result=self.result, errors=self._base_errors,
+                            errors_seq=self._base_seq, pre_start_skips=self._pre_start_skips)
+        match event:
+            case None | ev.Queued() | ev.Bounce():
+                twin.running = False
+            case ev.Step(status="Skipped", name=name) if name in self._pre_start_skips:
+                twin.running = False
+            case ev.Finished() | ev.Deleted():
+                twin.done = True
+            case _:
+                twin.running = True
+        return twin
+
+    def advance(self, event: ev.Event) -> None:
+        self.render(event)
+
+    def render(self, event: ev.Event) -> Rendered:
+        """The messages for `event`; `end` (and `done`) after the job's last one."""
+        out = self._render(event)
+        last = len(out) - 1
+        messages = tuple(
+            SseEvent(data=dumps({**data, "correlationId": self.correlation_id}), event=name,
+                     id=str(event.seq) if k == last else f"{event.seq}.{k}")
+            for k, (name, data) in enumerate(out))
+        return Rendered(messages, end=self.done)
+
+    def _render(self, event: ev.Event) -> list[tuple[str, dict[str, Any]]]:
+        match event:
+            case ev.Queued() | ev.Bounce():
+                self.running = False
+                return [("job-status", {"status": "Queued"})]
+            case ev.Started(step=step):
+                out: list[tuple[str, dict[str, Any]]] = []
+                if not self.running:
+                    self.running = True
+                    out.append(("job-status", {"status": "Running"}))
+                if step is not None:
+                    out.append(("step-status", {"step": step, "status": "Running"}))
+                return out
+            case ev.Progress(step=step, pct=pct):
+                return [("step-progress", {"step": step or self.kind,
+                                           "progressPct": round(pct)})]
+            case ev.Step(name=name, status=status):
+                return [("step-status", {"step": name, "status": status})]
+            case ev.Result(data=data):
+                self.result = data
+            case ev.Error():
+                error = {"code": event.code, "message": event.message,
+                         "remediation": event.remediation}
+                if event.seq > self._base_seq:
+                    self.errors.append(error)
+                return [("step-error", {"step": event.step or self.kind, **error})]
+            case ev.Finished(status=status):
+                self.done = True
+                if status == Status.SUCCEEDED:
+                    return [("job-completed", {"status": "Succeeded",
+                                               "output": _output(self.result)})]
+                return [("job-failed", {"status": STATUS_NAMES[Status(status)],
+                                        "errors": self._final_errors(event)})]
+            case ev.Deleted():
+                self.done = True
+        return []
+
+    def _final_errors(self, event: ev.Finished) -> list[dict[str, Any]]:
+        errors = [*self._base_errors, *self.errors]
+        if event.status == Status.CANCELLED:
+            return [*errors, cancelled_error(event.message)]
+        return errors or [failed_error(event.message)]
+
+
+def cancelled_error(message: str | None) -> dict[str, Any]:
+    return {"code": "Cancelled", "message": message or "Job cancelled.",
+            "remediation": "Retry the job: POST /api/jobs/{jobId}/retry."}
+
+
+def failed_error(message: str | None) -> dict[str, Any]:
+    return {"code": "JobFailed", "message": message or "The job failed.",
+            "remediation": "See the job's log for details."}
+
+
+def resume(renderer: JobsRenderer, cursor: Cursor, events: Sequence[ev.Event]
+           ) -> tuple[JobsRenderer, tuple[Message, ...]]:
+    """Place `renderer` at `cursor`: the renderer to follow from `cursor.seq` on, and
+    what to send first (the rest of seq's messages, for a `SEQ.K` cursor). `events`
+    are the stored events with seq > cursor.seq - 2 (at most two are used)."""
+    at = next((e for e in events if e.seq == cursor.seq), None)
+    if cursor.seen is None:
+        return renderer.after(at), ()
+    placed = renderer.after(next((e for e in events if e.seq == cursor.seq - 1), None))
+    messages = placed.render(at).messages if at is not None else ()
+    return placed, messages[cursor.seen:]
+
+
+def seen_the_end(job: Job, cursor: Cursor) -> bool:
+    """The client saw the job's terminal event: answer 204, which stops EventSource
+    reconnecting, instead of an empty stream it would reopen forever."""
+    return job.status.terminal and cursor.seq >= job.last_seq and cursor.seen is None
+
+
+# X-Correlation-ID values taken as they are (app.py checks them the same way).
+_CORRELATION = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+class JobsEventsSession:
+    """GET /api/jobs/{jobId}/events: one client's side of the stream.
+
+    The transport's opener checks the token (`authorize`), looks the job up, and
+    for a `SEQ.K` cursor reads the events around it; `open` answers a problem
+    (401, 404) before any stream, 204 when the client has seen the end, or the
+    stream: the rest of a half-seen seq, then the job's events after the cursor,
+    rendered by the shared `JobsRenderer`, ending after job-completed/job-failed.
+    """
+
+    def __init__(self, request: StreamRequest) -> None:
+        headers, query = request.headers, request.query
+        self.bearer = _bearer(headers.get("authorization", ""))
+        self.query_token = query.get("token")
+        self.peer = request.peer
+        self.job_id = parse_jobs_id(request.params.get("job_id", ""))
+        self.cursor = Cursor.parse(headers.get("last-event-id"))
+        given = headers.get("x-correlation-id", "")
+        self.request_correlation = given if _CORRELATION.match(given) else None
+        self.correlation_id = self.request_correlation or uuid.uuid4().hex
+        self.trace_id = secrets.token_hex(7).upper()
+        self.principal: Principal | None = None
+
+    def authorize(self, keyring: KeyRing, config: Config) -> Opening | None:
+        """Set `principal`; a 401 problem when the client may not in."""
+        try:
+            self.principal = authorize(keyring, config, bearer=self.bearer,
+                                       query_token=self.query_token, peer=self.peer)
+        except Unauthenticated as exc:
+            return self._problem(401, "Unauthorized", exc.message, exc.code,
+                                 (("WWW-Authenticate", "Bearer"),))
+        return None
+
+    def open(self, job: Job | None, around: Sequence[ev.Event] = ()) -> Opening:
+        """The answer, once the job is looked up (None: missing, malformed or not
+        the principal's). `around`: stored events with seq > cursor.seq - 2."""
+        if job is None:
+            return self._problem(404, "Not Found", "job not found", "job_not_found")
+        correlation = self.request_correlation or job.correlation_id or self.correlation_id
+        headers = (("X-Correlation-ID", correlation),)
+        if seen_the_end(job, self.cursor):
+            return Refuse(204, b"", "", headers)
+        renderer, first = resume(JobsRenderer.for_job(job), self.cursor, around)
+        if renderer.done:
+            return Accept(first, close=Close(), headers=headers)
+        return Accept(first, Follow(job.id, self.cursor.seq, renderer), headers=headers)
+
+    def on_message(self, message: str | bytes) -> Sequence[Action]:
+        return ()
+
+    def on_end(self) -> Sequence[Action]:
+        return (Close(),)
+
+    def _problem(self, status: int, title: str, detail: str, code: str,
+                 headers: tuple[tuple[str, str], ...] = ()) -> Refuse:
+        body = problem(status, title, detail, correlation_id=self.correlation_id,
+                       trace_id=self.trace_id, kind=code)
+        return Refuse(status, dumps(body).encode(), "application/problem+json",
+                      (*headers, ("X-Correlation-ID", self.correlation_id)))
+
+
+def _bearer(header: str) -> str | None:
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def authorize(keyring: KeyRing, config: Config, *, bearer: str | None,
+              query_token: str | None, peer: str | None) -> Principal:
+    """Who is asking: the Bearer header, else `?token=` (EventSource cannot send
+    headers), else, with `anonymous_loopback`, a loopback peer is `anonymous_user`."""
+    token = bearer if bearer is not None else query_token
+    if token is None:
+        if config.anonymous_loopback and is_loopback(peer):
+            return Principal(UserId(config.anonymous_user), "user")
+        raise Unauthenticated("missing bearer token", code="missing_token")
+    return keyring.verify(token)
+
+
+def is_loopback(addr: str | None) -> bool:
+    try:
+        return addr is not None and ipaddress.ip_address(addr.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def problem(status: int, title: str, detail: str, *, correlation_id: str, trace_id: str,
+            kind: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An RFC 7807 problem document in the dialect's shape."""
+    body: dict[str, Any] = {
+        "type": f"https://jobserver.dev/errors/{kind or f'E{status}'}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "correlationId": correlation_id,
+        "traceId": trace_id,
+    }
+    if extra:
+        body.update(extra)
+    return body

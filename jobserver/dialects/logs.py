@@ -1,0 +1,220 @@
+"""The "logs" dialect (specs/dialect-logs-ws.md): one job's logs over WebSocket.
+
+Rules: every server message is `{"type", "payload"}` with type `system`, `log`,
+`info`, `status` or `error`; times are ISO 8601 UTC with milliseconds and `Z`.
+The session sends `system` first; a bad token, a malformed or unknown id and
+someone else's job all look the same: `error` "Job not found or access denied."
+then close 1008. A job already finished: `system`, its final `status`, close
+1000. Otherwise the job's new events follow, and the connection closes 1000
+right after the terminal `status`. Opt-in, beyond the spec: `?since=SEQ` (or
+`?replay=1`, i.e. since 0) replays the events after SEQ first, and then every
+message carries the event's `seq` next to `type`. Choices the spec leaves
+open are written down in docs/dialects/logs.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..core import events as ev
+from ..core.ids import JobId, parse_job_id
+from ..core.job import Job
+from ..core.states import CANCELLED_EXIT_CODE, Status
+from ..core.timefmt import iso_ms
+from . import (
+    NOTHING,
+    Accept,
+    Action,
+    Close,
+    Follow,
+    Opening,
+    Rendered,
+    StreamRequest,
+    dumps,
+)
+
+DIALECT = "logs"
+ACCESS_DENIED = "Job not found or access denied."
+BAD_SINCE = "Invalid 'since': expected a non-negative integer."
+STREAMING_STARTED = "Log streaming started."
+CANCELLED_MESSAGE = "Job cancelled by user request."
+# The largest `since` accepted (seq numbers are far below it).
+MAX_SINCE = 2**62
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+def message(type_: str, payload: dict[str, Any], seq: int | None = None) -> str:
+    if seq is None:
+        return dumps({"type": type_, "payload": payload})
+    return dumps({"type": type_, "seq": seq, "payload": payload})
+
+
+def error_message(text: str, *, now: float) -> str:
+    return message("error", {"message": text, "ts": iso_ms(now)})
+
+
+def status_payload(status: str, *, job_id: str, ts: float | None, exit_code: int | None,
+                   message: str | None, log_snippet: str | None) -> dict[str, Any]:
+    """The payload of a terminal `status` message, from an event or a job record."""
+    stamp = iso_ms(ts)
+    payload: dict[str, Any] = {"status": status, "ts": stamp, "job_id": job_id,
+                               "completed_at": stamp}
+    if status == Status.SUCCEEDED:
+        payload.update(exit_code=exit_code if exit_code is not None else 0,
+                       result_message=message)
+    elif status == Status.FAILED:
+        payload.update(exit_code=exit_code, error_message=message, log_snippet=log_snippet)
+    else:
+        payload.update(exit_code=CANCELLED_EXIT_CODE,
+                       result_message=message or CANCELLED_MESSAGE)
+    return payload
+
+
+class LogsRenderer:
+    """Renders one job's events as logs-dialect messages (shared by its subscribers).
+
+    Its one piece of state is whether the job is RUNNING, so that a `Started`
+    of a later pipeline step is an `info` but not another RUNNING `status`.
+    Inferred from a single event (`after`): RUNNING after `Started` and after
+    anything a running job does (log, progress, step, result, error, warning,
+    spawned); not after `Queued`, `Bounce`, `Finished`, or a step `Skipped`
+    (skips are recorded before a retried job's first process starts).
+    """
+
+    __slots__ = ("_label", "_last_stamp", "_last_ts", "_running", "job_id", "with_seq")
+
+    def __init__(self, job_id: JobId, label: str, *, with_seq: bool, running: bool) -> None:
+        self.job_id = job_id
+        self.with_seq = with_seq
+        self._label = label
+        self._running = running
+        # Log lines of one read share a timestamp: format it once.
+        self._last_ts: float | None = None
+        self._last_stamp: str | None = None
+
+    @property
+    def key(self) -> tuple[str, bool]:
+        return (DIALECT, self.with_seq)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def after(self, event: ev.Event | None) -> LogsRenderer:
+        return LogsRenderer(self.job_id, self._label, with_seq=self.with_seq,
+                            running=event is not None and _running_after(event))
+
+    def advance(self, event: ev.Event) -> None:
+        kind = type(event)
+        if kind is ev.Started:
+            self._running = True
+        elif kind in (ev.Queued, ev.Bounce, ev.Finished):
+            self._running = False
+
+    def _stamp(self, ts: float) -> str | None:
+        if ts != self._last_ts:
+            self._last_ts, self._last_stamp = ts, iso_ms(ts)
+        return self._last_stamp
+
+    def render(self, event: ev.Event) -> Rendered:
+        seq = event.seq if self.with_seq else None
+        kind = type(event)
+        if kind is ev.Log:
+            assert isinstance(event, ev.Log)
+            payload = {"ts": self._stamp(event.ts), "stream": event.stream,
+                       "message": event.line}
+            return Rendered((message("log", payload, seq),))
+        if isinstance(event, ev.Started):
+            return self._started(event, seq)
+        if isinstance(event, ev.Finished):
+            self._running = False
+            payload = status_payload(event.status, job_id=self.job_id, ts=event.ts,
+                                     exit_code=event.exit_code, message=event.message,
+                                     log_snippet=event.log_snippet)
+            return Rendered((message("status", payload, seq),), end=True)
+        if isinstance(event, ev.Bounce):
+            self._running = False
+            text = f"Job returned to the queue: {event.reason}."
+            payload = {"message": text, "job_id": self.job_id, "ts": iso_ms(event.ts)}
+            return Rendered((message("system", payload, seq),))
+        if kind is ev.Queued:
+            self._running = False
+        elif kind is ev.Deleted:
+            return Rendered(end=True)
+        return NOTHING
+
+    def _started(self, event: ev.Started, seq: int | None) -> Rendered:
+        name = self._label if event.step is None else f"{self._label} step {event.step!r}"
+        stamp = iso_ms(event.ts)
+        out = [message("info", {
+            "message": f"{name} process (PID: {event.pid}) started execution.",
+            "ts": stamp, "pid": event.pid, "command": event.command}, seq)]
+        if not self._running:
+            self._running = True
+            out.append(message("status", {"status": Status.RUNNING.value, "ts": stamp,
+                                          "job_id": self.job_id, "started_at": stamp}, seq))
+        return Rendered(tuple(out))
+
+
+def _running_after(event: ev.Event) -> bool:
+    if isinstance(event, (ev.Queued, ev.Bounce, ev.Finished, ev.Deleted)):
+        return False
+    return not (isinstance(event, ev.Step) and event.status == "Skipped")
+
+
+class LogsSession:
+    """One logs-dialect client: reads its request, opens, and closes after the end."""
+
+    def __init__(self, request: StreamRequest) -> None:
+        self.token = request.query.get("token") or None
+        self.job_id: JobId | None = parse_job_id(request.params.get("job_id", ""))
+        self.since: int | None = None
+        self.bad_since = False
+        raw = request.query.get("since")
+        if raw is not None:
+            if raw.isascii() and raw.isdigit() and int(raw) <= MAX_SINCE:
+                self.since = int(raw)
+            else:
+                self.bad_since = True
+        elif request.query.get("replay", "").lower() in TRUE_WORDS:
+            self.since = 0
+
+    def open(self, job: Job | None, *, now: float) -> Opening:
+        """The opening for `job`: None when the token, the id or the access was bad."""
+        if job is None or (self.job_id is not None and job.id != self.job_id):
+            return Accept(messages=(error_message(ACCESS_DENIED, now=now),),
+                          close=Close(1008, "access denied"))
+        if self.bad_since:
+            return Accept(messages=(error_message(BAD_SINCE, now=now),),
+                          close=Close(1008, "invalid since"))
+        with_seq = self.since is not None
+        system = message("system", {"message": STREAMING_STARTED, "job_id": job.id,
+                                    "ts": iso_ms(now)})
+        renderer = LogsRenderer(job.id, job.template, with_seq=with_seq,
+                                running=job.status is Status.RUNNING)
+        if self.since is not None and self.since < job.last_seq:
+            # History first; a finished job's history ends with its final status.
+            return Accept(messages=(system,),
+                          follow=Follow(job.id, self.since, renderer))
+        if job.status.terminal:
+            return Accept(messages=(system, final_status(job, with_seq=with_seq)),
+                          close=Close(1000))
+        after = job.last_seq if self.since is None else self.since
+        return Accept(messages=(system,),
+                      follow=Follow(job.id, after, renderer))
+
+    def on_message(self, message: str | bytes) -> Sequence[Action]:
+        return ()  # the spec defines no client messages; they are ignored
+
+    def on_end(self) -> Sequence[Action]:
+        return (Close(1000),)
+
+
+def final_status(job: Job, *, with_seq: bool) -> str:
+    payload = status_payload(job.status.value, job_id=job.id, ts=job.completed_at,
+                             exit_code=job.exit_code,
+                             message=job.error_message if job.status is Status.FAILED
+                             else job.result_message,
+                             log_snippet=job.log_snippet)
+    return message("status", payload, job.last_seq if with_seq else None)

@@ -1,0 +1,342 @@
+"""The engine: jobs' front office. Submit, cancel, delete, look up, follow.
+
+Rules: every change to a job is an event recorded through `record`, which
+numbers it (seq), folds it into the job record, queues both for the store and
+then publishes to the hub, in that order, under the job's own lock, so the
+store and every subscriber see one sequence. Jobs that are QUEUED or RUNNING
+live in memory (`_live`); finished ones are read from the store. Access is
+checked here: a user sees only their own jobs, and others' look absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .auth import Principal
+from .config import Config
+from .core import events as ev
+from .core.ids import SYSTEM_TOPIC, JobId, new_job_id
+from .core.job import Job, StepState, apply
+from .core.states import Status
+from .core.templates import ParamError, Template
+from .errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
+from .hub import Hub, QueueSubscriber
+from .store import JobFilter, Store
+
+log = logging.getLogger("jobserver.engine")
+
+ADHOC_TEMPLATE = "adhoc"
+MAX_ADHOC_ARGS = 1024
+MAX_ADHOC_ARG_BYTES = 65536
+# Page size when a follower replays history from the store.
+REPLAY_PAGE = 2000
+
+
+@dataclass(eq=False, slots=True)
+class LiveJob:
+    """A QUEUED or RUNNING job's in-memory state (owned by the engine)."""
+
+    job: Job
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    role: str = "user"
+    cancel_scope: trio.CancelScope | None = None
+    stop_reason: str | None = None  # "cancel" | "bounce"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Submission:
+    template: str | None = None
+    command: Sequence[str] | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    correlation_id: str | None = None
+    parent_id: JobId | None = None
+    retry_of: JobId | None = None
+    attempt: int = 1
+    input: Mapping[str, Any] | None = None
+    resume_from: int = 0
+
+
+class Engine:
+    def __init__(self, config: Config, store: Store, hub: Hub, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.hub = hub
+        self.clock = clock
+        self._live: dict[JobId, LiveJob] = {}
+        self._queue: dict[JobId, None] = {}  # FIFO of queued job ids
+        self._queue_changed = trio.Event()
+        self.accepting = True
+
+    # ---- recording --------------------------------------------------------
+
+    async def record(self, live: LiveJob, make: Sequence[Callable[[int], ev.Event]]) -> Job:
+        """Number, fold, persist and publish events built by `make(seq)`."""
+        async with live.lock:
+            job = live.job
+            seq = job.last_seq
+            out: list[ev.Event] = []
+            for build in make:
+                seq += 1
+                event = build(seq)
+                job = apply(job, event)
+                out.append(event)
+            live.job = job
+            await self.store.write(out, job)
+            self.hub.publish(job.id, out)
+            if any(type(e) is not ev.Log for e in out):
+                self.hub.publish(SYSTEM_TOPIC, [e for e in out if type(e) is not ev.Log])
+            return job
+
+    async def record_logs(self, live: LiveJob, stream: str, ts: float, lines: list[str]) -> None:
+        """The hot path: a batch of log lines, one event each, no reducer."""
+        async with live.lock:
+            job = live.job
+            first = job.last_seq + 1
+            jid = job.id
+            out = [
+                ev.Log(job_id=jid, seq=first + i, ts=ts, stream=stream, line=line)
+                for i, line in enumerate(lines)
+            ]
+            job = dataclasses.replace(job, last_seq=first + len(lines) - 1)
+            live.job = job
+            await self.store.write(out, job)
+            self.hub.publish(jid, out)
+
+    def now(self) -> float:
+        return self.clock()
+
+    # ---- submitting -------------------------------------------------------
+
+    def template_for(self, principal: Principal, name: str) -> Template:
+        template = self.config.templates.get(name)
+        if template is None or principal.role not in template.roles:
+            raise ValidationFailed(f"unknown template {name!r}", field="template",
+                                   code="unknown_template")
+        return template
+
+    async def submit(self, principal: Principal, sub: Submission) -> Job:
+        if not self.accepting:
+            raise Unavailable("the server is shutting down")
+        kind = "adhoc"
+        steps: tuple[StepState, ...] = ()
+        if sub.command is not None:
+            if not principal.is_admin:
+                raise Forbidden("ad-hoc commands are for admins only", code="adhoc_forbidden")
+            if not self.config.allow_adhoc:
+                raise Forbidden("ad-hoc commands are switched off", code="adhoc_disabled")
+            command = _check_argv(sub.command)
+            template_name, params = ADHOC_TEMPLATE, {}
+        else:
+            if sub.template is None:
+                raise ValidationFailed("give a template or a command", field="template")
+            template = self.template_for(principal, sub.template)
+            try:
+                params = template.validate(sub.params)
+            except ParamError as exc:
+                raise ValidationFailed(exc.message, field=exc.field, code="invalid_param") from None
+            command, template_name, kind = (), template.name, template.kind
+            steps = tuple(StepState(name=s.name) for s in template.steps)
+        job_id = new_job_id()
+        job = Job(
+            id=job_id,
+            owner=principal.sub,
+            template=template_name,
+            kind=kind,
+            params=params,
+            command=command,
+            created_at=self.now(),
+            steps=steps,
+            parent_id=sub.parent_id,
+            retry_of=sub.retry_of,
+            correlation_id=sub.correlation_id or str(uuid.uuid4()),
+            attempt=sub.attempt,
+            input=sub.input,
+            resume_from=sub.resume_from,
+        )
+        live = LiveJob(job, role=principal.role)
+        self._live[job_id] = live
+        reason = "retry" if sub.retry_of else "submitted"
+        job = await self.record(live, [lambda s: ev.Queued(job_id=job_id, seq=s, ts=self.now(),
+                                                            reason=reason)])
+        self.enqueue(job_id)
+        log.info("job %s queued: template=%s owner=%s correlation=%s", job_id, template_name,
+                 principal.sub, job.correlation_id)
+        return job
+
+    def enqueue(self, job_id: JobId) -> None:
+        self._queue[job_id] = None
+        self._queue_changed.set()
+
+    def take_queued(self) -> LiveJob | None:
+        for job_id in self._queue:
+            del self._queue[job_id]
+            return self._live[job_id]
+        return None
+
+    def kick(self) -> None:
+        """Wake the supervisor: a slot freed or the queue changed."""
+        self._queue_changed.set()
+
+    async def wait_queue_changed(self) -> None:
+        self._queue_changed = trio.Event()
+        await self._queue_changed.wait()
+
+    def queued_ids(self) -> list[JobId]:
+        return list(self._queue)
+
+    async def recover(self) -> None:
+        """Take over jobs a previous run left QUEUED or RUNNING."""
+        for job in await self.store.unfinished_jobs():
+            await self._recover(job)
+
+    async def _recover(self, job: Job) -> None:
+        live = LiveJob(job)
+        self._live[job.id] = live
+        jid = job.id
+        if job.status is Status.QUEUED:
+            self.enqueue(jid)
+        else:
+            template = self.config.templates.get(job.template)
+            if template is not None and template.requeue_on_restart:
+                await self.record(live, [lambda s: ev.Bounce(
+                    job_id=jid, seq=s, ts=self.now(), reason="server restarted")])
+                self.enqueue(jid)
+            else:
+                await self.record(live, [lambda s: ev.Finished(
+                    job_id=jid, seq=s, ts=self.now(), status=Status.FAILED.value, outcome="lost",
+                    message="server stopped while running")])
+                self.forget(jid)
+
+    # ---- looking up -------------------------------------------------------
+
+    def live(self, job_id: JobId) -> LiveJob | None:
+        return self._live.get(job_id)
+
+    def forget(self, job_id: JobId) -> None:
+        self._live.pop(job_id, None)
+
+    async def get_any(self, job_id: JobId) -> Job | None:
+        live = self._live.get(job_id)
+        if live is not None:
+            return live.job
+        # A job that just finished left `_live` before the store committed it.
+        await self.store.wait_flushed()
+        return await self.store.get_job(job_id)
+
+    async def get(self, principal: Principal, job_id: JobId) -> Job:
+        job = await self.get_any(job_id)
+        if job is None or not (principal.is_admin or job.owner == principal.sub):
+            raise NotFound("job not found", code="job_not_found")
+        return job
+
+    async def list(self, principal: Principal, query: JobFilter) -> tuple[list[Job], str | None]:
+        if not principal.is_admin:
+            query = dataclasses.replace(query, owner=principal.sub)
+        jobs, cursor = await self.store.list_jobs(query)
+        # The store's copy of a live job can lag by a group commit: prefer ours.
+        return [self._live[j.id].job if j.id in self._live else j for j in jobs], cursor
+
+    # ---- cancelling and deleting -----------------------------------------
+
+    async def cancel(self, principal: Principal, job_id: JobId) -> Job:
+        job = await self.get(principal, job_id)
+        live = self._live.get(job_id)
+        if live is None or job.status.terminal:
+            raise Conflict(f"job is already {job.status.value}", code="job_finished")
+        await self.stop(live, "cancel")
+        return live.job
+
+    async def stop(self, live: LiveJob, reason: str) -> None:
+        """Cancel a queued job at once, or ask a running one to stop."""
+        if live.job.id in self._queue:
+            del self._queue[live.job.id]
+            await self.finish_cancelled(live)
+            self.forget(live.job.id)
+        elif live.cancel_scope is not None:
+            live.stop_reason = live.stop_reason or reason
+            live.cancel_scope.cancel()
+
+    async def finish_cancelled(self, live: LiveJob) -> Job:
+        return await self.record(live, [lambda s: ev.Finished(
+            job_id=live.job.id, seq=s, ts=self.now(), status=Status.CANCELLED.value,
+            outcome="cancelled", exit_code=-100, message="Job cancelled by user request.")])
+
+    async def delete(self, principal: Principal, job_id: JobId) -> None:
+        job = await self.get(principal, job_id)
+        if not job.status.terminal or job_id in self._live:
+            raise Conflict("only finished jobs can be deleted; cancel it first",
+                           code="job_not_finished")
+        await self.store.delete_job(job_id)
+        gone = [ev.Deleted(job_id=job_id, seq=job.last_seq + 1, ts=self.now())]
+        self.hub.publish(job_id, gone)
+        self.hub.publish(SYSTEM_TOPIC, gone)
+
+    # ---- following --------------------------------------------------------
+
+    def follow(self, job_id: JobId, after: int = 0) -> Follower:
+        return Follower(self, job_id, after)
+
+
+class Follower:
+    """Every event of a job after a seq, history first then live, none twice.
+
+    Subscribes before reading history, so nothing falls between the two; when
+    the live buffer overflows it goes back to the store from its cursor.
+    Use as a context manager. `next_batch` waits for more: the consumer
+    decides when to stop (after `Finished` or `Deleted`).
+    """
+
+    def __init__(self, engine: Engine, job_id: JobId, after: int) -> None:
+        self._engine = engine
+        self._job_id = job_id
+        self.cursor = after
+        self._sub = QueueSubscriber(capacity=engine.config.max_lag_events)
+        self._replaying = True
+
+    def __enter__(self) -> Follower:
+        self._engine.hub.subscribe(self._job_id, self._sub)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._engine.hub.unsubscribe(self._job_id, self._sub)
+
+    async def next_batch(self) -> list[ev.Event]:
+        while True:
+            if self._sub.lagged:
+                self._sub.reset()
+                self._replaying = True
+            if self._replaying:
+                await self._engine.store.wait_flushed()
+                batch = await self._engine.store.events_after(
+                    self._job_id, self.cursor, limit=REPLAY_PAGE)
+                if len(batch) < REPLAY_PAGE:
+                    self._replaying = False
+                if batch:
+                    self.cursor = batch[-1].seq
+                    return batch
+                continue
+            fresh = [e for e in self._sub.drain_nowait() if e.seq > self.cursor]
+            if fresh:
+                self.cursor = fresh[-1].seq
+                return fresh
+            await self._sub.wait_ready()
+
+
+def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    if (not isinstance(argv, (list, tuple)) or not argv
+            or not all(isinstance(a, str) for a in argv)):
+        raise ValidationFailed("command must be a non-empty list of strings", field="command")
+    if len(argv) > MAX_ADHOC_ARGS or sum(len(a) for a in argv) > MAX_ADHOC_ARG_BYTES:
+        raise ValidationFailed("command is too long", field="command")
+    if any("\x00" in a for a in argv):
+        raise ValidationFailed("command must not contain NUL", field="command")
+    return tuple(argv)

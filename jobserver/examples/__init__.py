@@ -1,0 +1,1 @@
+"""Bundled example templates and the scripts they run."""

@@ -1,0 +1,109 @@
+"""Composition: the whole server as one tree of nurseries.
+
+    serve
+    └── store                (outermost: flushes last)
+        └── engine nursery
+            ├── supervisor   (job runs)
+            └── http         (innermost: stops accepting first)
+
+Rules: nesting order is shutdown order. `serve` is a service: it calls
+`task_status.started(handle)` once the port is bound; `handle.request_shutdown()`
+starts the graceful stop (stop accepting, bounce running jobs to QUEUED, wait
+for their children, flush the store); cancelling `serve` is the hard stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from .api import create_app
+from .api.common import Services
+from .auth import KeyRing
+from .config import Config
+from .dataplane import DataPlane, serve_front_door, stream_fallback
+from .engine import Engine
+from .hub import Hub
+from .store.sqlite import SqliteStore
+from .supervisor import Supervisor
+
+log = logging.getLogger("jobserver")
+
+# After the last job is bounced, how long stream clients get to see it.
+SHUTDOWN_MARGIN = 5.0
+
+
+@dataclass(eq=False)
+class Server:
+    config: Config
+    engine: Engine
+    supervisor: Supervisor
+    keyring: KeyRing
+    port: int
+    _shutdown: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+                ) -> None:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    keyring = KeyRing.load_or_create(config.data_dir)
+    store = SqliteStore(config.data_dir / "jobserver.db")
+    async with trio.open_nursery() as store_nursery:
+        await store_nursery.start(store.run)
+        engine = Engine(config, store, Hub())
+        supervisor = Supervisor(engine)
+        async with trio.open_nursery() as engine_nursery:
+            await engine.recover()
+            await engine_nursery.start(supervisor.run)
+            services = Services(config=config, engine=engine, supervisor=supervisor,
+                                keyring=keyring, started_at=time.time())
+            http_scope = trio.CancelScope()
+            port = await engine_nursery.start(_serve_http, services, http_scope)
+            server = Server(config, engine, supervisor, keyring, port)
+            task_status.started(server)
+            await server._shutdown.wait()
+            log.info("shutting down: bouncing %d running jobs", supervisor.running)
+            engine.accepting = False
+            with trio.move_on_after(config.kill_grace + SHUTDOWN_MARGIN):
+                await supervisor.bounce_all()
+            http_scope.cancel()
+            engine_nursery.cancel_scope.cancel()
+        store_nursery.cancel_scope.cancel()
+
+
+async def _serve_http(services: Services, scope: trio.CancelScope, *,
+                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """The front door: stream routes on the data plane, the rest on the Quart app."""
+    config, engine, keyring = services.config, services.engine, services.keyring
+    plane = DataPlane(config=config, engine=engine, keyring=keyring)
+    services = dataclasses.replace(services, stream_stats=plane.statistics)
+    app = stream_fallback(create_app(services), engine=engine, keyring=keyring, config=config,
+                          plane=plane)
+    with scope:
+        await serve_front_door(config, engine, keyring, app,
+                               listen_socket=bind_socket(config.host, config.port), plane=plane,
+                               task_status=task_status)

@@ -1,0 +1,65 @@
+"""The Store interface: what the engine needs from persistence, and no SQL.
+
+Rules: SQL stays inside a backend. Writes are queued and group-committed by
+the backend's own `run` service; `write` waits only when the backlog is full
+(backpressure on the producer, never unbounded memory). Reads see everything
+that was committed; `wait_flushed` waits until everything written before the
+call is committed. Nothing assumes one process owns the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from ..core.events import Event
+from ..core.ids import JobId
+from ..core.job import Job
+from ..core.states import Status
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFilter:
+    owner: str | None = None  # None: every owner (admins)
+    status: Status | None = None
+    template: str | None = None
+    limit: int = 50
+    cursor: str | None = None  # opaque, from the previous page
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    committed_events: int
+    commits: int
+    pending: int
+
+
+class Store(Protocol):
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the database, then commit queued writes in groups until cancelled;
+        on the way out, flush what is queued (bounded) and close."""
+
+    async def write(self, events: Sequence[Event], job: Job | None = None) -> None:
+        """Queue events (and the job record as it stands after them) for commit."""
+
+    async def wait_flushed(self) -> None:
+        """Return once everything queued before this call is committed."""
+
+    async def get_job(self, job_id: JobId) -> Job | None: ...
+
+    async def list_jobs(self, query: JobFilter) -> tuple[list[Job], str | None]:
+        """A page of jobs, newest first, and the cursor of the next page (or None)."""
+
+    async def events_after(self, job_id: JobId, after: int, *, limit: int = 1000) -> list[Event]:
+        """Committed events of a job with seq > after, in order, at most `limit`."""
+
+    async def unfinished_jobs(self) -> list[Job]:
+        """Jobs QUEUED or RUNNING, oldest first (for recovery at start)."""
+
+    async def delete_job(self, job_id: JobId) -> None:
+        """Remove a job and its events (committed in order with other writes)."""
+
+    def statistics(self) -> StoreStatistics: ...

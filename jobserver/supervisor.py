@@ -1,0 +1,284 @@
+"""The supervisor: a FIFO queue, a fixed number of slots, one task per run.
+
+Rules: a job runs inside its own cancel scope (`LiveJob.cancel_scope`); cancel
+and bounce go through it, nothing else stops a job. Each run's children and
+pumps live in that run's nursery, inside the supervisor's. A run always ends
+with exactly one of: Finished (SUCCEEDED / FAILED / CANCELLED) or Bounce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections import deque
+from typing import Any
+
+import trio
+
+from . import executor
+from .auth import Principal
+from .core import control as ctl
+from .core import events as ev
+from .core.ids import JobId
+from .core.states import Status
+from .engine import ADHOC_TEMPLATE, Engine, LiveJob, Submission
+from .errors import JobserverError
+
+# Environment variables a job inherits from the server; nothing else leaks.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME",
+                 "SHELL", "VIRTUAL_ENV", "PYTHONPATH")
+# Bound on removing a job's work dir after it ends.
+CLEANUP_SECONDS = 10.0
+
+
+class Supervisor:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self._running: dict[JobId, LiveJob] = {}
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                while len(self._running) < self.config.slots and self.engine.accepting:
+                    live = self.engine.take_queued()
+                    if live is None:
+                        break
+                    self._running[live.job.id] = live
+                    self._idle = trio.Event()
+                    nursery.start_soon(self._run_job, live)
+                await self.engine.wait_queue_changed()
+
+    async def bounce_all(self) -> None:
+        """Stop taking work and send every running job back to QUEUED."""
+        self.engine.accepting = False
+        for live in list(self._running.values()):
+            live.stop_reason = "bounce"
+            if live.cancel_scope is not None:
+                live.cancel_scope.cancel()
+        await self._idle.wait()
+
+    async def _run_job(self, live: LiveJob) -> None:
+        job_id = live.job.id
+        try:
+            await Run(self.engine, live).run()
+        finally:
+            del self._running[job_id]
+            if not self._running:
+                self._idle.set()
+            self.engine.kick()
+
+
+class Run:
+    """One execution of one job: its plan, its sink, its outcome."""
+
+    def __init__(self, engine: Engine, live: LiveJob) -> None:
+        self.engine = engine
+        self.live = live
+        self.config = engine.config
+        self.snippet: dict[str, deque[str]] = {
+            "stdout": deque(maxlen=self.config.log_snippet_lines),
+            "stderr": deque(maxlen=self.config.log_snippet_lines),
+        }
+        self.reported_error: str | None = None
+        self.current_step: str | None = None
+        self.result_message: str | None = None
+        job_id = live.job.id
+        self.work_dir = self.config.data_dir / "work" / job_id
+        self.output_dir = self.config.data_dir / "output" / job_id
+
+    # ---- ExecutionSink ----------------------------------------------------
+
+    async def started(self, pid: int, command: str, step: str | None) -> None:
+        jid = self.live.job.id
+        await self.engine.record(self.live, [lambda s: ev.Started(
+            job_id=jid, seq=s, ts=self.engine.now(), pid=pid, command=command, step=step)])
+
+    async def lines(self, stream: str, ts: float, lines: list[str]) -> None:
+        self.snippet[stream].extend(lines[-self.config.log_snippet_lines:])
+        await self.engine.record_logs(self.live, stream, ts, lines)
+
+    async def warning(self, message: str) -> None:
+        jid = self.live.job.id
+        await self.engine.record(self.live, [lambda s: ev.Warning(
+            job_id=jid, seq=s, ts=self.engine.now(), message=message)])
+
+    async def control(self, message: ctl.Message) -> None:
+        jid, now = self.live.job.id, self.engine.now()
+        event: Any
+        match message:
+            case ctl.Progress():
+                pct = message.pct
+                if pct is None and message.at is not None and message.of:
+                    pct = 100.0 * message.at / message.of
+                step = message.step or self.current_step
+                event = lambda s: ev.Progress(  # noqa: E731
+                    job_id=jid, seq=s, ts=now, pct=round(min(max(pct or 0.0, 0.0), 100.0), 2),
+                    at=message.at, of=message.of, message=message.message, step=step)
+            case ctl.StepMsg():
+                event = lambda s: ev.Step(job_id=jid, seq=s, ts=now, name=message.name,  # noqa: E731
+                                          status=message.status)
+            case ctl.ResultMsg():
+                data = dict(message.data)
+                if isinstance(data.get("message"), str):
+                    self.result_message = data["message"]
+                event = lambda s: ev.Result(job_id=jid, seq=s, ts=now, data=data)  # noqa: E731
+            case ctl.ErrorMsg():
+                self.reported_error = message.message
+                step = message.step or self.current_step
+                event = lambda s: ev.Error(  # noqa: E731
+                    job_id=jid, seq=s, ts=now, code=message.code, message=message.message,
+                    remediation=message.remediation, step=step)
+            case ctl.SpawnMsg():
+                await self._spawn(message)
+                return
+            case _:
+                return
+        await self.engine.record(self.live, [event])
+
+    async def _spawn(self, message: ctl.SpawnMsg) -> None:
+        parent = self.live.job
+        principal = Principal(parent.owner, self.live.role)
+        try:
+            child = await self.engine.submit(principal, Submission(
+                template=message.template, params=message.params,
+                correlation_id=parent.correlation_id, parent_id=parent.id))
+        except JobserverError as exc:
+            await self.warning(f"spawn of {message.template!r} refused: {exc.message}")
+            return
+        await self.engine.record(self.live, [lambda s: ev.Spawned(
+            job_id=parent.id, seq=s, ts=self.engine.now(), child_id=child.id,
+            template=message.template, name=message.name)])
+
+    # ---- the run ----------------------------------------------------------
+
+    async def run(self) -> None:
+        with trio.CancelScope() as scope:
+            self.live.cancel_scope = scope
+            if self.live.stop_reason is None:
+                outcome = await self._execute_plan()
+        self.live.cancel_scope = None
+        with trio.CancelScope(shield=True):
+            try:
+                if scope.cancelled_caught or self.live.stop_reason is not None:
+                    await self._stopped()
+                else:
+                    await self._finish(*outcome)
+            finally:
+                with trio.move_on_after(CLEANUP_SECONDS):
+                    await trio.to_thread.run_sync(shutil.rmtree, self.work_dir, True)
+
+    async def _stopped(self) -> None:
+        jid = self.live.job.id
+        if self.live.stop_reason == "bounce":
+            await self.engine.record(self.live, [lambda s: ev.Bounce(
+                job_id=jid, seq=s, ts=self.engine.now(), reason="server shutting down")])
+            return  # stays in memory as QUEUED; picked up again after restart
+        await self.engine.finish_cancelled(self.live)
+        self.engine.forget(jid)
+
+    async def _execute_plan(self) -> tuple[str, str, int | None, str | None]:
+        """(status, outcome, exit_code, message) of the whole plan."""
+        job = self.live.job
+        if job.template == ADHOC_TEMPLATE:
+            plan: list[tuple[str | None, list[str]]] = [(None, list(job.command))]
+            template = None
+        else:
+            template = self.config.templates.get(job.template)
+            if template is None:
+                return (Status.FAILED, "failed", None,
+                        f"template {job.template!r} is no longer configured")
+            plan = template.plan(job.params)
+        await trio.to_thread.run_sync(self._make_dirs)
+        env = self._environment(template.render_env(job.params) if template else {})
+        cwd = template.cwd if template and template.cwd else str(self.work_dir)
+        timeout = template.timeout if template else None
+        deadline = time.monotonic() + timeout if timeout else None
+        stdin = self._input_bytes() if template and template.stdin_input else None
+        for index, (step, argv) in enumerate(plan):
+            if index < job.resume_from and step is not None:
+                await self._step(step, "Skipped")
+                continue
+            self.current_step = step
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            info = await executor.execute(
+                executor.Command(argv=argv, env=env, cwd=cwd, timeout=left, stdin_data=stdin,
+                                 step=step),
+                self, kill_grace=self.config.kill_grace, max_line=self.config.max_line_bytes)
+            failure = self._failure(info, timeout)
+            if failure is not None:
+                if step is not None:
+                    await self._step(step, "Failed")
+                return (Status.FAILED, failure[0], info.exit_code, failure[1])
+            if step is not None and self._step_status(step) != "Skipped":
+                await self._step(step, "Succeeded")  # unless it reported itself Skipped
+        message = self.result_message or "Completed successfully."
+        return (Status.SUCCEEDED, "succeeded", 0, message)
+
+    def _failure(self, info: executor.ExitInfo, timeout: float | None) -> tuple[str, str] | None:
+        if info.start_error is not None:
+            return "failed", f"could not start: {info.start_error}"
+        if info.timed_out:
+            return "killed", f"timed out after {timeout:g} seconds"
+        if info.signal is not None:
+            name = signal.Signals(info.signal).name if info.signal in signal.valid_signals() \
+                else str(info.signal)
+            return "killed", self.reported_error or f"killed by signal {name}"
+        if info.exit_code != 0:
+            return "failed", self.reported_error or f"exited with code {info.exit_code}"
+        return None
+
+    def _step_status(self, name: str) -> str | None:
+        return next((s.status for s in self.live.job.steps if s.name == name), None)
+
+    async def _step(self, name: str, status: str) -> None:
+        jid = self.live.job.id
+        await self.engine.record(self.live, [lambda s: ev.Step(
+            job_id=jid, seq=s, ts=self.engine.now(), name=name, status=status)])
+
+    async def _finish(self, status: str, outcome: str, exit_code: int | None,
+                      message: str | None) -> None:
+        jid = self.live.job.id
+        snippet = None
+        if status == Status.FAILED:
+            tail = self.snippet["stderr"] or self.snippet["stdout"]
+            snippet = "\n".join(tail) if tail else None
+        await self.engine.record(self.live, [lambda s: ev.Finished(
+            job_id=jid, seq=s, ts=self.engine.now(), status=status, outcome=outcome,
+            exit_code=exit_code, message=message, log_snippet=snippet)])
+        self.engine.forget(jid)
+
+    def _make_dirs(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        data = self._input_bytes()
+        if data is not None:
+            (self.work_dir / "input.json").write_bytes(data)
+
+    def _input_bytes(self) -> bytes | None:
+        document = self.live.job.input
+        return None if document is None else json.dumps(document).encode()
+
+    def _environment(self, extra: dict[str, str]) -> dict[str, str]:
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env.update(extra)
+        job = self.live.job
+        env.update({
+            "JOBSERVER_JOB_ID": job.id,
+            "JOBSERVER_WORK_DIR": str(self.work_dir),
+            "JOBSERVER_OUTPUT_DIR": str(self.output_dir),
+            "JOBSERVER_CORRELATION_ID": job.correlation_id or "",
+        })
+        if job.input is not None:
+            env["JOBSERVER_INPUT_FILE"] = str(self.work_dir / "input.json")
+        return env

@@ -1,0 +1,141 @@
+"""Fixtures: a real server on a loopback port, real clients, real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from jobserver.auth import KeyRing
+from jobserver.config import Config, load_config
+from jobserver.server import Server, serve
+
+PY = sys.executable
+# Jobs find `python3` and `python3 -m jobserver.progress` in this environment,
+# as they would under an activated virtualenv.
+os.environ["PATH"] = os.path.dirname(PY) + os.pathsep + os.environ.get("PATH", "")
+TEMPLATES = Path(__file__).parent / "templates.toml"
+
+
+@dataclass
+class Harness:
+    server: Server
+    client: httpx.AsyncClient
+    admin: str
+    alice: str
+    bob: str
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1)
+
+    def auth(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def submit(self, template: str, params: dict[str, Any] | None = None, *,
+                     token: str | None = None) -> dict[str, Any]:
+        r = await self.client.post("/api/v1/jobs", json={"template": template,
+                                                         "params": params or {}},
+                                   headers=self.auth(token or self.alice))
+        assert r.status_code == 201, r.text
+        job: dict[str, Any] = r.json()
+        return job
+
+    async def job(self, job_id: str, *, token: str | None = None) -> dict[str, Any]:
+        r = await self.client.get(f"/api/v1/jobs/{job_id}", headers=self.auth(token or self.admin))
+        assert r.status_code == 200, r.text
+        job: dict[str, Any] = r.json()
+        return job
+
+    async def wait(self, job_id: str, *statuses: str, timeout: float = 30.0) -> dict[str, Any]:
+        wanted = statuses or ("SUCCEEDED", "FAILED", "CANCELLED")
+        with trio.fail_after(timeout):
+            while True:
+                job = await self.job(job_id)
+                if job["status"] in wanted:
+                    return job
+                await trio.sleep(0.02)
+
+
+def make_config(data_dir: Path, **overrides: Any) -> Config:
+    config = load_config({"config_file": str(TEMPLATES), "data_dir": str(data_dir), "port": 0},
+                         environ={})
+    return Config(**{**{f: getattr(config, f) for f in config.__slots__}, **overrides})
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+async def harness(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[Harness]:
+    config = make_config(data_dir, kill_grace=1.0)
+    server: Server = await nursery.start(serve, config)
+    keys = KeyRing.load_or_create(data_dir)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as client:
+        yield Harness(server, client, keys.issue("root", "admin"), keys.issue("alice", "user"),
+                      keys.issue("bob", "user"), data_dir)
+    server.request_shutdown()
+
+
+def _job_processes(marker: str) -> list[int]:
+    """Processes whose environment names a work dir under `marker` (our jobs)."""
+    found = []
+    needle = f"JOBSERVER_WORK_DIR={marker}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read() and pid_alive(int(entry)):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(tmp_path: Path) -> Iterator[None]:
+    """After every test: no file descriptor left open, no job process left alive."""
+    before = set(os.listdir("/proc/self/fd"))
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = set(os.listdir("/proc/self/fd")) - before
+        orphans = _job_processes(str(tmp_path))
+        if not (leaked or orphans) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    targets = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
+               if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not targets, f"file descriptors leaked: {targets}"
+    assert not orphans, f"job processes left alive: {orphans}"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); it is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,77 @@
+"""Settings: defaults < config file < JOBSERVER_* env < flags; bad ones named."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import jwt
+import pytest
+
+from jobserver.auth import KeyRing
+from jobserver.config import ConfigError, load_config
+
+from .conftest import PY
+
+
+def test_defaults_load_the_bundled_templates() -> None:
+    config = load_config({}, environ={})
+    assert config.host == "127.0.0.1" and config.port == 8000
+    assert {"sleep", "fail", "chatty", "pipeline"} <= set(config.templates)
+
+
+def test_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nport = 9001\nslots = 7\nhost = "0.0.0.0"\n'
+                    '[templates.t]\nargv = ["true"]\n')
+    env = {"JOBSERVER_PORT": "9002", "JOBSERVER_ALLOW_ADHOC": "false",
+           "JOBSERVER_ALLOWED_ORIGINS": "https://a.example, https://b.example"}
+    config = load_config({"config_file": str(path), "port": 9003}, environ=env)
+    assert config.port == 9003 and config.slots == 7 and config.host == "0.0.0.0"
+    assert config.allow_adhoc is False
+    assert config.allowed_origins == ("https://a.example", "https://b.example")
+    assert set(config.templates) == {"t"}
+    assert load_config({"config_file": str(path)}, environ=env).port == 9002
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[server]\nport = 70000\n", "port"),
+    ("[server]\nslots = 0\n", "slots"),
+    ("[server]\ncolour = 1\n", "colour"),
+    ("[server]\nkill_grace = 'soon'\n", "kill_grace"),
+    ("[templates.x]\nargv = ['echo', '{nope}']\n", "undeclared"),
+    ("not toml at all [", "config file"),
+])
+def test_bad_settings_are_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config({"config_file": str(path)}, environ={})
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config({"config_file": "/nonexistent/c.toml"}, environ={})
+
+
+def test_bad_env_value() -> None:
+    with pytest.raises(ConfigError, match="allow_adhoc"):
+        load_config({}, environ={"JOBSERVER_ALLOW_ADHOC": "perhaps"})
+
+
+def test_token_command(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [PY, "-m", "jobserver", "token", "--sub", "alice", "--role", "user", "--ttl", "60",
+         "--data-dir", str(tmp_path)], capture_output=True, text=True, check=True, timeout=60)
+    token = out.stdout.strip()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["sub"] == "alice" and claims["role"] == "user"
+    assert claims["exp"] - claims["iat"] == 60
+    assert KeyRing.load_or_create(tmp_path).verify(token).sub == "alice"
+    assert (tmp_path / "signing.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_cli_reports_bad_config(tmp_path: Path) -> None:
+    out = subprocess.run([PY, "-m", "jobserver", "--config", str(tmp_path / "none.toml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "cannot read config file" in out.stderr

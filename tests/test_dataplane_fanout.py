@@ -1,0 +1,197 @@
+"""Direct-write fan-out: many subscribers, slow ones, stalled ones, memory."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from jobserver.dataplane.outbox import MAX_BACKLOG_BYTES
+
+from .conftest import Harness
+from .test_dataplane_helpers import (
+    RawWebSocket,
+    gated_job,
+    logs_path,
+    rss_bytes,
+    running_server,
+    submit_command,
+)
+
+# Waits for go1, prints `count` lines, waits for go2, prints three more.
+TWO_BURSTS = (
+    "import os, sys, time\n"
+    "def wait(p):\n"
+    "    while not os.path.exists(p): time.sleep(0.005)\n"
+    "wait(sys.argv[1])\n"
+    "w = sys.stdout.write\n"
+    "for i in range(int(sys.argv[3])): w('line %d %s\\n' % (i, 'y' * 100))\n"
+    "sys.stdout.flush()\n"
+    "wait(sys.argv[2])\n"
+    "for i in range(3): print('tail', i)\n"
+)
+
+
+async def stream_stats(h: Harness) -> dict[str, float]:
+    """The data plane's statistics, as /metrics shows them."""
+    r = await h.client.get("/metrics")
+    assert r.status_code == 200
+    out = {}
+    for line in r.text.splitlines():
+        if line.startswith("jobserver_stream_"):
+            name, value = line.split()
+            out[name.removeprefix("jobserver_stream_")] = float(value)
+    return out
+
+
+async def wait_stats(h: Harness, timeout: float = 10.0, **wanted: float) -> dict[str, float]:
+    with trio.fail_after(timeout):
+        while True:
+            stats = await stream_stats(h)
+            if all(stats[k] == v for k, v in wanted.items()):
+                return stats
+            await trio.sleep(0.02)
+
+
+def log_lines(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["payload"]["message"] for m in messages if m["type"] == "log"]
+
+
+@pytest.fixture
+async def h(data_dir: Path) -> AsyncIterator[Harness]:
+    async with running_server(data_dir) as harness:
+        yield harness
+
+
+async def test_200_subscribers_get_the_identical_sequence(h: Harness) -> None:
+    go = h.data_dir / "go"
+    job = await gated_job(h, go, 300)
+    clients = []
+    for _ in range(200):
+        ws = await RawWebSocket.connect(h.server.port, logs_path(job["id"], h.admin))
+        [first] = [json.loads(m) async for m in ws.messages(limit=1)]
+        assert first["type"] == "system"
+        clients.append(ws)
+    stats = await stream_stats(h)
+    assert stats["connections"] == 200 and stats["subscribers"] == 200
+    assert stats["channels"] == 1  # one rendering and encoding for all of them
+    received: list[list[dict[str, Any]]] = [[] for _ in clients]
+
+    async def read(i: int) -> None:
+        received[i] = await clients[i].collect()
+
+    go.touch()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for i in range(len(clients)):
+                nursery.start_soon(read, i)
+    for ws in clients:
+        assert ws.close_code == 1000
+        await ws.aclose()
+    assert log_lines(received[0]) == [f"line {i} " for i in range(300)]
+    assert received[0][-1]["payload"]["status"] == "SUCCEEDED"
+    assert all(r == received[0] for r in received)
+    await wait_stats(h, connections=0, subscribers=0, channels=0)
+
+
+async def _burst(h: Harness, name: str, count: int, *, stall: bool
+                 ) -> tuple[int, float, RawWebSocket | None, str]:
+    """One gated job of `count` padded lines read by a fast subscriber (and, when
+    `stall`, one that reads nothing): the process's RSS peak and the fast one's time."""
+    go = h.data_dir / name
+    job = await gated_job(h, go, count, "x" * 100)
+    port = h.server.port
+    fast = await RawWebSocket.connect(port, logs_path(job["id"], h.admin, "&since=0"))
+    stalled = None
+    if stall:
+        stalled = await RawWebSocket.connect(port, logs_path(job["id"], h.admin, "&since=0"))
+    peak = rss_bytes()
+    lines = 0
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, rss_bytes())
+            await trio.sleep(0.02)
+
+    start = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sample)
+        go.touch()
+        expected = 0
+        async for text in fast.messages():
+            message = json.loads(text)
+            if message["type"] == "log":
+                assert message["payload"]["message"] == f"line {expected} {'x' * 100}"
+                expected += 1
+        lines = expected
+        nursery.cancel_scope.cancel()
+    elapsed = time.monotonic() - start
+    assert fast.close_code == 1000 and lines == count
+    await fast.aclose()
+    return peak, elapsed, stalled, job["id"]
+
+
+async def test_stalled_subscriber_costs_nothing_and_resumes_with_since(data_dir: Path) -> None:
+    count = 200_000
+    async with running_server(data_dir, max_lag_events=1000, ws_ping_interval=0.5,
+                              ws_ping_timeout=0.5) as h:
+        # The same job once without the stalled subscriber: the process's own high water.
+        warm_peak, warm_time, _, _ = await _burst(h, "warm", count, stall=False)
+        peak, elapsed, stalled, job_id = await _burst(h, "stalled", count, stall=True)
+        assert stalled is not None
+        missed = count * len(f"line {count} {'x' * 100}")
+        assert peak - warm_peak < missed / 2, (
+            f"RSS rose {(peak - warm_peak) >> 20} MiB with a stalled subscriber "
+            f"({missed >> 20} MiB of output it did not read)")
+        assert elapsed < 3 * warm_time + 2, "the fast subscriber was held up"
+        # The stalled one was dropped once its socket stayed full for the stall timeout.
+        await wait_stats(h, connections=0, slow_writers=0, backlog_bytes=0)
+        got = await stalled.collect()
+        await stalled.aclose()
+        assert stalled.close_code in (1006, 1011)
+        last = max(m.get("seq", 0) for m in got)
+        again = await RawWebSocket.connect(h.server.port,
+                                           logs_path(job_id, h.admin, f"&since={last}"))
+        rest = await again.collect()
+        await again.aclose()
+        assert again.close_code == 1000 and rest[-1]["payload"]["status"] == "SUCCEEDED"
+        seqs = [m["seq"] for m in got + rest if m["type"] == "log"]
+        assert seqs == list(range(seqs[0], seqs[0] + count))
+        assert log_lines(got + rest) == [f"line {i} {'x' * 100}" for i in range(count)]
+
+
+async def test_lagging_subscriber_catches_up_and_goes_live_again(data_dir: Path) -> None:
+    count = 100_000
+    async with running_server(data_dir, max_lag_events=1000, ws_ping_interval=10,
+                              ws_ping_timeout=10) as h:
+        go1, go2 = h.data_dir / "go1", h.data_dir / "go2"
+        job = await submit_command(h, ["python3", "-c", TWO_BURSTS, str(go1), str(go2),
+                                       str(count)])
+        await h.wait(job["id"], "RUNNING")
+        port = h.server.port
+        fast = await RawWebSocket.connect(port, logs_path(job["id"], h.admin, "&replay=1"))
+        slow = await RawWebSocket.connect(port, logs_path(job["id"], h.admin, "&replay=1"))
+        go1.touch()
+        fast_got = [json.loads(m) async for m in fast.messages(limit=2 + 1 + count)]
+        assert len(log_lines(fast_got)) == count
+        # The slow one is off the live path, its backlog bounded, its writer waiting.
+        stats = await wait_stats(h, catching_up=1, slow_writers=1)
+        assert stats["live"] == 1
+        assert 0 < stats["backlog_bytes"] <= MAX_BACKLOG_BYTES + 2000 * 200
+        slow_got = [json.loads(m) async for m in slow.messages(limit=2 + 1 + count)]
+        assert [m["seq"] for m in slow_got] == [m["seq"] for m in fast_got]
+        assert slow_got == fast_got
+        await wait_stats(h, live=2, catching_up=0, slow_writers=0)  # live again
+        go2.touch()
+        for ws in (fast, slow):
+            tail = await ws.collect()
+            assert ws.close_code == 1000
+            assert log_lines(tail) == ["tail 0", "tail 1", "tail 2"]
+            assert tail[-1]["payload"]["status"] == "SUCCEEDED"
+            await ws.aclose()
