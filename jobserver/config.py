@@ -44,7 +44,7 @@ class Config:
     handshake_timeout: float = 10.0
     sse_heartbeat: float = 15.0
     # A subscriber further behind than this many events leaves the live path.
-    max_lag_events: int = 10000
+    max_lag_events: int = 100_000  # events; outbox.MAX_BACKLOG_BYTES bounds the bytes
     # Extra allowed WebSocket origins; same host and localhost always are.
     allowed_origins: tuple[str, ...] = ()
     # The jobs dialect.

@@ -102,10 +102,7 @@ class Engine:
             job = live.job
             first = job.last_seq + 1
             jid = job.id
-            out = [
-                ev.Log(job_id=jid, seq=first + i, ts=ts, stream=stream, line=line)
-                for i, line in enumerate(lines)
-            ]
+            out = ev.make_logs(jid, first, ts, stream, lines)
             job = dataclasses.replace(job, last_seq=first + len(lines) - 1)
             live.job = job
             await self.store.write(out, job)

@@ -26,7 +26,7 @@ catching up over the same history share it.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
@@ -64,7 +64,9 @@ class FrameCache:
 
     def __init__(self, *, max_entries: int = FRAME_CACHE_ENTRIES,
                  max_bytes: int = FRAME_CACHE_BYTES) -> None:
-        self._entries: dict[tuple[ChannelKey, int], tuple[bytes, bool]] = {}
+        # An OrderedDict evicts its oldest in O(1); a dict's next(iter()) walks
+        # every slot left behind by earlier evictions.
+        self._entries: OrderedDict[tuple[ChannelKey, int], tuple[bytes, bool]] = OrderedDict()
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -88,8 +90,7 @@ class FrameCache:
         self._entries[key] = value
         self._bytes += len(value[0])
         while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
-            oldest = next(iter(self._entries))
-            self._bytes -= len(self._entries.pop(oldest)[0])
+            self._bytes -= len(self._entries.popitem(last=False)[1][0])
 
 
 class Channel:
@@ -106,6 +107,7 @@ class Channel:
         self.last_seq = 0  # the highest seq the hub delivered here
         self.live: dict[Member, None] = {}
         self.pending: dict[Member, None] = {}
+        self.behind: dict[Member, None] = {}  # demoted, not yet catching up
 
     def deliver(self, events: Sequence[Event]) -> None:
         if events[-1].seq <= self.last_seq:
@@ -122,25 +124,39 @@ class Channel:
             for event in events:
                 renderer.advance(event)
             return
-        data, used, end = self.encode_events(renderer, events)
+        # While every member is live nobody will read these events again: the
+        # cache is for members behind (catching up over the events after theirs).
+        data, used, end = self.encode_events(renderer, events,
+                                             cached=bool(self.pending or self.behind))
         for event in events[used:]:
             renderer.advance(event)
         for member in tuple(self.live):
             member.push(data, used, self.last_seq, end)
 
-    def encode_events(self, renderer: Renderer, events: Sequence[Event]
-                      ) -> tuple[bytes, int, bool]:
-        """(bytes, events used, ended): the encoding of `events` up to an end, via the cache."""
+    def encode_events(self, renderer: Renderer, events: Sequence[Event], *,
+                      cached: bool = True) -> tuple[bytes, int, bool]:
+        """(bytes, events used, ended): the encoding of `events` up to an end, via
+        the cache unless not `cached`."""
         parts = []
         used = 0
         end = False
+        encode = self.encode
+        if not cached:
+            for event in events:
+                messages, end = renderer.render(event)
+                parts.append(encode(messages))
+                used += 1
+                if end:
+                    break
+            return b"".join(parts), used, end
+        cache = self.cache
         for event in events:
             ckey = (self.key, event.seq)
-            hit = self.cache.get(ckey)
+            hit = cache.get(ckey)
             if hit is None:
-                rendered = renderer.render(event)
-                data, end = self.encode(rendered.messages), rendered.end
-                self.cache.put(ckey, (data, end))
+                messages, end = renderer.render(event)
+                data = encode(messages)
+                cache.put(ckey, (data, end))
             else:
                 renderer.advance(event)
                 data, end = hit
@@ -151,6 +167,7 @@ class Channel:
         return b"".join(parts), used, end
 
     def add_pending(self, member: Member) -> None:
+        self.behind.pop(member, None)
         self.pending[member] = None
 
     def promote(self, member: Member, renderer: Renderer) -> None:
@@ -161,16 +178,18 @@ class Channel:
 
     def demote(self, member: Member) -> None:
         self.live.pop(member, None)
+        self.behind[member] = None
 
     def remove(self, member: Member) -> None:
         self.live.pop(member, None)
         self.pending.pop(member, None)
-        if not self.live and not self.pending:
+        self.behind.pop(member, None)
+        if self.empty:
             self._release(self)
 
     @property
     def empty(self) -> bool:
-        return not self.live and not self.pending
+        return not self.live and not self.pending and not self.behind
 
 
 class Member:
@@ -281,7 +300,11 @@ class Member:
             return True
         if not events:
             return False
-        data, used, end = self.channel.encode_events(renderer, events)
+        channel = self.channel
+        # Shared encodings help when the channel encodes these too (it has live
+        # members) or others read the same history; alone, caching costs only.
+        shared = bool(channel.live) or len(channel.pending) + len(channel.behind) > 1
+        data, used, end = channel.encode_events(renderer, events, cached=shared)
         self.cursor = events[used - 1].seq
         outbox = self.sink.outbox
         outbox.write_nowait(data, used)

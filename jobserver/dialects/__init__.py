@@ -21,9 +21,9 @@ ASGI or trio.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..core.events import Event
 from ..core.ids import JobId
@@ -50,9 +50,10 @@ class Close:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    """What one event becomes: messages, and whether the followed stream ends after them."""
+class Rendered(NamedTuple):
+    """What one event becomes: messages, and whether the followed stream ends after them.
+
+    A named tuple, not a dataclass: one is made per event and per line of output."""
 
     messages: tuple[Message, ...] = ()
     end: bool = False
@@ -141,6 +142,13 @@ class StreamRequest:
     peer: str | None = None  # the client's address (a loopback check), when known
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(data: Any) -> str:
     """Compact JSON, UTF-8 left as it is (the transports encode it once)."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(data)
+
+
+# A JSON string literal as `dumps` writes one (for messages built by hand).
+json_string: Callable[[str], str] = json.encoder.encode_basestring

@@ -32,6 +32,7 @@ from . import (
     Rendered,
     StreamRequest,
     dumps,
+    json_string,
 )
 
 DIALECT = "logs"
@@ -82,7 +83,7 @@ class LogsRenderer:
     (skips are recorded before a retried job's first process starts).
     """
 
-    __slots__ = ("_label", "_last_stamp", "_last_ts", "_running", "job_id", "with_seq")
+    __slots__ = ("_label", "_last_head", "_running", "job_id", "with_seq")
 
     def __init__(self, job_id: JobId, label: str, *, with_seq: bool, running: bool) -> None:
         self.job_id = job_id
@@ -90,8 +91,7 @@ class LogsRenderer:
         self._label = label
         self._running = running
         # Log lines of one read share a timestamp: format it once.
-        self._last_ts: float | None = None
-        self._last_stamp: str | None = None
+        self._last_head: tuple[float, str, str] | None = None
 
     @property
     def key(self) -> tuple[str, bool]:
@@ -112,19 +112,24 @@ class LogsRenderer:
         elif kind in (ev.Queued, ev.Bounce, ev.Finished):
             self._running = False
 
-    def _stamp(self, ts: float) -> str | None:
-        if ts != self._last_ts:
-            self._last_ts, self._last_stamp = ts, iso_ms(ts)
-        return self._last_stamp
+    def log_message(self, event: ev.Log, seq: int | None) -> str:
+        """`message("log", {ts, stream, message}, seq)`, byte for byte, built by hand:
+        a log line is the one message rendered per line of output."""
+        head = self._last_head
+        if head is None or head[0] != event.ts or head[1] != event.stream:
+            stamp = dumps(iso_ms(event.ts))
+            text = f'"payload":{{"ts":{stamp},"stream":{json_string(event.stream)},"message":'
+            head = self._last_head = (event.ts, event.stream, text)
+        if seq is None:
+            return '{"type":"log",' + head[2] + json_string(event.line) + "}}"
+        return f'{{"type":"log","seq":{seq},{head[2]}{json_string(event.line)}}}}}'
 
     def render(self, event: ev.Event) -> Rendered:
         seq = event.seq if self.with_seq else None
         kind = type(event)
         if kind is ev.Log:
             assert isinstance(event, ev.Log)
-            payload = {"ts": self._stamp(event.ts), "stream": event.stream,
-                       "message": event.line}
-            return Rendered((message("log", payload, seq),))
+            return Rendered((self.log_message(event, seq),))
         if isinstance(event, ev.Started):
             return self._started(event, seq)
         if isinstance(event, ev.Finished):

@@ -395,16 +395,16 @@ def _expand(
     after: int, limit: int,
 ) -> bool:
     """Append a chunk's Log events with seq > after; True once `out` is full."""
-    log = ev.Log
     for ts, stream, lines in segments:
         n = len(lines)
         if seq + n <= after:  # the whole segment was seen
             seq += n
             continue
         skip = max(0, after + 1 - seq)
-        for i in range(skip, n):
-            out.append(log(job_id=job_id, seq=seq + i, ts=ts, stream=stream, line=lines[i]))
-            if len(out) >= limit:
-                return True
+        stop = min(n, skip + limit - len(out))
+        out.extend(ev.make_logs(job_id, seq + skip, ts, stream,
+                                lines if skip == 0 and stop == n else lines[skip:stop]))
+        if len(out) >= limit:
+            return True
         seq += n
     return False
