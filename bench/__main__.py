@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ns", help="fan-out subscriber counts, e.g. 100,1000,5000")
     parser.add_argument("--idle-connections", type=int, default=10_000,
                         help="idle subscribers to hold (capped by the fd limit)")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the server with py-spy during one more log-throughput "
+                             "run and print where its time goes")
     parser.add_argument("--no-install", action="store_true",
                         help="skip tsp and wrk rather than apt-get install them")
     args = parser.parse_args(argv)
@@ -140,6 +143,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["logs"] = {
             "seq | wc -l": repeat(runs, lambda: system.seq_wc(lines), say, "seq | wc -l"),
             "jobserver": repeat(runs, lambda: log_throughput(lines), say, "jobserver")}
+        if args.profile:
+            from .profile import print_summary, summary
+            raw = RESULTS / "logs-profile.txt"
+            say(f"log throughput under py-spy (samples in {raw}):")
+            rate = log_throughput(lines, profile=raw)
+            found = summary(raw) if raw.exists() else {}
+            say(f"  {rate:,.0f} lines/s while sampled")
+            print_summary(found, say)
+            results["logs_profile"] = {k: [list(r) for r in v] for k, v in found.items()}
     if "spawn" in args.only:
         count = 300 if args.quick else 2000
         say(f"spawn rate, {count:,} jobs of `true`, 2 at once")

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from http.client import HTTPConnection
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from .jobserver_target import JobserverServer
 from .loadgen import LoadClient
 from .procs import http
+from .profile import Sampler
 from .targets import TargetUnavailable
 
 LOG_TIMEOUT = 300.0
@@ -30,7 +33,8 @@ SPAWN_TIMEOUT = 300.0
 LOG_MARKER = '"log"'
 
 
-def log_throughput(lines: int = 2_000_000) -> float:
+def log_throughput(lines: int = 2_000_000, profile: Path | None = None) -> float:
+    """Lines/s; with `profile`, py-spy samples the server meanwhile into that file."""
     server = JobserverServer()
     try:
         server.start()
@@ -41,11 +45,14 @@ def log_throughput(lines: int = 2_000_000) -> float:
             if ready.ready != 1:
                 raise TargetUnavailable(f"logs subscriber did not get in: {ready.errors}")
             client.go(expect=lines, latency=False, timeout=LOG_TIMEOUT, marker=LOG_MARKER)
-            start_ns = time.time_ns()
-            go.touch()
-            job = server.wait_finished(job_id, LOG_TIMEOUT)
-            job_end_ns = time.time_ns()
-            got = client.wait()
+            with Sampler(server.pid, profile) if profile else nullcontext() as sampler:
+                if sampler is not None and sampler.problem:
+                    print(f"  no profile: {sampler.problem}", flush=True)
+                start_ns = time.time_ns()
+                go.touch()
+                job = server.wait_finished(job_id, LOG_TIMEOUT)
+                job_end_ns = time.time_ns()
+                got = client.wait()
         seconds = (max(job_end_ns, got.last_ns) - start_ns) / 1e9
         if job["status"] != "SUCCEEDED":
             raise RuntimeError(f"bench-seq job ended {job['status']}")
