@@ -197,6 +197,7 @@ class Member:
 
     def __init__(self, sink: Sink, channel: Channel, follow: Follow, *, max_lag: int) -> None:
         self.sink = sink
+        self.outbox = sink.outbox  # looked up once: push runs per member per event
         self.channel = channel
         self.cursor = follow.after  # the last seq written (or queued) for this member
         self._prototype = follow.renderer
@@ -216,11 +217,11 @@ class Member:
 
     def push(self, data: bytes, count: int, last_seq: int, end: bool) -> None:
         self.cursor = last_seq
-        outbox = self.sink.outbox
+        outbox = self.outbox
         outbox.write_nowait(data, count)
         if end:
             self._finish()
-        elif outbox.over(self._max_lag):
+        elif outbox.pending_bytes and outbox.over(self._max_lag):
             self.channel.demote(self)
             self.needs_catch_up = True
             self.sink.wake()

@@ -115,9 +115,11 @@ class Outbox:
             return
         self.sealed = seal
         if not self._chunks:
-            try:
-                sent = send_nowait(self._sock, data)
-            except PeerGone:
+            try:  # send_nowait, inlined: this runs per subscriber per event
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
                 self._break()
                 return
             self._counters.bytes_sent += sent
