@@ -142,6 +142,8 @@ async def test_token_cli_key_is_the_servers(harness: Harness) -> None:
     (b'{"command": ["ls"]}', 403, "adhoc_forbidden"),
     (b'{"template": 7}', 422, "validation_failed"),
     (b"[" * 100000, 400, "bad_json"),
+    # An unpaired surrogate could reach neither argv nor the wire (UTF-8).
+    (b'{"template": "echo", "params": {"message": "a\\ud800b"}}', 400, "bad_json"),
 ])
 async def test_bad_bodies(harness: Harness, body: bytes, status: int, code: str) -> None:
     r = await harness.client.post("/api/v1/jobs", content=body,

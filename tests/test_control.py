@@ -95,6 +95,8 @@ def test_unknown_keys_are_ignored() -> None:
     ('{"spawn": {"template": "t", "params": [1]}}', '"params" must be a JSON object'),
     ('{"spawn": "t"}', '"spawn" must be an object'),
     ("[" * 100_000, "nested too deeply"),
+    ('{"result": {"message": "x\\ud800y"}}', "unpaired surrogate"),
+    ('{"error": {"code": "E", "message": "\\udfff"}}', "unpaired surrogate"),
 ])
 def test_invalid_lines_say_why(line: str, words: str) -> None:
     with pytest.raises(ControlError) as info:

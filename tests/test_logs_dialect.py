@@ -366,3 +366,18 @@ async def test_shutdown_says_1001(data_dir: Path) -> None:
     assert code == 1001
     assert [(m["type"], m["payload"]["message"]) for m in messages] == [
         ("system", "Job returned to the queue: server shutting down.")]
+
+
+async def test_unpaired_surrogate_on_fd3_is_a_warning_not_a_crash(h: Harness) -> None:
+    """A result message that UTF-8 cannot carry must not reach the terminal status."""
+    script = ("import os\nos.write(3, b'{\"result\": {\"message\": \"x\\\\ud800y\"}}\\n')\n"
+              "print('after')")
+    job = await submit_command(h, ["python3", "-c", script])
+    with trio.fail_after(10):
+        messages, code = await session(ws_url(h, job["id"], h.admin, "&replay=1"))
+    assert code == 1000
+    final = messages[-1]["payload"]
+    assert final["status"] == "SUCCEEDED" and final["result_message"] == "Completed successfully."
+    assert [p["message"] for p in payloads(messages, "log")] == ["after"]
+    record = await h.job(job["id"])
+    assert any("unpaired surrogate" in w for w in map(str, record["warnings"]))

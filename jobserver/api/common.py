@@ -78,4 +78,12 @@ async def json_body() -> dict[str, Any]:
         raise BadRequest("body is not valid JSON", code="bad_json") from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object", code="bad_json")
+    if b"\\u" in raw:
+        # An unpaired \udXXX escape parses to a lone surrogate, which UTF-8
+        # (argv, the store, every stream) cannot carry.
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, RecursionError):
+            raise BadRequest("body has an unpaired surrogate escape",
+                             code="bad_json") from None
     return body

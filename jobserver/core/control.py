@@ -194,13 +194,24 @@ def _reject_constant(name: str) -> NoReturn:
 
 def _load(line: str) -> Any:
     try:
-        return json.loads(line, parse_constant=_reject_constant)
+        data = json.loads(line, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         _fail(f"control line is not valid JSON ({exc.msg} at column {exc.colno}): "
               f"{_excerpt(line)}")
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         _fail(f"control line is not valid JSON ({reason}): {_excerpt(line)}")
+    if "\\u" in line:
+        # json.loads turns an unpaired \udXXX escape into a lone surrogate, which
+        # fails wherever it is encoded later (the store, a frame, argv).
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            _fail(f"control line has an unpaired surrogate escape, which UTF-8 cannot "
+                  f"carry: {_excerpt(line)}")
+        except RecursionError:
+            _fail(f"control line is not valid JSON (nested too deeply): {_excerpt(line)}")
+    return data
 
 
 def _number(obj: Mapping[str, Any], key: str) -> float | None:
