@@ -9,6 +9,8 @@ import pytest
 from jobserver.core import events as ev
 from jobserver.core.ids import new_job_id
 from jobserver.core.timefmt import iso_ms
+from jobserver.dataplane.wire import encode_sse, encode_ws
+from jobserver.dialects import SseEvent
 from jobserver.dialects.logs import LogsRenderer, message
 
 LINES = ["plain", "", 'quotes " and \\ backslash', "tab\tand\x01control\x7f",
@@ -37,3 +39,10 @@ def test_make_logs_equals_the_constructor() -> None:
     assert back == made[1] and hash(back) == hash(made[1])
     with pytest.raises(AttributeError):
         made[0].line = "changed"  # type: ignore[misc]
+
+
+def test_an_unpaired_surrogate_cannot_stop_the_publisher() -> None:
+    frame = encode_ws(['{"message":"a\ud800b"}'])
+    assert frame[2:].decode("utf-8") == '{"message":"a?b"}'
+    chunk = encode_sse([SseEvent(data="x\udcff", id="1")])
+    assert chunk.decode("utf-8") == "id: 1\ndata: x?\n\n"

@@ -16,6 +16,9 @@ from ..dialects import Message, SseEvent
 Encoder = Callable[[Sequence[Message]], bytes]
 
 _FIN_TEXT = 0x81
+# Encoding runs in the publisher, where an exception would stop the server: an
+# unpaired surrogate (which no text on the wire may carry) becomes "?".
+_UNPAIRED = "replace"
 
 
 def ws_text_frame(payload: bytes) -> bytes:
@@ -33,7 +36,7 @@ def encode_ws(messages: Sequence[Message]) -> bytes:
     for m in messages:
         if not isinstance(m, str):
             raise TypeError("a WebSocket dialect sends text messages")
-        parts.append(ws_text_frame(m.encode("utf-8")))
+        parts.append(ws_text_frame(m.encode("utf-8", _UNPAIRED)))
     return b"".join(parts)
 
 
@@ -53,7 +56,7 @@ def encode_sse(messages: Sequence[Message]) -> bytes:
         if not isinstance(m, SseEvent):
             raise TypeError("an SSE dialect sends SseEvent messages")
         parts.append(sse_text(m))
-    return "".join(parts).encode("utf-8")
+    return "".join(parts).encode("utf-8", _UNPAIRED)
 
 
 ENCODERS: dict[str, Encoder] = {"ws": encode_ws, "sse": encode_sse}
