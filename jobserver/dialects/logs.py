@@ -205,9 +205,9 @@ class LogsSession:
         if job.status.terminal:
             return Accept(messages=(system, final_status(job, with_seq=with_seq)),
                           close=Close(1000))
-        after = job.last_seq if self.since is None else self.since
+        # No `since` or one at or past the job's last event: what comes next.
         return Accept(messages=(system,),
-                      follow=Follow(job.id, after, renderer))
+                      follow=Follow(job.id, job.last_seq, renderer))
 
     def on_message(self, message: str | bytes) -> Sequence[Action]:
         return ()  # the spec defines no client messages; they are ignored

@@ -80,7 +80,8 @@ class NativeEventsSession:
             return _problem(422, "validation_failed", "Last-Event-ID / after must be a seq")
         if job.status.terminal and self.after >= job.last_seq:
             return Refuse(204, b"", "")
-        return Accept(follow=Follow(job.id, self.after, NativeRenderer()))
+        # A cursor past the last event (a stale or made-up one) means "from now".
+        return Accept(follow=Follow(job.id, min(self.after, job.last_seq), NativeRenderer()))
 
     def on_message(self, message: str | bytes) -> Sequence[Action]:
         return ()
