@@ -9,7 +9,8 @@ front door already read come first, then the socket; it exposes `.socket`
 (TCPServer asks it for addresses) and no `do_handshake` (so it is not TLS).
 Its sends give up when the peer leaves its window shut for `stall_timeout`:
 hypercorn shields its sends from cancellation, so nothing else could stop
-one to a client that stopped reading.
+one to a client that stopped reading. hypercorn's WebSocket message buffer is
+replaced by one that stops at the cap (`CappedWebsocketBuffer`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import Any
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HyperConfig
+from hypercorn.protocol import ws_stream
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
+from wsproto.events import Message
 
 from .outbox import RECV_SIZE
 
@@ -83,18 +86,40 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         await self._sock.wait_writable()
 
     async def send_eof(self) -> None:
+        # Not a cancel point: hypercorn closes a connection (`send_eof`, then
+        # `aclose`) from the app's task, which quart-trio has just cancelled.
+        # Cancelled here would skip the close and leave the connection open.
         if self._closed:
             raise trio.ClosedResourceError
-        await trio.lowlevel.checkpoint()
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             raise trio.BrokenResourceError(exc) from exc
+        finally:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def aclose(self) -> None:
         self._closed = True
         self._sock.close()
         await trio.lowlevel.checkpoint()
+
+
+class CappedWebsocketBuffer(ws_stream.WebsocketBuffer):
+    """hypercorn's buffer for an inbound WebSocket message, held at its cap.
+
+    hypercorn's own raises past `websocket_max_message_size` (and sends 1009)
+    but goes on writing the rest of the message into itself, so one large
+    frame sent to a reused connection was held whole. This one stops writing.
+    """
+
+    def extend(self, event: Message[Any]) -> None:
+        if self.length > self.max_length:
+            raise ws_stream.FrameTooLargeError
+        super().extend(event)
+
+
+# Every WSStream hypercorn makes (in this process: the front door's) uses it.
+ws_stream.WebsocketBuffer = CappedWebsocketBuffer  # type: ignore[misc]
 
 
 def hypercorn_config(*, max_message_bytes: int, graceful_timeout: float = 2.0) -> HyperConfig:

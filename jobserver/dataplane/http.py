@@ -69,7 +69,10 @@ async def read_head(sock: socket.socket, *, max_bytes: int = MAX_HEAD_BYTES) -> 
         except h11.RemoteProtocolError as exc:
             return BadHead(exc.error_status_hint if data else None)
         if isinstance(event, h11.Request):
-            return Head(event, bytes(raw), bytes(conn.trailing_data[0]))
+            trailing = bytes(conn.trailing_data[0])
+            if len(raw) - len(trailing) > max_bytes:  # it came whole, in one read
+                return BadHead(431)
+            return Head(event, bytes(raw), trailing)
         if event is not h11.NEED_DATA or not data:
             return BadHead(None)
 

@@ -3,9 +3,10 @@
 Rules: `200 text/event-stream`, the body runs until the connection closes
 (no chunked framing, so one encoded chunk is valid for every subscriber);
 `id:` is the event's seq and `Last-Event-ID` resumes (the session reads it);
-a comment line every `config.sse_heartbeat` seconds when nothing else was
-sent. A refused request is a complete HTTP response. Whatever the client
-sends after its request is read and dropped; its end of stream ends ours.
+a comment line every `config.sse_heartbeat` seconds while nothing is queued
+(sent by the reader task). A refused request is a complete HTTP response.
+Whatever the client sends after its request is read and dropped; its end of
+stream ends ours.
 """
 
 from __future__ import annotations
@@ -55,13 +56,17 @@ class SseConnection(StreamConnection):
             self.outbox.write_nowait(b"", seal=True)
             self.wake()
 
-    async def idle(self) -> None:
-        with trio.move_on_after(self.plane.config.sse_heartbeat) as scope:
-            await super().idle()
-        if scope.cancelled_caught and self.outbox.idle and not self.closing:
-            self.outbox.write_nowait(SSE_HEARTBEAT)
-
     async def read_loop(self, trailing: bytes, abort: trio.CancelScope) -> None:
-        while await recv_some(self.sock):
-            pass
+        # The heartbeat is the reader's, like a WebSocket's ping: the writer may
+        # wait in a member's catch-up for as long as the job publishes nothing.
+        interval = self.plane.config.sse_heartbeat
+        next_beat = trio.current_time() + interval
+        while True:
+            with trio.move_on_at(next_beat):
+                if not await recv_some(self.sock):
+                    break
+                continue
+            next_beat = trio.current_time() + interval
+            if self.outbox.idle and not self.closing:
+                self.outbox.write_nowait(SSE_HEARTBEAT)
         abort.cancel()
