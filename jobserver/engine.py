@@ -238,6 +238,7 @@ class Engine:
     async def list(self, principal: Principal, query: JobFilter) -> tuple[list[Job], str | None]:
         if not principal.is_admin:
             query = dataclasses.replace(query, owner=principal.sub)
+        await self.store.wait_flushed()  # read your writes: a job just submitted is listed
         jobs, cursor = await self.store.list_jobs(query)
         # The store's copy of a live job can lag by a group commit: prefer ours.
         return [self._live[j.id].job if j.id in self._live else j for j in jobs], cursor

@@ -72,6 +72,15 @@ async def test_list_filters_and_cursor(harness: Harness) -> None:
     assert {j["owner"] for j in r.json()["jobs"]} == {"bob"}
 
 
+async def test_a_job_is_listed_as_soon_as_it_is_submitted(harness: Harness) -> None:
+    headers = harness.auth(harness.alice)
+    for i in range(20):
+        job = await harness.submit("sleep", {"seconds": 30})
+        r = await harness.client.get("/api/v1/jobs?limit=1", headers=headers)
+        assert [j["id"] for j in r.json()["jobs"]] == [job["id"]], f"submission {i}"
+        await harness.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=headers)
+
+
 async def test_users_never_see_each_others_jobs(harness: Harness) -> None:
     job = await harness.submit("sleep", {"seconds": 30}, token=harness.alice)
     bob = harness.auth(harness.bob)
