@@ -14,6 +14,7 @@ import shutil
 import signal
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -175,8 +176,7 @@ class Run:
                 else:
                     await self._finish(*outcome)
             finally:
-                with trio.move_on_after(CLEANUP_SECONDS):
-                    await trio.to_thread.run_sync(shutil.rmtree, self.work_dir, True)
+                await self._remove_work_dir()
 
     async def _stopped(self) -> None:
         jid = self.live.job.id
@@ -199,7 +199,7 @@ class Run:
                 return (Status.FAILED, "failed", None,
                         f"template {job.template!r} is no longer configured")
             plan = template.plan(job.params)
-        await trio.to_thread.run_sync(self._make_dirs)
+        await self._prepare_dirs()
         env = self._environment(template.render_env(job.params) if template else {})
         cwd = template.cwd if template and template.cwd else str(self.work_dir)
         timeout = template.timeout if template else None
@@ -258,6 +258,23 @@ class Run:
             exit_code=exit_code, message=message, log_snippet=snippet)])
         self.engine.forget(jid)
 
+    async def _prepare_dirs(self) -> None:
+        # Usually two mkdir calls under parents that exist: cheaper here than
+        # a trip to a worker thread. Anything more goes to one.
+        if self.live.job.input is None and _mkdir(self.work_dir) and _mkdir(self.output_dir):
+            await trio.lowlevel.checkpoint()
+            return
+        await trio.to_thread.run_sync(self._make_dirs)
+
+    async def _remove_work_dir(self) -> None:
+        try:
+            os.rmdir(self.work_dir)  # usually left empty: one call, no thread
+        except FileNotFoundError:
+            pass
+        except OSError:
+            with trio.move_on_after(CLEANUP_SECONDS):
+                await trio.to_thread.run_sync(shutil.rmtree, self.work_dir, True)
+
     def _make_dirs(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -282,3 +299,12 @@ class Run:
         if job.input is not None:
             env["JOBSERVER_INPUT_FILE"] = str(self.work_dir / "input.json")
         return env
+
+
+def _mkdir(path: Path) -> bool:
+    """Make `path` if its parent exists; False when that takes more (parents, a clash)."""
+    try:
+        os.mkdir(path)
+    except OSError:
+        return False
+    return True

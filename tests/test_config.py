@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import jwt
 import pytest
 
-from jobserver.auth import KeyRing
+from jobserver.auth import KeyRing, Principal
 from jobserver.config import ConfigError, load_config
+from jobserver.errors import Unauthenticated
 
 from .conftest import PY
 
@@ -75,3 +77,25 @@ def test_cli_reports_bad_config(tmp_path: Path) -> None:
     out = subprocess.run([PY, "-m", "jobserver", "--config", str(tmp_path / "none.toml")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "cannot read config file" in out.stderr
+
+
+def test_a_verified_token_is_remembered_until_it_expires(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ring = KeyRing.load_or_create(tmp_path)
+    token = ring.issue("alice", "user", ttl=60)
+    checked: list[str] = []
+    check = ring._verify
+
+    def counting(token: str, purpose: str) -> tuple[Principal, float]:
+        checked.append(purpose)
+        return check(token, purpose)
+
+    monkeypatch.setattr(ring, "_verify", counting)
+    assert ring.verify(token).sub == "alice" and ring.verify(token).sub == "alice"
+    assert checked == ["api"]
+    with pytest.raises(Unauthenticated, match="unknown key"):
+        ring.verify(token, purpose="other")  # remembered per purpose
+    later = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: later)
+    ring.verify(token)  # past its exp: checked again (pyjwt's clock did not move)
+    assert checked == ["api", "other", "api"]
