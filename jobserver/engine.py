@@ -218,6 +218,14 @@ class Engine:
     def live(self, job_id: JobId) -> LiveJob | None:
         return self._live.get(job_id)
 
+    def published_seq(self, job_id: JobId) -> int:
+        """The seq up to which a live job's events are published now; 0 when unknown:
+        the job is not live, or a write is in flight (`record` publishes after it)."""
+        live = self._live.get(job_id)
+        if live is None or live.lock.locked():
+            return 0
+        return live.job.last_seq
+
     def forget(self, job_id: JobId) -> None:
         self._live.pop(job_id, None)
 

@@ -26,17 +26,16 @@ catching up over the same history share it.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
-
-import trio
 
 from ..core.events import Event
 from ..core.ids import JobId
 from ..dialects import Follow, Renderer
 from ..store import Store
 from .outbox import Outbox
+from .wakeup import Wakeup
 from .wire import Encoder
 
 # Events one store read of a catch-up returns (engine.REPLAY_PAGE's reason:
@@ -195,6 +194,9 @@ class Channel:
 class Member:
     """One connection's subscription to one channel, from a cursor on."""
 
+    __slots__ = ("_buffer", "_buffered", "_max_lag", "_overflow", "_prototype", "channel",
+                 "cursor", "detached", "ended", "needs_catch_up", "outbox", "sink")
+
     def __init__(self, sink: Sink, channel: Channel, follow: Follow, *, max_lag: int) -> None:
         self.sink = sink
         self.outbox = sink.outbox  # looked up once: push runs per member per event
@@ -205,9 +207,9 @@ class Member:
         self.needs_catch_up = True
         self.ended = False  # the renderer said the stream ends here
         self.detached = False
-        self._buffer: deque[Event] = deque()
+        self._buffer: list[Event] = []
         self._overflow = False
-        self._buffered = trio.Event()
+        self._buffered = Wakeup()
 
     @property
     def live(self) -> bool:
@@ -288,7 +290,7 @@ class Member:
                     channel.promote(self, renderer)
                     return
                 else:
-                    self._buffered = trio.Event()
+                    self._buffered.clear()
                     await self._buffered.wait()
                     if self.detached:
                         return

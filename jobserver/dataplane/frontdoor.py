@@ -32,9 +32,9 @@ from .handoff import Hypercorn, hypercorn_config
 from .http import BadHead, Head, parse_target, read_head
 from .plane import DataPlane
 from .routes import Answer, Match
-from .sse import serve_sse
-from .stream import answer
-from .websocket import serve_websocket
+from .sse import open_sse
+from .stream import StreamConnection, answer
+from .websocket import open_websocket
 
 log = logging.getLogger("jobserver.frontdoor")
 
@@ -111,26 +111,33 @@ class FrontDoor:
     async def connection(self, sock: socket.socket) -> None:
         """One accepted connection, from its first byte to its close."""
         try:
-            head: Head | BadHead = BadHead(None)
-            with trio.move_on_after(self.plane.config.handshake_timeout):
-                head = await read_head(sock)
-            if isinstance(head, BadHead):
-                if head.status is not None:
-                    await answer(sock, head.status, b"Bad request.\n",
-                                 stall_timeout=self.plane.stall_timeout)
-                return
-            decision = self._classify(head)
-            if decision is None:
-                await self._hand_off(sock, head)
-            elif isinstance(decision, Answer):
-                await answer(sock, decision.status, decision.message.encode() + b"\n",
-                             headers=decision.headers, stall_timeout=self.plane.stall_timeout)
-            elif decision.route.transport == "ws":
-                await serve_websocket(self.plane, sock, head, decision)
-            else:
-                await serve_sse(self.plane, sock, head, decision)
+            stream = await self._open(sock)
+            if stream is not None:
+                await stream.run()
         finally:
             sock.close()  # after hypercorn, a no-op: its stream closed it
+
+    async def _open(self, sock: socket.socket) -> StreamConnection | None:
+        """Read the first head and act on it; the stream it opened, if any. The head
+        dies here, so an open stream holds none of its request's bytes."""
+        head: Head | BadHead = BadHead(None)
+        with trio.move_on_after(self.plane.config.handshake_timeout):
+            head = await read_head(sock)
+        if isinstance(head, BadHead):
+            if head.status is not None:
+                await answer(sock, head.status, b"Bad request.\n",
+                             stall_timeout=self.plane.stall_timeout)
+            return None
+        decision = self._classify(head)
+        if decision is None:
+            await self._hand_off(sock, head)
+            return None
+        if isinstance(decision, Answer):
+            await answer(sock, decision.status, decision.message.encode() + b"\n",
+                         headers=decision.headers, stall_timeout=self.plane.stall_timeout)
+            return None
+        opener = open_websocket if decision.route.transport == "ws" else open_sse
+        return await opener(self.plane, sock, head, decision)
 
     def _classify(self, head: Head) -> Match | Answer | None:
         websocket = head.wants_websocket

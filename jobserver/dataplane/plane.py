@@ -88,6 +88,10 @@ class DataPlane:
         channel = self._channels.get(key)
         if channel is None:
             channel = Channel(key, ENCODERS[encoding], self.cache, release=self._release)
+            # Where the hub stands now, so that a member whose catch-up reaches it
+            # goes live at once, not at the job's next event (the hub delivers only
+            # what is published after this, in the same step).
+            channel.last_seq = self.engine.published_seq(follow.topic)
             self._channels[key] = channel
             self.engine.hub.subscribe(follow.topic, channel)
         self.subscribers += 1

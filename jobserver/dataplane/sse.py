@@ -24,12 +24,14 @@ from .stream import StreamConnection, answer
 from .wire import SSE_HEADERS, SSE_HEARTBEAT, stream_head
 
 
-async def serve_sse(plane: DataPlane, sock: socket.socket, head: Head, match: Match) -> None:
+async def open_sse(plane: DataPlane, sock: socket.socket, head: Head,
+                   match: Match) -> SseConnection | None:
+    """The accepted stream, ready to run; None when the request was answered otherwise."""
     stall = plane.stall_timeout
     target = parse_target(head.target)
     if target is None:
         await answer(sock, 400, b"Bad request target.\n", stall_timeout=stall)
-        return
+        return None
     request = stream_request(head.method, target[0], target[1], head.headers(), match.params,
                              peer=peer_host(sock))
     session, opening = None, None
@@ -37,16 +39,18 @@ async def serve_sse(plane: DataPlane, sock: socket.socket, head: Head, match: Ma
         session, opening = await match.route.open(plane, request)
     if session is None or opening is None:
         await answer(sock, 503, b"Try again.\n", stall_timeout=stall)
-        return
+        return None
     if isinstance(opening, Refuse):
         await answer(sock, opening.status, opening.body, content_type=opening.content_type,
                      headers=opening.headers, stall_timeout=stall)
-        return
+        return None
     preamble = stream_head(200, [*SSE_HEADERS, *opening.headers])
-    await SseConnection(plane, sock, session).run(preamble, opening, head.trailing)
+    return SseConnection(plane, sock, session, preamble=preamble, opening=opening,
+                         trailing=head.trailing)
 
 
 class SseConnection(StreamConnection):
+    __slots__ = ()
     encoding = "sse"
 
     def close(self, close: Close) -> None:

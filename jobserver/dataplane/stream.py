@@ -22,6 +22,7 @@ from ..dialects import Accept, Action, Close, Message, Session
 from .fanout import Member
 from .outbox import RECV_SIZE, Outbox, PeerGone, Stalled, send_all
 from .plane import DataPlane
+from .wakeup import Wakeup
 from .wire import ENCODERS, http_response
 
 # After a close frame or a refusal, how long the peer gets to read it and
@@ -33,9 +34,19 @@ GOING_AWAY_SECONDS = 1.0
 
 
 class StreamConnection:
+    """An accepted stream: `preamble` (the response head) and `opening` are sent
+    first, `trailing` (bytes the client sent after its request) read first.
+
+    Slotted, and the request it came from is not kept: thousands are held at
+    once, so each holds only what it needs for its life.
+    """
+
+    __slots__ = ("_encode", "_outbox", "_start", "_wakeup", "closing", "members", "plane",
+                 "session", "sock")
     encoding = "ws"
 
-    def __init__(self, plane: DataPlane, sock: socket.socket, session: Session) -> None:
+    def __init__(self, plane: DataPlane, sock: socket.socket, session: Session, *,
+                 preamble: bytes, opening: Accept, trailing: bytes) -> None:
         self.plane = plane
         self.sock = sock
         self.session = session
@@ -43,7 +54,8 @@ class StreamConnection:
         self._encode = ENCODERS[self.encoding]
         self.members: list[Member] = []
         self.closing = False
-        self._wakeup = trio.Event()
+        self._wakeup = Wakeup()
+        self._start: tuple[bytes, Accept, bytes] | None = (preamble, opening, trailing)
 
     @property
     def outbox(self) -> Outbox:
@@ -89,17 +101,14 @@ class StreamConnection:
             if not member.detached:
                 member.detach()
 
-    async def run(self, preamble: bytes, opening: Accept, trailing: bytes) -> None:
+    async def run(self) -> None:
         """Serve the accepted stream until it closes, the peer goes, or we are cancelled."""
+        assert self._start is not None, "a stream connection runs once"
         plane = self.plane
         plane.connections += 1
         try:
-            self._outbox.write_nowait(preamble)
-            self.apply(opening.messages)
-            if opening.follow is not None and not self.closing:
-                self.members.append(plane.join(self, opening.follow, self.encoding))
-            elif opening.close is not None:
-                self.close(opening.close)
+            self._begin()
+            trailing, self._start = self._start[2], None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.read_loop, trailing, nursery.cancel_scope)
                 try:
@@ -118,11 +127,21 @@ class StreamConnection:
             self._outbox.close()
             plane.connections -= 1
 
+    def _begin(self) -> None:
+        assert self._start is not None
+        preamble, opening, _ = self._start
+        self._outbox.write_nowait(preamble)
+        self.apply(opening.messages)
+        if opening.follow is not None and not self.closing:
+            self.members.append(self.plane.join(self, opening.follow, self.encoding))
+        elif opening.close is not None:
+            self.close(opening.close)
+
     async def _write_loop(self) -> None:
         store = self.plane.engine.store
         stall = self.plane.stall_timeout
         while True:
-            self._wakeup = trio.Event()
+            self._wakeup.clear()
             await self._outbox.flush(stall_timeout=stall)
             if self.closing:
                 if self._outbox.idle:

@@ -33,24 +33,27 @@ from wsproto.events import (
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from ..dialects import Close, Refuse, Session
+from ..dialects import Accept, Close, Refuse, Session
 from .http import Head, origin_allowed, parse_target, stream_request
 from .outbox import recv_some
 from .plane import DataPlane
 from .routes import Match
 from .stream import LINGER_SECONDS, StreamConnection, answer, drain_nowait
+from .wakeup import Wakeup
 
 _OPEN = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
 
 
-async def serve_websocket(plane: DataPlane, sock: socket.socket, head: Head,
-                          match: Match) -> None:
+async def open_websocket(plane: DataPlane, sock: socket.socket, head: Head,
+                         match: Match) -> WebSocketConnection | None:
+    """The accepted WebSocket, ready to run; None when the handshake was answered
+    otherwise (and that answer sent). The handshake's state dies here."""
     config = plane.config
     stall = plane.stall_timeout
     headers = head.headers()
     if not origin_allowed(headers.get("origin"), headers.get("host"), config.allowed_origins):
         await answer(sock, 403, b"Origin not allowed.\n", stall_timeout=stall)
-        return
+        return None
     handshake = H11Handshake(ConnectionType.SERVER)
     try:
         handshake.initiate_upgrade_connection(list(head.request.headers), head.request.target)
@@ -60,37 +63,40 @@ async def serve_websocket(plane: DataPlane, sock: socket.socket, head: Head,
             if isinstance(hint, RejectConnection) else (400, [])
         await answer(sock, status, b"Bad WebSocket handshake.\n", headers=extra,
                      stall_timeout=stall)
-        return
+        return None
     target = parse_target(head.target)
     if target is None:
         await answer(sock, 400, b"Bad request target.\n", stall_timeout=stall)
-        return
+        return None
     request = stream_request("GET", target[0], target[1], headers, match.params)
     session, opening = None, None
     with trio.move_on_after(config.handshake_timeout):
         session, opening = await match.route.open(plane, request)
     if session is None or opening is None:
         await answer(sock, 503, b"Try again.\n", stall_timeout=stall)
-        return
+        return None
     if isinstance(opening, Refuse):
         await answer(sock, opening.status, opening.body, content_type=opening.content_type,
                      headers=opening.headers, stall_timeout=stall)
-        return
+        return None
     accept = handshake.send(AcceptConnection(
         extensions=[], extra_headers=[(k.encode(), v.encode()) for k, v in opening.headers]))
     ws = handshake.connection
     assert ws is not None
-    await WebSocketConnection(plane, sock, session, ws).run(accept, opening, head.trailing)
+    return WebSocketConnection(plane, sock, session, ws, preamble=accept, opening=opening,
+                               trailing=head.trailing)
 
 
 class WebSocketConnection(StreamConnection):
+    __slots__ = ("_bytes", "_failed", "_pong_deadline", "_size", "_text", "peer_closed", "ws")
     encoding = "ws"
 
     def __init__(self, plane: DataPlane, sock: socket.socket, session: Session,
-                 ws: Connection) -> None:
-        super().__init__(plane, sock, session)
+                 ws: Connection, *, preamble: bytes, opening: Accept, trailing: bytes) -> None:
+        super().__init__(plane, sock, session, preamble=preamble, opening=opening,
+                         trailing=trailing)
         self.ws = ws
-        self.peer_closed = trio.Event()
+        self.peer_closed = Wakeup()
         self._failed = False  # the peer broke the protocol: stop reading it
         self._text: list[str] = []
         self._bytes: list[bytes] = []
