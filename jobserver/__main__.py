@@ -72,6 +72,9 @@ async def _serve_until_signal(config: Config, first_start: bool) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(serve, config)
+            # What startup built (modules, app, templates) lives as long as the
+            # process: keep it out of every later collection.
+            gc.freeze()
             _announce(server, first_start)
             async for _ in signals:
                 print("jobserver: stopping (jobs go back to the queue) ...", file=sys.stderr,

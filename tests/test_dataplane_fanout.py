@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -199,3 +201,34 @@ async def test_lagging_subscriber_catches_up_and_goes_live_again(data_dir: Path)
             assert log_lines(tail) == ["tail 0", "tail 1", "tail 2"]
             assert tail[-1]["payload"]["status"] == "SUCCEEDED"
             await ws.aclose()
+
+
+async def test_closed_connections_leave_no_garbage_cycles(h: Harness) -> None:
+    """Reference counting frees a closed connection: nothing waits for a full
+    collection (whose pause, with thousands of connections, is the latency tail)."""
+    go = h.data_dir / "go-cycles"
+    job = await gated_job(h, go, 3)
+    for polite in (True, False):  # a close handshake, and a peer that just goes
+        clients = []
+        for _ in range(20):
+            ws = await RawWebSocket.connect(h.server.port, logs_path(job["id"], h.admin))
+            assert [json.loads(m)["type"] async for m in ws.messages(limit=1)] == ["system"]
+            clients.append(ws)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for ws in clients:
+                if polite:
+                    await ws.close()
+                    await ws.collect()
+                await ws.aclose()
+            await wait_stats(h, connections=0)
+            del clients, ws
+            gc.collect()
+            kinds = Counter(type(o).__qualname__ for o in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        leaked = {k: n for k, n in kinds.items() if n >= 20}  # one or more per connection
+        assert not leaked, f"closed connections left cycles behind: {leaked}"
+    go.touch()

@@ -262,6 +262,12 @@ class Member:
 
     async def _catch_up(self, store: Store, stall_timeout: float) -> None:
         channel = self.channel
+        if channel.renderer is not None and channel.last_seq == self.cursor > 0:
+            # Nothing to catch up on, and the channel renders for its live
+            # members already: join them now, without a store read (a thousand
+            # subscribers arriving at once would each wait for one).
+            channel.promote(self, channel.renderer)
+            return
         renderer = self._prototype
         first = True
         while True:

@@ -221,3 +221,11 @@ class Outbox:
             self._counters.slow_writers -= 1
         self._forget_all()
         self.sealed = True
+        # `wake` is the connection's bound method: dropping it breaks the
+        # connection -> outbox -> connection cycle, so reference counting frees
+        # a closed connection at once instead of leaving it to a full collection.
+        self._wake = _nothing
+
+
+def _nothing() -> None:
+    pass

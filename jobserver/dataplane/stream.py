@@ -124,6 +124,7 @@ class StreamConnection:
         finally:
             for member in self.members:
                 plane.leave(member)
+            self.members.clear()  # member.sink is this connection: no cycle left behind
             self._outbox.close()
             plane.connections -= 1
 
