@@ -36,6 +36,8 @@ log = logging.getLogger("jobserver")
 
 # After the last job is bounced, how long stream clients get to see it.
 SHUTDOWN_MARGIN = 5.0
+# At most this long for subscribers to receive the last events before the 1001.
+SETTLE_SECONDS = 1.0
 
 
 @dataclass(eq=False)
@@ -82,7 +84,8 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[Server] = trio.T
             services = Services(config=config, engine=engine, supervisor=supervisor,
                                 keyring=keyring, started_at=time.time())
             http_scope = trio.CancelScope()
-            port = await engine_nursery.start(_serve_http, services, http_scope)
+            plane = DataPlane(config=config, engine=engine, keyring=keyring)
+            port = await engine_nursery.start(_serve_http, services, plane, http_scope)
             server = Server(config, engine, supervisor, keyring, port)
             task_status.started(server)
             await server._shutdown.wait()
@@ -90,16 +93,18 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[Server] = trio.T
             engine.accepting = False
             with trio.move_on_after(config.kill_grace + SHUTDOWN_MARGIN):
                 await supervisor.bounce_all()
+            # Subscribers still catching up get the bounces before the 1001.
+            with trio.move_on_after(SETTLE_SECONDS):
+                await plane.settle()
             http_scope.cancel()
             engine_nursery.cancel_scope.cancel()
         store_nursery.cancel_scope.cancel()
 
 
-async def _serve_http(services: Services, scope: trio.CancelScope, *,
+async def _serve_http(services: Services, plane: DataPlane, scope: trio.CancelScope, *,
                       task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """The front door: stream routes on the data plane, the rest on the Quart app."""
     config, engine, keyring = services.config, services.engine, services.keyring
-    plane = DataPlane(config=config, engine=engine, keyring=keyring)
     services = dataclasses.replace(services, stream_stats=plane.statistics)
     app = stream_fallback(create_app(services), engine=engine, keyring=keyring, config=config,
                           plane=plane)

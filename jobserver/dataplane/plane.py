@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import trio
+
 from ..auth import KeyRing, Principal
 from ..config import Config
 from ..core.ids import JobId
@@ -106,6 +108,16 @@ class DataPlane:
         if self._channels.get(channel.key) is channel:
             del self._channels[channel.key]
             self.engine.hub.unsubscribe(channel.topic, channel)
+
+    async def settle(self) -> None:
+        """Return once every subscriber is live and every socket drained: what was
+        published has been written (the server's last events before it stops).
+        Polls; the caller bounds it."""
+        while True:
+            stats = self.statistics()
+            if stats.live == stats.subscribers and stats.slow_writers == 0:
+                return
+            await trio.sleep(0.01)
 
     def statistics(self) -> DataPlaneStatistics:
         live = sum(len(c.live) for c in self._channels.values())

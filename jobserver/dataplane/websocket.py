@@ -115,6 +115,10 @@ class WebSocketConnection(StreamConnection):
             self.outbox.write_nowait(bytes(frame), seal=True)
         self.wake()
 
+    def _protocol_error(self, close: Close) -> None:
+        self.apply(self.session.on_protocol_error(close, now=self.plane.now()))
+        self.close(close)
+
     def going_away(self) -> None:
         self.close(Close(1001, "server shutting down"))
 
@@ -189,7 +193,7 @@ class WebSocketConnection(StreamConnection):
         elif state is ConnectionState.OPEN:
             # Not a close frame: wsproto's report of a malformed one (1002, 1007).
             self._failed = True
-            self.close(Close(event.code, event.reason or ""))
+            self._protocol_error(Close(event.code, event.reason or ""))
         self.peer_closed.set()
 
     def _message(self, event: TextMessage | BytesMessage) -> None:
@@ -201,7 +205,7 @@ class WebSocketConnection(StreamConnection):
             self._failed = True
             self._text.clear()
             self._bytes.clear()
-            self.close(Close(1009, "message too big"))
+            self._protocol_error(Close(1009, "message too big"))
             return
         whole: str | bytes
         if isinstance(event, TextMessage):

@@ -129,6 +129,10 @@ class Session(Protocol):
     def on_end(self) -> Sequence[Action]:
         """The followed stream ended (a renderer said so)."""
 
+    def on_protocol_error(self, close: Close, *, now: float) -> Sequence[Action]:
+        """The client broke the transport's rules (a message too big, a bad frame):
+        what to send before the transport closes with `close`."""
+
 
 @dataclass(frozen=True, slots=True)
 class StreamRequest:

@@ -354,6 +354,9 @@ class JobsEventsSession:
     def on_end(self) -> Sequence[Action]:
         return (Close(),)
 
+    def on_protocol_error(self, close: Close, *, now: float) -> Sequence[Action]:
+        return ()  # an event stream reads nothing from its client
+
     def _problem(self, status: int, title: str, detail: str, code: str,
                  headers: tuple[tuple[str, str], ...] = ()) -> Refuse:
         body = problem(status, title, detail, correlation_id=self.correlation_id,

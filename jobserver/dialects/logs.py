@@ -40,6 +40,8 @@ ACCESS_DENIED = "Job not found or access denied."
 BAD_SINCE = "Invalid 'since': expected a non-negative integer."
 STREAMING_STARTED = "Log streaming started."
 CANCELLED_MESSAGE = "Job cancelled by user request."
+MESSAGE_TOO_BIG = "Message too big."
+PROTOCOL_ERROR = "Protocol error."
 # The largest `since` accepted (seq numbers are far below it).
 MAX_SINCE = 2**62
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -214,6 +216,11 @@ class LogsSession:
 
     def on_end(self) -> Sequence[Action]:
         return (Close(1000),)
+
+    def on_protocol_error(self, close: Close, *, now: float) -> Sequence[Action]:
+        # "Sent if a protocol-level error occurs before the connection closes."
+        text = MESSAGE_TOO_BIG if close.code == 1009 else PROTOCOL_ERROR
+        return (error_message(text, now=now),)
 
 
 def final_status(job: Job, *, with_seq: bool) -> str:

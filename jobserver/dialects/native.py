@@ -88,3 +88,6 @@ class NativeEventsSession:
 
     def on_end(self) -> Sequence[Action]:
         return (Close(),)
+
+    def on_protocol_error(self, close: Close, *, now: float) -> Sequence[Action]:
+        return ()  # an event stream reads nothing from its client
