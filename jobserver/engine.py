@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -272,9 +273,12 @@ class Engine:
             live.cancel_scope.cancel()
 
     async def finish_cancelled(self, live: LiveJob) -> Job:
-        return await self.record(live, [lambda s: ev.Finished(
-            job_id=live.job.id, seq=s, ts=self.now(), status=Status.CANCELLED.value,
-            outcome="cancelled", exit_code=-100, message="Job cancelled by user request.")])
+        now = self.now()
+        return await self.record(live, [
+            *closing_steps(live.job, Status.CANCELLED.value, now),
+            lambda s: ev.Finished(
+                job_id=live.job.id, seq=s, ts=now, status=Status.CANCELLED.value,
+                outcome="cancelled", exit_code=-100, message="Job cancelled by user request.")])
 
     async def delete(self, principal: Principal, job_id: JobId) -> None:
         job = await self.get(principal, job_id)
@@ -346,3 +350,16 @@ def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
     if any("\x00" in a for a in argv):
         raise ValidationFailed("command must not contain NUL", field="command")
     return tuple(argv)
+
+
+def closing_steps(job: Job, status: str, ts: float) -> list[Callable[[int], ev.Event]]:
+    """Step events for the steps still running as `job` ends with `status`: each
+    takes the job's fate as an event of its own, so that a client following the
+    events sees the step end (the record alone would only show it afterwards)."""
+    fate = "Succeeded" if status == Status.SUCCEEDED else "Failed"
+    return [partial(_step_event, job.id, ts, step.name, fate)
+            for step in job.steps if step.status == "Running"]
+
+
+def _step_event(job_id: JobId, ts: float, name: str, status: str, seq: int) -> ev.Event:
+    return ev.Step(job_id=job_id, seq=seq, ts=ts, name=name, status=status)

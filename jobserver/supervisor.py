@@ -25,7 +25,7 @@ from .core import control as ctl
 from .core import events as ev
 from .core.ids import JobId
 from .core.states import Status
-from .engine import ADHOC_TEMPLATE, Engine, LiveJob, Submission
+from .engine import ADHOC_TEMPLATE, Engine, LiveJob, Submission, closing_steps
 from .errors import JobserverError
 
 # Environment variables a job inherits from the server; nothing else leaks.
@@ -253,9 +253,12 @@ class Run:
         if status == Status.FAILED:
             tail = self.snippet["stderr"] or self.snippet["stdout"]
             snippet = "\n".join(tail) if tail else None
-        await self.engine.record(self.live, [lambda s: ev.Finished(
-            job_id=jid, seq=s, ts=self.engine.now(), status=status, outcome=outcome,
-            exit_code=exit_code, message=message, log_snippet=snippet)])
+        now = self.engine.now()
+        await self.engine.record(self.live, [
+            *closing_steps(self.live.job, status, now),
+            lambda s: ev.Finished(
+                job_id=jid, seq=s, ts=now, status=status, outcome=outcome,
+                exit_code=exit_code, message=message, log_snippet=snippet)])
         self.engine.forget(jid)
 
     async def _prepare_dirs(self) -> None:

@@ -234,6 +234,10 @@ async def test_legacy_body_reaches_the_process_as_json(harness: Harness) -> None
     assert (avi["frames"], avi["fps"]) == (10, 5)
     native = (await harness.job(created["jobId"]))
     assert native["template"] == "render-legacy" and native["input"] == LEGACY_BODY
+    # A preset and a legacy body at once is ambiguous: 422 naming the field.
+    r = await harness.client.post("/api/jobs", json={**LEGACY_BODY, "preset": "default"},
+                                  headers=harness.auth(harness.alice))
+    assert r.status_code == 422 and r.json()["field"] == "preset"
 
 
 async def test_legacy_body_on_stdin(nursery: trio.Nursery, data_dir: Path) -> None:
@@ -342,6 +346,22 @@ async def test_cancel_stops_the_job_and_removes_its_work_dir(harness: Harness) -
     assert not scratch.parent.exists()
 
 
+async def test_cancel_mid_step_leaves_no_partial_file(harness: Harness) -> None:
+    created = await create(harness, {"preset": "default", "inputs": {"seconds": 4, "pace": 1}})
+    job_id = created["jobId"]
+    partial = harness.data_dir / "work" / job_id / "narration.wav.part"
+    with trio.fail_after(20):
+        while not partial.exists():
+            await trio.sleep(0.02)
+    r = await harness.client.post(f"/api/jobs/{job_id}/cancel", headers=harness.auth(
+        harness.alice))
+    assert r.status_code == 202
+    assert (await finished(harness, job_id))["status"] == "Cancelled"
+    assert not partial.parent.exists()
+    left = sorted(p.name for p in (harness.data_dir / "output" / job_id).glob("*"))
+    assert not [name for name in left if name.endswith(".part")], left
+
+
 async def test_cancel_a_queued_job(nursery: trio.Nursery, data_dir: Path) -> None:
     async with server_with(nursery, data_dir, slots=1, anonymous_loopback=True) as (_, client):
         first = (await client.post("/api/jobs", json={"preset": "jobs-slow"})).json()["jobId"]
@@ -380,6 +400,16 @@ async def test_retry_resumes_from_the_failed_step(harness: Harness, tmp_path: Pa
     assert native["input"] == body and native["resume_from"] == 4
     # The original is untouched, and a retry of the retry is attempt 3.
     assert (await document(harness, first["jobId"]))["status"] == "Failed"
+    # strategy=restart runs every step again; an unknown strategy is a 422.
+    r = await harness.client.post(f"/api/jobs/{first['jobId']}/retry?strategy=restart",
+                                  headers=harness.auth(harness.alice))
+    assert r.status_code == 202 and r.json()["resumeFromStep"] == "preflight"
+    again = await finished(harness, r.json()["newJobId"])
+    assert [s["status"] for s in again["steps"]] == ["Succeeded"] * 5
+    r = await harness.client.post(f"/api/jobs/{first['jobId']}/retry?strategy=bogus",
+                                  headers=harness.auth(harness.alice))
+    assert r.status_code == 422 and r.json()["field"] == "strategy"
+    assert r.headers["content-type"] == "application/problem+json"
 
 
 async def test_retry_of_a_cancelled_job_by_an_admin_stays_the_owners(harness: Harness) -> None:
@@ -389,7 +419,10 @@ async def test_retry_of_a_cancelled_job_by_an_admin_stays_the_owners(harness: Ha
         while (await document(harness, job_id))["status"] != "Running":
             await trio.sleep(0.02)
     await harness.client.post(f"/api/jobs/{job_id}/cancel", headers=harness.auth(harness.admin))
-    assert (await finished(harness, job_id))["status"] == "Cancelled"
+    cancelled = await finished(harness, job_id)
+    assert cancelled["status"] == "Cancelled"
+    remediation = cancelled["errors"][-1]["remediation"]
+    assert remediation == f"Retry the job: POST /api/jobs/{job_id}/retry."
     r = await harness.client.post(f"/api/jobs/{job_id}/retry",
                                   headers=harness.auth(harness.admin))
     assert r.status_code == 202 and r.json()["strategy"] == "manual"

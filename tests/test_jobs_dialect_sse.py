@@ -136,6 +136,12 @@ async def test_skipped_step_and_cancel(harness: Harness) -> None:
     failed = got[-1]
     assert failed[1] == "job-failed" and failed[2]["status"] == "Cancelled"
     assert failed[2]["errors"][-1]["code"] == "Cancelled"
+    # The step that was running ends on the stream too, as the document shows it.
+    assert got[-2][1] == "step-status"
+    assert got[-2][2] | {"correlationId": None} == {"step": "preflight", "status": "Failed",
+                                                   "correlationId": None}
+    steps = {s["name"]: s["status"] for s in (await document(harness, slow["jobId"]))["steps"]}
+    assert steps == {"preflight": "Failed", "mux": "Pending"}
 
 
 async def test_reconnect_with_last_event_id_loses_and_repeats_nothing(harness: Harness) -> None:
@@ -159,9 +165,34 @@ async def test_reconnect_with_last_event_id_loses_and_repeats_nothing(harness: H
     r = await harness.client.get(f"/api/jobs/{job_id}/events",
                                  headers={**headers, "Last-Event-ID": full[-1][0]})
     assert r.status_code == 204 and r.content == b""
+    # One past the end means "from now on": nothing more for a finished job.
+    for ahead in (f"{seq_of(full[-1][0])[0] + 5}", "99999.3"):
+        r = await harness.client.get(f"/api/jobs/{job_id}/events",
+                                     headers={**headers, "Last-Event-ID": ahead})
+        assert r.status_code == 204, ahead
     # An unreadable Last-Event-ID starts from the beginning.
     assert await read_events(harness.client, job_id,
                              headers={**headers, "Last-Event-ID": "garbage"}) == full
+
+
+async def test_last_event_id_ahead_of_a_running_job_follows_from_now(harness: Harness) -> None:
+    slow = await create(harness, {"preset": "jobs-slow"})
+    headers = harness.auth(harness.alice)
+    with trio.fail_after(10):
+        while (await document(harness, slow["jobId"]))["status"] != "Running":
+            await trio.sleep(0.02)
+    got: list[Event] = []
+
+    async def watch() -> None:
+        got.extend(await read_events(harness.client, slow["jobId"],
+                                     headers={**headers, "Last-Event-ID": "500"}))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await trio.sleep(0.3)
+        await harness.client.post(f"/api/jobs/{slow['jobId']}/cancel", headers=headers)
+    assert [name for _, name, _ in got] == ["step-status", "job-failed"]
+    assert seq_of(got[0][0])[0] > 0
 
 
 async def test_auth_token_query_and_problems(harness: Harness) -> None:

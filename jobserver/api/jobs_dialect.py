@@ -108,6 +108,9 @@ def _legacy(body: dict[str, Any]) -> Submission:
 
 def _submission(body: dict[str, Any]) -> Submission:
     if any(key in body for key in LEGACY_KEYS):
+        if "preset" in body:
+            raise ValidationFailed("send either a preset or a legacy brief/planSpec/voiceSpec/"
+                                   "renderSpec body, not both", field="preset")
         return _legacy(body)
     preset = body.get("preset", "default")
     inputs, options = _object(body, "inputs"), _object(body, "options")
@@ -187,11 +190,14 @@ async def retry_job(job_id: str) -> tuple[dict[str, Any], int]:
     engine = services().engine
     who = principal()
     job = await engine.get(who, _job_id(job_id))
-    strategy = request.args.get("strategy", "manual")[:64]
+    strategy = request.args.get("strategy") or "manual"
+    if strategy not in STRATEGIES:
+        raise ValidationFailed(f"strategy must be one of {', '.join(STRATEGIES)}",
+                               field="strategy")
     if job.status not in (Status.FAILED, Status.CANCELLED):
         raise Conflict(f"Only failed or cancelled jobs can be retried; this one is "
                        f"{dialect.STATUS_NAMES[job.status]}", code="not_retryable")
-    resume = _resume_index(job)
+    resume = 0 if strategy == "restart" else _resume_index(job)
     # The new attempt belongs to the job's owner (an admin may retry it for them).
     owner = Principal(job.owner, who.role)
     retry = await engine.submit(owner, Submission(
@@ -210,6 +216,11 @@ async def retry_job(job_id: str) -> tuple[dict[str, Any], int]:
         "attempt": retry.attempt,
         "resumeFromStep": job.steps[resume].name if job.steps else None,
     }, 202
+
+
+# Retry strategies: "manual" (the spec's example) and "resume" start at the
+# first step not done where the template is resumable; "restart" runs every step.
+STRATEGIES = ("manual", "resume", "restart")
 
 
 def _resume_index(job: Job) -> int:

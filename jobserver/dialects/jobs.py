@@ -107,7 +107,7 @@ def errors_of(job: Job) -> list[dict[str, Any]]:
     if not errors and job.status is Status.FAILED:
         errors.append(failed_error(job.error_message))
     if job.status is Status.CANCELLED:
-        errors.append(cancelled_error(job.result_message))
+        errors.append(cancelled_error(job.result_message, job.id))
     return errors
 
 
@@ -264,13 +264,13 @@ class JobsRenderer:
     def _final_errors(self, event: ev.Finished) -> list[dict[str, Any]]:
         errors = [*self._base_errors, *self.errors]
         if event.status == Status.CANCELLED:
-            return [*errors, cancelled_error(event.message)]
+            return [*errors, cancelled_error(event.message, event.job_id)]
         return errors or [failed_error(event.message)]
 
 
-def cancelled_error(message: str | None) -> dict[str, Any]:
+def cancelled_error(message: str | None, job_id: str) -> dict[str, Any]:
     return {"code": "Cancelled", "message": message or "Job cancelled.",
-            "remediation": "Retry the job: POST /api/jobs/{jobId}/retry."}
+            "remediation": f"Retry the job: POST /api/jobs/{job_id}/retry."}
 
 
 def failed_error(message: str | None) -> dict[str, Any]:
@@ -341,6 +341,8 @@ class JobsEventsSession:
             return self._problem(404, "Not Found", "job not found", "job_not_found")
         correlation = self.request_correlation or job.correlation_id or self.correlation_id
         headers = (("X-Correlation-ID", correlation),)
+        if self.cursor.seq > job.last_seq:  # from the future (stale or made up): from now on
+            self.cursor = Cursor(job.last_seq)
         if seen_the_end(job, self.cursor):
             return Refuse(204, b"", "", headers)
         renderer, first = resume(JobsRenderer.for_job(job), self.cursor, around)

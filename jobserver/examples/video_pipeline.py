@@ -16,9 +16,10 @@ with the spec's FFmpegNotFound error, or reports itself Skipped when
 Talking back: JSON lines on the fd in JOBSERVER_CONTROL_FD (progress with the
 step, an error with code/message/remediation, the final result with
 `output.videoPath` and `output.sizeBytes`). Files: deliverables in
-JOBSERVER_OUTPUT_DIR (kept), frames in JOBSERVER_WORK_DIR (removed when the
-job ends). A step whose input is missing (a retry resumed past the step that
-made it) rebuilds it: every step is deterministic in its options.
+JOBSERVER_OUTPUT_DIR (kept), frames and files still being written in
+JOBSERVER_WORK_DIR (removed when the job ends). A step whose input is missing
+(a retry resumed past the step that made it) rebuilds it: every step is
+deterministic in its options.
 
 The legacy body (`--input file|stdin`) is the jobs dialect's
 brief/planSpec/voiceSpec/renderSpec document; see docs/dialects/jobs.md.
@@ -235,11 +236,21 @@ def _narration_chunks(plan: Plan, report: Reporter | None) -> Iterator[array[int
             _pace(plan)
 
 
+def _partial(path: Path) -> Path:
+    """Where `path` is written before it is complete: the work dir, which the server
+    removes when the job ends however it ends, so a cancel leaves no partial file."""
+    return _dir("JOBSERVER_WORK_DIR") / f"{path.name}.part"
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    shutil.move(tmp, path)  # a rename when both dirs share a file system
+
+
 def narration(plan: Plan, report: Reporter | None) -> int:
     path = narration_path()
-    tmp = path.with_suffix(".part")
+    tmp = _partial(path)
     samples = media.write_wav(tmp, _narration_chunks(plan, report))
-    tmp.replace(path)
+    _publish(tmp, path)
     print(f"narration: {path} ({samples / media.SAMPLE_RATE:g} s, {path.stat().st_size} bytes)")
     return 0
 
@@ -356,7 +367,7 @@ def _mux_avi(plan: Plan, video: Path, report: Reporter) -> None:
             while chunk := f.read(frame_bytes):
                 yield chunk
 
-    tmp = video.with_suffix(".part")
+    tmp = _partial(video)
     every = max(plan.frames // 20, 1)
     with tmp.open("wb") as out:
         for done in media.write_avi(out, frames(), audio, width=plan.width, height=plan.height,
@@ -364,7 +375,7 @@ def _mux_avi(plan: Plan, video: Path, report: Reporter) -> None:
             if done % every == 0 or done == plan.frames:
                 report.progress(done, plan.frames)
                 _pace(plan)
-    tmp.replace(video)
+    _publish(tmp, video)
 
 
 def _mux_mp4(tool: str, plan: Plan, video: Path, report: Reporter) -> int:
@@ -373,7 +384,7 @@ def _mux_mp4(tool: str, plan: Plan, video: Path, report: Reporter) -> int:
             "-r", str(plan.fps), "-i", str(frames_path()), "-i", str(narration_path()),
             "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
             "-c:a", "aac", "-shortest", "-movflags", "+faststart", "-f", "mp4",
-            str(video.with_suffix(".part"))]
+            str(_partial(video))]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                           text=True) as proc:
         assert proc.stdout is not None
@@ -386,7 +397,7 @@ def _mux_mp4(tool: str, plan: Plan, video: Path, report: Reporter) -> int:
                       "message": f"FFmpeg exited with code {proc.returncode}.",
                       "remediation": "See the job's log; check that FFmpeg has libx264."})
         return 1
-    video.with_suffix(".part").replace(video)
+    _publish(_partial(video), video)
     return 0
 
 
