@@ -103,6 +103,48 @@ async def test_200_subscribers_get_the_identical_sequence(h: Harness) -> None:
     await wait_stats(h, connections=0, subscribers=0, channels=0)
 
 
+async def test_subscribers_joining_at_once_and_mid_stream_miss_nothing(h: Harness) -> None:
+    """Many connect together (one places the channel, the rest wait for it), then
+    more join while lines flow (from the channel's recent events): every one gets
+    every line after its start, in order, once."""
+    go = h.data_dir / "go-join"
+    job = await submit_command(h, ["python3", "-c", (
+        "import os, sys, time\n"
+        "while not os.path.exists(sys.argv[1]): time.sleep(0.005)\n"
+        "for i in range(400):\n    print('line', i, flush=True)\n    time.sleep(0.002)\n"),
+        str(go)])
+    await h.wait(job["id"], "RUNNING")
+    received: list[list[dict[str, Any]]] = []
+
+    async def subscribe(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                        ) -> None:
+        ws = await RawWebSocket.connect(h.server.port, logs_path(job["id"], h.admin))
+        try:
+            got = [json.loads(m) async for m in ws.messages(limit=1)]
+            task_status.started()
+            got += await ws.collect()
+            assert ws.close_code == 1000
+            received.append(got)
+        finally:
+            await ws.aclose()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(60):
+                nursery.start_soon(subscribe)
+            await wait_stats(h, subscribers=60, live=60)
+            go.touch()
+            for _ in range(40):
+                await nursery.start(subscribe)
+                await trio.sleep(0.01)
+    assert len(received) == 100
+    for got in received:
+        lines = [int(m["payload"]["message"].split()[1]) for m in got if m["type"] == "log"]
+        assert not lines or lines == list(range(lines[0], 400))
+        assert got[-1]["payload"]["status"] == "SUCCEEDED"
+    assert sum(1 for got in received if len(log_lines(got)) == 400) >= 60
+
+
 async def _burst(h: Harness, name: str, count: int, *, stall: bool
                  ) -> tuple[int, int, RawWebSocket | None, str]:
     """One gated job of `count` padded lines read by a fast subscriber (and, when

@@ -19,6 +19,12 @@ exactly up to its cursor, checked and done with no await in between. So a
 member never misses, repeats or reorders an event, and a slow one holds at
 most its bounded backlog plus one page.
 
+Joining is cheap when a channel is live already: a member whose cursor is at
+the channel's last seq, or within the last events it encoded (`Recent`), gets
+those bytes and goes live at once, with no store read; while the channel's
+first member reads the store to place the renderer, members arriving with it
+wait for that instead of each reading too.
+
 Renderers are deterministic in the topic's history (dialects/__init__.py), so
 `FrameCache` can keep each event's encoding by (channel key, seq), and members
 catching up over the same history share it.
@@ -26,9 +32,11 @@ catching up over the same history share it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
+
+import trio
 
 from ..core.events import Event
 from ..core.ids import JobId
@@ -44,6 +52,12 @@ REPLAY_PAGE = 2000
 # Encoded events the frame cache keeps, and their bytes at most.
 FRAME_CACHE_ENTRIES = 8192
 FRAME_CACHE_BYTES = 8 * 1024 * 1024
+# The last events a channel keeps encoded for members joining just behind.
+RECENT_EVENTS = 1024
+RECENT_BYTES = 1024 * 1024
+# How long a joining member waits for another to place the channel's renderer
+# before it reads the store itself.
+PLACING_WAIT = 1.0
 
 ChannelKey = tuple[JobId, Hashable, str]  # (topic, renderer key, encoding)
 
@@ -92,6 +106,49 @@ class FrameCache:
             self._bytes -= len(self._entries.popitem(last=False)[1][0])
 
 
+class Recent:
+    """The encodings of a channel's last events, while they are contiguous: a
+    member that joins a few events behind catches up from here, at once,
+    instead of from the store (a thousand subscribers arriving together would
+    each wait for a read). Bounded in events and bytes; the bytes are the ones
+    the live members got, shared."""
+
+    __slots__ = ("_bytes", "_entries")
+
+    def __init__(self) -> None:
+        self._entries: deque[tuple[int, bytes, bool]] = deque()
+        self._bytes = 0
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def extend(self, events: Sequence[Event], parts: Sequence[bytes], end: bool) -> None:
+        entries = self._entries
+        last = len(parts) - 1
+        for i, part in enumerate(parts):
+            entries.append((events[i].seq, part, end and i == last))
+            self._bytes += len(part)
+        while len(entries) > RECENT_EVENTS or self._bytes > RECENT_BYTES:
+            self._bytes -= len(entries.popleft()[1])
+
+    def after(self, cursor: int, last_seq: int) -> tuple[bytes, int, bool] | None:
+        """(bytes, events, ended) of the events after `cursor` up to `last_seq`, or
+        None when they are not all here."""
+        entries = self._entries
+        if cursor == last_seq:
+            return b"", 0, False
+        if not entries or entries[-1][0] != last_seq or entries[0][0] > cursor + 1:
+            return None
+        parts = []
+        for seq, part, end in entries:
+            if seq > cursor:
+                parts.append(part)
+                if end:
+                    return b"".join(parts), len(parts), True
+        return b"".join(parts), len(parts), False
+
+
 class Channel:
     """One topic x renderer variant x encoding; the hub subscriber that writes for all."""
 
@@ -107,6 +164,9 @@ class Channel:
         self.live: dict[Member, None] = {}
         self.pending: dict[Member, None] = {}
         self.behind: dict[Member, None] = {}  # demoted, not yet catching up
+        self.recent = Recent()
+        # Set while the first member reads the store to place the renderer.
+        self.placing: trio.Event | None = None
 
     def deliver(self, events: Sequence[Event]) -> None:
         if events[-1].seq <= self.last_seq:
@@ -120,15 +180,18 @@ class Channel:
         if renderer is None:
             return
         if not self.live:
+            self.recent.clear()  # no longer contiguous: nothing is encoded now
             for event in events:
                 renderer.advance(event)
             return
         # While every member is live nobody will read these events again: the
         # cache is for members behind (catching up over the events after theirs).
-        data, used, end = self.encode_events(renderer, events,
+        parts, used, end = self.encode_parts(renderer, events,
                                              cached=bool(self.pending or self.behind))
         for event in events[used:]:
             renderer.advance(event)
+        self.recent.extend(events, parts, end)
+        data = b"".join(parts)
         for member in tuple(self.live):
             member.push(data, used, self.last_seq, end)
 
@@ -136,7 +199,13 @@ class Channel:
                       cached: bool = True) -> tuple[bytes, int, bool]:
         """(bytes, events used, ended): the encoding of `events` up to an end, via
         the cache unless not `cached`."""
-        parts = []
+        parts, used, end = self.encode_parts(renderer, events, cached=cached)
+        return b"".join(parts), used, end
+
+    def encode_parts(self, renderer: Renderer, events: Sequence[Event], *,
+                     cached: bool = True) -> tuple[list[bytes], int, bool]:
+        """Like `encode_events`, each event's bytes apart."""
+        parts: list[bytes] = []
         used = 0
         end = False
         encode = self.encode
@@ -147,7 +216,7 @@ class Channel:
                 used += 1
                 if end:
                     break
-            return b"".join(parts), used, end
+            return parts, used, end
         cache = self.cache
         for event in events:
             ckey = (self.key, event.seq)
@@ -163,7 +232,7 @@ class Channel:
             used += 1
             if end:
                 break
-        return b"".join(parts), used, end
+        return parts, used, end
 
     def add_pending(self, member: Member) -> None:
         self.behind.pop(member, None)
@@ -262,12 +331,40 @@ class Member:
 
     async def _catch_up(self, store: Store, stall_timeout: float) -> None:
         channel = self.channel
-        if channel.renderer is not None and channel.last_seq == self.cursor > 0:
-            # Nothing to catch up on, and the channel renders for its live
-            # members already: join them now, without a store read (a thousand
-            # subscribers arriving at once would each wait for one).
-            channel.promote(self, channel.renderer)
+        if self.cursor > 0 and channel.renderer is None and channel.placing is not None:
+            # Another member is reading the store to place the channel's
+            # renderer: wait for it (briefly) rather than read too.
+            with trio.move_on_after(PLACING_WAIT):
+                await channel.placing.wait()
+        if channel.renderer is not None and self.cursor > 0:
+            # The channel renders for live members already: a member with
+            # nothing to catch up on, or only what the channel has just sent,
+            # joins them now, without a store read (a thousand subscribers
+            # arriving at once would each wait for one). No await until promoted.
+            recent = channel.recent.after(self.cursor, channel.last_seq)
+            if recent is not None:
+                data, count, end = recent
+                self.cursor = channel.last_seq
+                self.outbox.write_nowait(data, count)
+                if end:
+                    self._finish()
+                else:
+                    channel.promote(self, channel.renderer)
+                return
+        if channel.renderer is None and channel.placing is None \
+                and self.cursor == channel.last_seq > 0:
+            # Nothing to send, only the renderer's state to read: others may wait.
+            channel.placing = trio.Event()
+            try:
+                await self._catch_up_from_store(store, stall_timeout)
+            finally:
+                channel.placing.set()
+                channel.placing = None
             return
+        await self._catch_up_from_store(store, stall_timeout)
+
+    async def _catch_up_from_store(self, store: Store, stall_timeout: float) -> None:
+        channel = self.channel
         renderer = self._prototype
         first = True
         while True:
