@@ -91,8 +91,8 @@ def _announce(server: Server, first_start: bool) -> None:
         token = server.keyring.issue("admin", "admin", ttl=FIRST_TOKEN_TTL)
         print(f"admin token (valid 7 days): {token}", flush=True)
     else:
-        print("make a token: python -m jobserver token --sub NAME --role admin|user "
-              f"--data-dir {data_dir}", flush=True)
+        print(f"make a token: {sys.executable} -m jobserver token --sub NAME "
+              f"--role admin|user --data-dir {data_dir}", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ async def test_submit_get_list_and_logs(harness: Harness) -> None:
     r = await harness.client.get(f"/api/v1/jobs/{job['id']}/logs",
                                  headers=harness.auth(harness.alice))
     assert r.status_code == 200 and r.text == "hello world\n"
-    assert r.headers["content-type"].startswith("text/plain")
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
     r = await harness.client.get("/api/v1/jobs", headers=harness.auth(harness.alice))
     assert [j["id"] for j in r.json()["jobs"]] == [job["id"]]
 
@@ -234,6 +234,7 @@ async def test_templates_health_metrics_openapi(harness: Harness) -> None:
     assert doc["openapi"].startswith("3.") and "/api/v1/jobs/{job_id}" in doc["paths"]
     page = await harness.client.get("/")
     assert page.status_code == 200 and "<title>jobserver</title>" in page.text
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
 
 
 async def test_unknown_route_and_method_are_json(harness: Harness) -> None:

@@ -91,7 +91,7 @@ def principal() -> Principal:
 def _job_id(text: str) -> JobId:
     job_id = dialect.parse_jobs_id(text)
     if job_id is None:
-        raise NotFound(f"Job {text[:80]} not found", code="job_not_found")
+        raise NotFound("job not found", code="job_not_found")
     return job_id
 
 
@@ -167,7 +167,7 @@ async def get_job(job_id: str) -> dict[str, Any]:
 async def watch_page(job_id: str) -> Response:
     """A page that follows a job with the browser's own EventSource (same origin, so
     no CORS: the stream never has to be readable from other sites' pages)."""
-    response = Response(WATCH_PAGE, mimetype="text/html; charset=utf-8")
+    response = Response(WATCH_PAGE, content_type="text/html; charset=utf-8")
     response.headers["Content-Security-Policy"] = WATCH_PAGE_CSP
     return response
 

@@ -151,7 +151,7 @@ async def job_logs(job_id: str) -> Response:
             if chunk:
                 yield "".join(chunk).encode("utf-8", "replace")
 
-    return Response(lines(), mimetype="text/plain; charset=utf-8")
+    return Response(lines(), content_type="text/plain; charset=utf-8")
 
 
 @native.get("/api/v1/templates")

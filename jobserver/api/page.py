@@ -12,4 +12,4 @@ page = Blueprint("page", __name__)
 @page.get("/")
 async def index() -> Response:
     html = resources.files("jobserver").joinpath("static/index.html").read_text("utf-8")
-    return Response(html, mimetype="text/html; charset=utf-8")
+    return Response(html, content_type="text/html; charset=utf-8")
