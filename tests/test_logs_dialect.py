@@ -150,36 +150,32 @@ async def test_finished_job_at_connect(h: Harness) -> None:
             assert final["error_message"] == "exited with code 2"
 
 
-async def test_running_job_gives_only_new_events(h: Harness) -> None:
-    go = h.data_dir / "go-new-events"
+async def _before_and_after(h: Harness, query: str = "") -> list[dict[str, Any]]:
+    """A job that prints "before", waits for a go file, prints "after": watched
+    (with `query`) from once "before" is recorded; the messages after `system`."""
+    go = h.data_dir / f"go-{len(query)}-{time.monotonic_ns()}"
     job = await submit_command(h, ["python3", "-c", (
         "import os, sys, time\nprint('before', flush=True)\n"
         "while not os.path.exists(sys.argv[1]): time.sleep(0.005)\nprint('after')"), str(go)])
     with trio.fail_after(10):
         while (await h.job(job["id"]))["last_seq"] < 3:  # queued, started, log "before"
             await trio.sleep(0.01)
-    async with ws_client(ws_url(h, job["id"], h.admin)) as ws:
+    async with ws_client(ws_url(h, job["id"], h.admin, query)) as ws:
         check_system(json.loads(await ws.get_message()), job["id"])
         go.touch()
         messages, code = await read_rest(ws)
     assert code == 1000
+    return messages
+
+
+async def test_running_job_gives_only_new_events(h: Harness) -> None:
+    messages = await _before_and_after(h)
     assert [(m["type"], m["payload"].get("message")) for m in messages] == [
         ("log", "after"), ("status", None)]
 
 
 async def test_since_past_the_last_event_means_from_now(h: Harness) -> None:
-    go = h.data_dir / "go-since-past"
-    job = await submit_command(h, ["python3", "-c", (
-        "import os, sys, time\nprint('before', flush=True)\n"
-        "while not os.path.exists(sys.argv[1]): time.sleep(0.005)\nprint('after')"), str(go)])
-    with trio.fail_after(10):
-        while (await h.job(job["id"]))["last_seq"] < 3:  # queued, started, log "before"
-            await trio.sleep(0.01)
-    async with ws_client(ws_url(h, job["id"], h.admin, "&since=999")) as ws:
-        check_system(json.loads(await ws.get_message()), job["id"])
-        go.touch()
-        messages, code = await read_rest(ws)
-    assert code == 1000
+    messages = await _before_and_after(h, "&since=999")
     assert [(m["type"], m["seq"], m["payload"].get("message")) for m in messages] == [
         ("log", 4, "after"), ("status", 5, None)]
 
