@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import gc
 import json
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from jobserver.dataplane.fanout import REPLAY_PAGE
-from jobserver.dataplane.outbox import MAX_BACKLOG_BYTES
+from jobserver.core.ids import new_job_id
+from jobserver.dataplane.fanout import REPLAY_PAGE, Channel, FrameCache, Member
+from jobserver.dataplane.outbox import MAX_BACKLOG_BYTES, Counters, Outbox
+from jobserver.dataplane.wire import encode_ws
+from jobserver.dialects import Follow
+from jobserver.dialects.logs import LogsRenderer
 
 from .conftest import Harness
 from .test_dataplane_helpers import (
@@ -143,6 +150,38 @@ async def test_subscribers_joining_at_once_and_mid_stream_miss_nothing(h: Harnes
         assert not lines or lines == list(range(lines[0], 400))
         assert got[-1]["payload"]["status"] == "SUCCEEDED"
     assert sum(1 for got in received if len(log_lines(got)) == 400) >= 60
+
+
+async def test_a_member_that_leaves_while_waiting_for_the_placing_stays_gone() -> None:
+    """A member waiting for another to place a new channel's renderer whose
+    connection closes meanwhile ends its catch-up; it is not promoted."""
+    job_id = new_job_id()
+    released: list[Channel] = []
+    channel = Channel((job_id, "logs", "ws"), encode_ws, FrameCache(),
+                      release=released.append)
+    channel.last_seq = 3
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+
+        class Sink:
+            outbox = Outbox(a, Counters(), wake=lambda: None)
+
+            def wake(self) -> None:
+                pass
+
+        renderer = LogsRenderer(job_id, "job", with_seq=False, running=True)
+        member = Member(Sink(), channel, Follow(job_id, 3, renderer), max_lag=100)
+        channel.placing = trio.Event()  # another member is reading the store
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(member.catch_up, None, stall_timeout=1.0))  # type: ignore[arg-type]
+            await trio.testing.wait_all_tasks_blocked()
+            assert member in channel.pending
+            member.detach()  # its connection closed
+            channel.renderer = renderer  # the other member went live
+            channel.placing.set()
+        assert not member.live and member.detached
+        assert released == [channel] and not channel.live and not channel.pending
 
 
 async def _burst(h: Harness, name: str, count: int, *, stall: bool

@@ -336,6 +336,8 @@ class Member:
             # renderer: wait for it (briefly) rather than read too.
             with trio.move_on_after(PLACING_WAIT):
                 await channel.placing.wait()
+            if self.detached:  # the connection closed meanwhile
+                return
         if channel.renderer is not None and self.cursor > 0:
             # The channel renders for live members already: a member with
             # nothing to catch up on, or only what the channel has just sent,
