@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -106,6 +107,29 @@ def _job_processes(marker: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def connection_errors() -> Iterator[list[logging.LogRecord]]:
+    """Errors the front door logged for a connection (it survives them): a test
+    fails on any it does not take out of this list itself."""
+    handler = _Errors()
+    logger = logging.getLogger("jobserver.frontdoor")
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.records, [r.getMessage() for r in handler.records]
 
 
 @pytest.fixture(autouse=True)

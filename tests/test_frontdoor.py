@@ -10,6 +10,7 @@ tasks and file descriptors it had before (`settled`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tracemalloc
 from collections.abc import AsyncIterator, Sequence
@@ -20,6 +21,8 @@ from typing import Any
 import h11
 import pytest
 import trio
+
+from jobserver.dialects.logs import LogsSession
 
 from .conftest import Harness
 from .test_dataplane_helpers import (
@@ -852,3 +855,25 @@ async def test_oversized_frames_from_many_clients_at_once(h: Harness) -> None:
     assert peak < 2 * 1024 * 1024, f"{peak} bytes allocated while refusing 6 x 2 MiB frames"
     await h.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=h.auth(h.alice))
 
+
+
+async def test_a_bug_in_one_connection_ends_only_that_connection(
+        h: Harness, monkeypatch: pytest.MonkeyPatch,
+        connection_errors: list[logging.LogRecord]) -> None:
+    job = await sleeping_job(h)
+    real_open = LogsSession.open
+
+    def broken_open(self: LogsSession, job: Any, *, now: float) -> Any:
+        raise RuntimeError("a bug in a session")
+
+    monkeypatch.setattr(LogsSession, "open", broken_open)
+    with pytest.raises(Exception):  # noqa: B017, PT011  the socket just closes
+        await RawWebSocket.connect(h.server.port, logs_path(job["id"], h.alice))
+    assert [r.getMessage() for r in connection_errors] == ["a connection ended with an error"]
+    connection_errors.clear()
+    monkeypatch.setattr(LogsSession, "open", real_open)
+    ws = await RawWebSocket.connect(h.server.port, logs_path(job["id"], h.alice))
+    assert [json.loads(m)["type"] async for m in ws.messages(limit=1)] == ["system"]
+    await ws.aclose()
+    r = await h.client.get("/healthz")
+    assert r.status_code == 200

@@ -109,11 +109,14 @@ class FrontDoor:
                 nursery.start_soon(self.connection, sock)
 
     async def connection(self, sock: socket.socket) -> None:
-        """One accepted connection, from its first byte to its close."""
+        """One accepted connection, from its first byte to its close. A bug met
+        while serving it ends this connection, logged, never the server."""
         try:
             stream = await self._open(sock)
             if stream is not None:
                 await stream.run()
+        except Exception:
+            log.exception("a connection ended with an error")
         finally:
             sock.close()  # after hypercorn, a no-op: its stream closed it
 
