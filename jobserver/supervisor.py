@@ -9,6 +9,7 @@ with exactly one of: Finished (SUCCEEDED / FAILED / CANCELLED) or Bounce.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -27,6 +28,8 @@ from .core.ids import JobId
 from .core.states import Status
 from .engine import ADHOC_TEMPLATE, Engine, LiveJob, Submission, closing_steps
 from .errors import JobserverError
+
+log = logging.getLogger("jobserver.supervisor")
 
 # Environment variables a job inherits from the server; nothing else leaks.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME",
@@ -170,13 +173,21 @@ class Run:
                 outcome = await self._execute_plan()
         self.live.cancel_scope = None
         with trio.CancelScope(shield=True):
+            # The temporary files go before the end is recorded: a client that
+            # sees the job finished finds none of them.
             try:
-                if scope.cancelled_caught or self.live.stop_reason is not None:
-                    await self._stopped()
-                else:
-                    await self._finish(*outcome)
-            finally:
                 await self._remove_work_dir()
+            finally:
+                try:
+                    if scope.cancelled_caught or self.live.stop_reason is not None:
+                        await self._stopped()
+                    else:
+                        await self._finish(*outcome)
+                except trio.ClosedResourceError:
+                    # The whole server is being torn down, not stopped: the job's
+                    # end is not recorded, and recovery at the next start sees it.
+                    log.warning("job %s ended as the store closed; recovery will see it",
+                                self.live.job.id)
 
     async def _stopped(self) -> None:
         jid = self.live.job.id
