@@ -1,14 +1,17 @@
-"""JWT keys and principals.
+"""JWT keys, principals, and who a request is.
 
 Rules: keys live in a server-side ring `{kid: Key(alg, key, purpose)}`; the
 algorithm used to verify is the key's own, never read from the token; `exp`,
 `iat` and `sub` are required (pyjwt would accept a token without `exp`); the
 role claim is `admin` or `user`. Key files are created once in the data
-directory with mode 0600 and reused. Tokens are never logged.
+directory with mode 0600 and reused. Tokens are never logged. Every token
+check of every dialect and of the REST API lives here, never in a dialect:
+`verify(token, purpose=...)` names the rules ("api": the server's own tokens).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import time
@@ -110,6 +113,39 @@ class KeyRing:
         if not isinstance(sub, str) or not sub or role not in ROLES:
             raise Unauthenticated("invalid token claims")
         return Principal(UserId(sub), role), int(claims["exp"])  # as pyjwt reads it
+
+
+def bearer(header: str) -> str | None:
+    """The token of an `Authorization: Bearer ...` header, else None."""
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def is_loopback(addr: str | None) -> bool:
+    try:
+        return addr is not None and ipaddress.ip_address(addr.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def anonymous(*, enabled: bool, user: str, peer: str | None) -> Principal | None:
+    """The principal of a request that sent no token: with `anonymous_loopback`
+    on (`enabled`), a loopback peer acts as `user`; otherwise nobody."""
+    if enabled and is_loopback(peer):
+        return Principal(UserId(user), "user")
+    return None
+
+
+def authorize(keyring: KeyRing, *, bearer: str | None, query_token: str | None,
+              anonymous_user: Principal | None = None) -> Principal:
+    """Who is asking: the Bearer header, else `?token=` (EventSource cannot send
+    headers), else `anonymous_user` (see `anonymous`)."""
+    token = bearer if bearer is not None else query_token
+    if token is None:
+        if anonymous_user is not None:
+            return anonymous_user
+        raise Unauthenticated("missing bearer token", code="missing_token")
+    return keyring.verify(token)
 
 
 def read_or_create_secret(path: Path, make: Any) -> bytes:

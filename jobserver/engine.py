@@ -24,12 +24,13 @@ import trio
 from .auth import Principal
 from .config import Config
 from .core import events as ev
-from .core.ids import SYSTEM_TOPIC, JobId, new_job_id
+from .core.ids import JobId, new_job_id
 from .core.job import Job, StepState, apply
 from .core.states import Status
 from .core.templates import ParamError, Template
+from .core.topics import ALL_JOBS, SYSTEM, JobTopic, OwnerTopic, SystemStatus, Topic
 from .errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
-from .hub import Hub, QueueSubscriber
+from .hub import Hub
 from .store import JobFilter, Store
 
 log = logging.getLogger("jobserver.engine")
@@ -37,8 +38,8 @@ log = logging.getLogger("jobserver.engine")
 ADHOC_TEMPLATE = "adhoc"
 MAX_ADHOC_ARGS = 1024
 MAX_ADHOC_ARG_BYTES = 65536
-# Page size when a follower replays history from the store.
-REPLAY_PAGE = 2000
+# Events that change what the system topic reports (queue depth, running count).
+_SYSTEM_CHANGES = (ev.Queued, ev.Started, ev.Finished, ev.Bounce)
 
 
 @dataclass(eq=False, slots=True)
@@ -50,6 +51,13 @@ class LiveJob:
     role: str = "user"
     cancel_scope: trio.CancelScope | None = None
     stop_reason: str | None = None  # "cancel" | "bounce"
+    # The hub topics its events go to, made once (publishing runs per read of output).
+    topic: JobTopic = field(init=False)
+    owner_topic: OwnerTopic = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.topic = JobTopic(self.job.id)
+        self.owner_topic = OwnerTopic(self.job.owner)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +84,8 @@ class Engine:
         self._queue: dict[JobId, None] = {}  # FIFO of queued job ids
         self._queue_changed = trio.Event()
         self.accepting = True
+        # component -> "up" | "down" | ..., from the health checks that are configured.
+        self.health: dict[str, str] = {}
 
     # ---- recording --------------------------------------------------------
 
@@ -92,10 +102,39 @@ class Engine:
                 out.append(event)
             live.job = job
             await self.store.write(out, job)
-            self.hub.publish(job.id, out)
-            if any(type(e) is not ev.Log for e in out):
-                self.hub.publish(SYSTEM_TOPIC, [e for e in out if type(e) is not ev.Log])
+            self._publish(live, out)
             return job
+
+    def _publish(self, live: LiveJob, events: list[ev.Event]) -> None:
+        """To the job's topic, then (output lines aside) its owner's, all jobs' and,
+        when the counts moved, the system topic."""
+        hub = self.hub
+        hub.publish(live.topic, events)
+        summary = [e for e in events if type(e) is not ev.Log]
+        if summary:
+            hub.publish_aggregate(live.owner_topic, summary)
+            hub.publish_aggregate(ALL_JOBS, summary)
+            if any(isinstance(e, _SYSTEM_CHANGES) for e in summary):
+                self.publish_system_status()
+
+    def system_status(self) -> SystemStatus:
+        """The system topic's state now (its seq: the hub's position when read)."""
+        running = sum(1 for live in self._live.values() if live.job.status is Status.RUNNING)
+        return SystemStatus(seq=self.hub.position(), ts=self.now(), queued=len(self._queue),
+                            running=running, health=dict(self.health))
+
+    def publish_system_status(self) -> None:
+        if self.hub.subscriber_count(SYSTEM):
+            status = self.system_status()
+            self.hub.publish_system(
+                SystemStatus(seq=self.hub.next_position(), ts=status.ts, queued=status.queued,
+                             running=status.running, health=status.health))
+
+    def set_health(self, component: str, state: str) -> None:
+        """A health check's verdict; the system topic hears of a change."""
+        if self.health.get(component) != state:
+            self.health[component] = state
+            self.publish_system_status()
 
     async def record_logs(self, live: LiveJob, stream: str, ts: float, lines: list[str]) -> None:
         """The hot path: a batch of log lines, one event each, no reducer."""
@@ -107,7 +146,7 @@ class Engine:
             job = dataclasses.replace(job, last_seq=first + len(lines) - 1)
             live.job = job
             await self.store.write(out, job)
-            self.hub.publish(jid, out)
+            self.hub.publish(live.topic, out)
 
     def now(self) -> float:
         return self.clock()
@@ -219,13 +258,22 @@ class Engine:
     def live(self, job_id: JobId) -> LiveJob | None:
         return self._live.get(job_id)
 
-    def published_seq(self, job_id: JobId) -> int:
-        """The seq up to which a live job's events are published now; 0 when unknown:
-        the job is not live, or a write is in flight (`record` publishes after it)."""
-        live = self._live.get(job_id)
+    def published_seq(self, topic: Topic) -> int:
+        """The position up to which `topic`'s events are published now. A job topic:
+        its seq, 0 when unknown (the job is not live, or a write is in flight:
+        `record` publishes after it); an aggregate topic: the hub's position."""
+        if type(topic) is not JobTopic:
+            return self.hub.position()
+        live = self._live.get(topic.job_id)
         if live is None or live.lock.locked():
             return 0
         return live.job.last_seq
+
+    async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[ev.Event]:
+        """A job's stored events with seq > `after`, including everything recorded
+        before this call (read-your-writes: it waits for the group commit)."""
+        await self.store.wait_flushed()
+        return await self.store.events_after(job_id, after, limit=limit)
 
     def forget(self, job_id: JobId) -> None:
         self._live.pop(job_id, None)
@@ -286,60 +334,10 @@ class Engine:
             raise Conflict("only finished jobs can be deleted; cancel it first",
                            code="job_not_finished")
         await self.store.delete_job(job_id)
-        gone = [ev.Deleted(job_id=job_id, seq=job.last_seq + 1, ts=self.now())]
-        self.hub.publish(job_id, gone)
-        self.hub.publish(SYSTEM_TOPIC, gone)
-
-    # ---- following --------------------------------------------------------
-
-    def follow(self, job_id: JobId, after: int = 0) -> Follower:
-        return Follower(self, job_id, after)
-
-
-class Follower:
-    """Every event of a job after a seq, history first then live, none twice.
-
-    Subscribes before reading history, so nothing falls between the two; when
-    the live buffer overflows it goes back to the store from its cursor.
-    Use as a context manager. `next_batch` waits for more: the consumer
-    decides when to stop (after `Finished` or `Deleted`).
-    """
-
-    def __init__(self, engine: Engine, job_id: JobId, after: int) -> None:
-        self._engine = engine
-        self._job_id = job_id
-        self.cursor = after
-        self._sub = QueueSubscriber(capacity=engine.config.max_lag_events)
-        self._replaying = True
-
-    def __enter__(self) -> Follower:
-        self._engine.hub.subscribe(self._job_id, self._sub)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._engine.hub.unsubscribe(self._job_id, self._sub)
-
-    async def next_batch(self) -> list[ev.Event]:
-        while True:
-            if self._sub.lagged:
-                self._sub.reset()
-                self._replaying = True
-            if self._replaying:
-                await self._engine.store.wait_flushed()
-                batch = await self._engine.store.events_after(
-                    self._job_id, self.cursor, limit=REPLAY_PAGE)
-                if len(batch) < REPLAY_PAGE:
-                    self._replaying = False
-                if batch:
-                    self.cursor = batch[-1].seq
-                    return batch
-                continue
-            fresh = [e for e in self._sub.drain_nowait() if e.seq > self.cursor]
-            if fresh:
-                self.cursor = fresh[-1].seq
-                return fresh
-            await self._sub.wait_ready()
-
+        gone: list[ev.Event] = [ev.Deleted(job_id=job_id, seq=job.last_seq + 1, ts=self.now())]
+        self.hub.publish(JobTopic(job_id), gone)
+        self.hub.publish_aggregate(OwnerTopic(job.owner), gone)
+        self.hub.publish_aggregate(ALL_JOBS, gone)
 
 def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
     if (not isinstance(argv, (list, tuple)) or not argv

@@ -1,28 +1,28 @@
-"""The hub: in-process broadcast of job events, per-job topics plus `system`.
+"""The hub: in-process broadcast of events by typed topic (core/topics.py).
 
 Rules: `publish` is synchronous and never awaits a subscriber. Each subscriber
 decides, in its own non-blocking `deliver`, what to do with a batch: write it
 straight to a socket, buffer it within a fixed bound, or mark itself lagged and
-drop it (a lagged subscriber catches up from the store by `seq`, see
-`Engine.follow`). Nothing here grows without bound.
+drop it (a lagged subscriber of a job topic catches up from the store by
+`seq`, see dataplane/fanout.py). Events of a job topic pass as they are; those
+of an aggregate topic are numbered here (`publish_aggregate`), once for all its
+subscribers, from one counter, so every aggregate topic's positions increase.
+Nothing here grows without bound: a topic exists while it has subscribers.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-import trio
+from typing import Any, Protocol
 
 from .core.events import Event
+from .core.topics import SYSTEM, SystemStatus, Topic, TopicEvent
 
 
 class Subscriber(Protocol):
-    def deliver(self, events: Sequence[Event]) -> None:
-        """Take a batch of events of one topic, in seq order. Never blocks, never raises."""
+    def deliver(self, events: Sequence[Any]) -> None:
+        """Take a batch of one topic's events in its order. Never blocks, never raises."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,28 +35,22 @@ class HubStatistics:
 class Hub:
     def __init__(self) -> None:
         # dict-as-ordered-set: O(1) unsubscribe, stable delivery order.
-        self._topics: dict[str, dict[Subscriber, None]] = {}
+        self._topics: dict[Topic, dict[Subscriber, None]] = {}
         self._published = 0
+        self._position = 0  # the last position given to an aggregate topic's event
 
-    def subscribe(self, topic: str, subscriber: Subscriber) -> None:
+    def subscribe(self, topic: Topic, subscriber: Subscriber) -> None:
         self._topics.setdefault(topic, {})[subscriber] = None
 
-    def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
+    def unsubscribe(self, topic: Topic, subscriber: Subscriber) -> None:
         subs = self._topics.get(topic)
         if subs is not None:
             subs.pop(subscriber, None)
             if not subs:
                 del self._topics[topic]
 
-    @contextmanager
-    def subscription(self, topic: str, subscriber: Subscriber) -> Iterator[None]:
-        self.subscribe(topic, subscriber)
-        try:
-            yield
-        finally:
-            self.unsubscribe(topic, subscriber)
-
-    def publish(self, topic: str, events: Sequence[Event]) -> None:
+    def publish(self, topic: Topic, events: Sequence[Any]) -> None:
+        """Hand a batch of `topic`'s events (already numbered) to its subscribers."""
         if not events:
             return
         self._published += len(events)
@@ -66,7 +60,27 @@ class Hub:
         for subscriber in tuple(subs):
             subscriber.deliver(events)
 
-    def subscriber_count(self, topic: str) -> int:
+    def publish_aggregate(self, topic: Topic, events: Sequence[Event]) -> None:
+        """Job events on an aggregate topic: numbered, then published (only when
+        somebody listens: positions need not be contiguous, only increasing)."""
+        if events and topic in self._topics:
+            start = self._position
+            self._position += len(events)
+            self.publish(topic, [TopicEvent(seq=start + i + 1, event=e)
+                                 for i, e in enumerate(events)])
+
+    def next_position(self) -> int:
+        self._position += 1
+        return self._position
+
+    def publish_system(self, status: SystemStatus) -> None:
+        self.publish(SYSTEM, (status,))
+
+    def position(self) -> int:
+        """The last position given out: a subscriber joining now starts after it."""
+        return self._position
+
+    def subscriber_count(self, topic: Topic) -> int:
         return len(self._topics.get(topic, ()))
 
     def statistics(self) -> HubStatistics:
@@ -75,48 +89,3 @@ class Hub:
             subscribers=sum(len(s) for s in self._topics.values()),
             published=self._published,
         )
-
-
-# How many events an in-process subscriber may hold before it is lagged: a few
-# read chunks of a chatty job. Past it, the reader catches up from the store.
-QUEUE_SUBSCRIBER_CAPACITY = 4096
-
-
-class QueueSubscriber:
-    """A bounded buffer for in-process consumers (the ASGI fallback, tests).
-
-    Past `capacity` buffered events it drops everything and reports `lagged`,
-    so the consumer re-reads from the store by seq; memory stays bounded.
-    """
-
-    def __init__(self, capacity: int = QUEUE_SUBSCRIBER_CAPACITY) -> None:
-        self._capacity = capacity
-        self._buffer: deque[Event] = deque()
-        self._wakeup = trio.Event()
-        self.lagged = False
-
-    def deliver(self, events: Sequence[Event]) -> None:
-        if self.lagged:
-            return
-        if len(self._buffer) + len(events) > self._capacity:
-            self.lagged = True
-            self._buffer.clear()
-        else:
-            self._buffer.extend(events)
-        self._wakeup.set()
-
-    def drain_nowait(self) -> list[Event]:
-        out = list(self._buffer)
-        self._buffer.clear()
-        return out
-
-    def reset(self) -> None:
-        """Leave the lagged state (after the consumer caught up from the store)."""
-        self.lagged = False
-        self._buffer.clear()
-
-    async def wait_ready(self) -> None:
-        """Wait until there is something to drain or the subscriber lagged."""
-        while not self._buffer and not self.lagged:
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()

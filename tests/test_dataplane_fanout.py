@@ -16,10 +16,11 @@ import trio
 import trio.testing
 
 from jobserver.core.ids import new_job_id
+from jobserver.core.topics import JobTopic
 from jobserver.dataplane.fanout import REPLAY_PAGE, Channel, FrameCache, Member
 from jobserver.dataplane.outbox import MAX_BACKLOG_BYTES, Counters, Outbox
 from jobserver.dataplane.wire import encode_ws
-from jobserver.dialects import Follow
+from jobserver.dialects import Subscribe
 from jobserver.dialects.logs import LogsRenderer
 
 from .conftest import Harness
@@ -157,7 +158,7 @@ async def test_a_member_that_leaves_while_waiting_for_the_placing_stays_gone() -
     connection closes meanwhile ends its catch-up; it is not promoted."""
     job_id = new_job_id()
     released: list[Channel] = []
-    channel = Channel((job_id, "logs", "ws"), encode_ws, FrameCache(),
+    channel = Channel((JobTopic(job_id), "logs", "ws"), encode_ws, FrameCache(),
                       release=released.append)
     channel.last_seq = 3
     a, b = socket.socketpair()
@@ -166,15 +167,16 @@ async def test_a_member_that_leaves_while_waiting_for_the_placing_stays_gone() -
 
         class Sink:
             outbox = Outbox(a, Counters(), wake=lambda: None)
+            readers = trio.Semaphore(1)
 
             def wake(self) -> None:
                 pass
 
         renderer = LogsRenderer(job_id, "job", with_seq=False, running=True)
-        member = Member(Sink(), channel, Follow(job_id, 3, renderer), max_lag=100)
+        member = Member(Sink(), channel, Subscribe(JobTopic(job_id), 3, renderer), max_lag=100)
         channel.placing = trio.Event()  # another member is reading the store
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(member.catch_up, None, stall_timeout=1.0))  # type: ignore[arg-type]
+            nursery.start_soon(partial(member.catch_up, None))  # type: ignore[arg-type]
             await trio.testing.wait_all_tasks_blocked()
             assert member in channel.pending
             member.detach()  # its connection closed

@@ -14,11 +14,11 @@ from typing import Any
 from quart import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..auth import KeyRing, Principal
+from ..auth import KeyRing, Principal, authorize, bearer
 from ..config import Config
 from ..core.ids import JobId, parse_job_id
 from ..engine import Engine
-from ..errors import BadRequest, NotFound, PayloadTooLarge, Unauthenticated
+from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..supervisor import Supervisor
 
 
@@ -38,20 +38,12 @@ def services() -> Services:
 
 
 def bearer_token() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+    return bearer(request.headers.get("Authorization", ""))
 
 
 def authenticate(*, allow_query_token: bool = False) -> Principal:
-    token = bearer_token()
-    if token is None and allow_query_token:
-        token = request.args.get("token")
-    if token is None:
-        raise Unauthenticated("missing bearer token", code="missing_token")
-    return services().keyring.verify(token)
+    return authorize(services().keyring, bearer=bearer_token(),
+                     query_token=request.args.get("token") if allow_query_token else None)
 
 
 def job_id_arg(text: str) -> JobId:

@@ -5,7 +5,7 @@ brief/planSpec/voiceSpec/renderSpec body goes to `config.legacy_template`,
 handed to the process as a JSON file, JOBSERVER_INPUT_FILE, and on stdin when
 the template says `stdin_input`; never through a shell). Errors are RFC 7807
 problems, rendered by app.py for every /api/jobs path; a bad param is named as
-the client sent it (`inputs.X`, `options.X`). Auth: `dialect.authorize`, shared
+the client sent it (`inputs.X`, `options.X`). Auth: `auth.authorize`, shared
 with the event stream, which the data plane serves (dataplane/routes.py,
 `JobsEventsSession`), on a fresh connection or through its ASGI fallback. A
 retry is a new job linked to the old one (`retry_of`, `attempt`), resuming
@@ -20,7 +20,7 @@ from typing import Any
 
 from quart import Blueprint, Response, g, request
 
-from ..auth import Principal
+from ..auth import Principal, anonymous, authorize
 from ..core.ids import JobId
 from ..core.job import Job
 from ..core.states import Status
@@ -84,8 +84,11 @@ WATCH_PAGE_CSP = ("default-src 'self'; style-src 'unsafe-inline'; script-src 'sh
 
 def principal() -> Principal:
     svc = services()
-    return dialect.authorize(svc.keyring, svc.config, bearer=bearer_token(),
-                             query_token=request.args.get("token"), peer=request.remote_addr)
+    config = svc.config
+    return authorize(svc.keyring, bearer=bearer_token(), query_token=request.args.get("token"),
+                     anonymous_user=anonymous(enabled=config.anonymous_loopback,
+                                              user=config.anonymous_user,
+                                              peer=request.remote_addr))
 
 
 def _job_id(text: str) -> JobId:

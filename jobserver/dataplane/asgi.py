@@ -2,51 +2,247 @@
 hypercorn already owns (a keep-alive connection after a REST call).
 
 Wrap the app: `asgi_app = stream_fallback(quart_app, engine=..., keyring=...,
-config=..., plane=...)`. Stream requests get the same session as on the raw
-data plane, through a thin transport: `websocket.send` per message, SSE as
-`http.response.body` chunks; every other scope goes to the app untouched.
+config=..., plane=...)`. Stream requests get the same session, the same
+opening (`DataPlane.open_session`) and the same connection code as on the raw
+data plane (stream.py: members, catch-ups, timers, needs); only the outbox
+differs: `QueueOutbox` hands its bytes to ASGI's `send` from the connection's
+writer task instead of writing into a socket. Every other scope goes to the
+app untouched.
 
-Rules: history and live events come from `engine.follow` (store first, then
-the hub, bounded, by seq), rendered for this client alone: this path has no
-direct writes. A WebSocket offering an extension is refused (400), since
-hypercorn would accept permessage-deflate and inflate frames before any size
-check; clients open a fresh connection for a WebSocket anyway, and there the
-front door never negotiates one. Stalled peers are cut by the front door's
-ReplayStream; there are no pings here (ASGI has none).
+Rules: nothing here writes from the publisher (ASGI `send` awaits), so every
+event waits in the bounded outbox for the writer; a WebSocket's messages are
+encoded NUL-terminated (`wire.encode_asgi_ws`: JSON text never contains a NUL)
+and sent one `websocket.send` each. A WebSocket offering an extension is
+refused (400), since hypercorn would accept permessage-deflate and inflate
+frames before any size check; clients open a fresh connection for a WebSocket
+anyway, and there the front door never negotiates one. Stalled peers are cut
+by the front door's ReplayStream; there are no pings here (ASGI has none).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
 
 from ..auth import KeyRing
 from ..config import Config
-from ..core.events import Event
-from ..dialects import Accept, Close, Follow, Message, Refuse, Session
+from ..dialects import Action, Close, Refuse, Session
 from ..engine import Engine
 from .http import origin_allowed, parse_target, stream_request
+from .outbox import JOIN_LIMIT, MAX_BACKLOG_BYTES, Counters, PeerGone, Stalled
 from .plane import DataPlane
 from .routes import Answer, Match
-from .stream import GOING_AWAY_SECONDS, cancelled
-from .wire import SSE_HEADERS, SSE_HEARTBEAT, encode_sse
+from .stream import StreamConnection
+from .wire import SSE_HEADERS, SSE_HEARTBEAT
 
 Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 # Any ASGI 3 application; frameworks type their own scopes and events.
 ASGIApp = Any
-Emit = Callable[[Sequence[Message]], Awaitable[None]]
+Final = Callable[[], Awaitable[None]]
 
 
 def stream_fallback(app: ASGIApp, *, engine: Engine, keyring: KeyRing, config: Config,
                     plane: DataPlane | None = None) -> StreamFallback:
     """`app` with the data plane's stream routes in front of it."""
     return StreamFallback(app, plane or DataPlane(config=config, engine=engine, keyring=keyring))
+
+
+class QueueOutbox:
+    """An outbox (outbox.Outbox's interface) whose bytes go out through an async
+    `send`: `write_nowait` only queues and wakes the writer, whose `flush` sends
+    the queue in joined pieces, then the final message once sealed."""
+
+    __slots__ = ("_chunk_events", "_chunks", "_counters", "_drained", "_final", "_send",
+                 "_wake", "broken", "pending_bytes", "pending_events", "sealed")
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]], counters: Counters, *,
+                 wake: Callable[[], None]) -> None:
+        self._send = send
+        self._counters = counters
+        self._wake = wake
+        self._chunks: list[bytes] = []
+        self._chunk_events: list[int] = []
+        self._final: Final | None = None
+        self._drained: trio.lowlevel.ParkingLot | None = None
+        self.pending_bytes = 0
+        self.pending_events = 0
+        self.broken = False
+        self.sealed = False
+
+    @property
+    def idle(self) -> bool:
+        return not self._chunks and self._final is None
+
+    def over(self, max_events: int) -> bool:
+        return self.pending_events > max_events or self.pending_bytes > MAX_BACKLOG_BYTES
+
+    def write_nowait(self, data: bytes, events: int = 0, *, seal: bool = False) -> None:
+        if self.sealed or self.broken or not data:
+            self.sealed = self.sealed or seal
+            return
+        self.sealed = seal
+        self._chunks.append(data)
+        self._chunk_events.append(events)
+        self.pending_bytes += len(data)
+        self.pending_events += events
+        self._wake()
+
+    def seal_with(self, final: Final) -> None:
+        """Nothing more is written; `final` goes out after what is queued."""
+        if not self.sealed and not self.broken:
+            self.sealed = True
+            self._final = final
+            self._wake()
+
+    def truncate(self) -> None:
+        del self._chunks[1:]
+        del self._chunk_events[1:]
+        self.pending_bytes = sum(len(c) for c in self._chunks)
+        self.pending_events = sum(self._chunk_events)
+
+    async def flush(self, *, stall_timeout: float) -> None:
+        while self._chunks or self._final is not None:
+            if self._chunks:
+                count, size = 0, 0
+                for chunk in self._chunks:
+                    if count and size + len(chunk) > JOIN_LIMIT:
+                        break
+                    count += 1
+                    size += len(chunk)
+                data = b"".join(self._chunks[:count])
+                events = sum(self._chunk_events[:count])
+                await self._sending(partial(self._send, data), stall_timeout)
+                del self._chunks[:count]
+                del self._chunk_events[:count]
+                self.pending_bytes -= size
+                self.pending_events -= events
+                self._counters.bytes_sent += size
+                self._sent()
+            else:
+                final, self._final = self._final, None
+                assert final is not None
+                await self._sending(final, stall_timeout)
+        await trio.lowlevel.checkpoint()
+
+    async def _sending(self, send: Final, stall_timeout: float) -> None:
+        if self.broken:
+            raise PeerGone
+        with trio.move_on_after(stall_timeout) as scope:
+            try:
+                await send()
+            except (OSError, RuntimeError, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._break()
+                raise PeerGone from None
+        if scope.cancelled_caught:
+            raise Stalled
+
+    async def wait_drained(self, limit: int = 0) -> None:
+        while self.pending_bytes > limit and not self.broken:
+            if self._drained is None:
+                self._drained = trio.lowlevel.ParkingLot()
+            await self._drained.park()
+        if self.broken:
+            raise PeerGone
+        await trio.lowlevel.checkpoint()
+
+    def _sent(self) -> None:
+        if self._drained is not None and self._drained:
+            self._drained.unpark_all()
+
+    def _break(self) -> None:
+        self.broken = True
+        self.close()
+
+    def close(self) -> None:
+        self._chunks.clear()
+        self._chunk_events.clear()
+        self.pending_bytes = self.pending_events = 0
+        self._final = None
+        self.sealed = True
+        self._sent()
+
+
+class AsgiConnection(StreamConnection):
+    """A stream served through hypercorn's ASGI `send` / `receive`."""
+
+    __slots__ = ("_queue", "_receive", "_send")
+
+    def __init__(self, plane: DataPlane, session: Session, send: Send, receive: Receive, *,
+                 actions: Sequence[Action]) -> None:
+        outbox = QueueOutbox(self._send_bytes, plane.counters, wake=self.wake)
+        super().__init__(plane, session, outbox, actions=actions, trailing=b"")
+        self._queue = outbox
+        self._send = send
+        self._receive = receive
+
+    async def _send_bytes(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def _final(self, close: Close) -> None:
+        raise NotImplementedError
+
+    def close(self, close: Close) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.detach_all()
+
+        async def final() -> None:
+            await self._final(close)
+
+        self._queue.seal_with(final)
+
+
+class AsgiWebSocket(AsgiConnection):
+    __slots__ = ()
+    encoding = "asgi-ws"
+
+    async def _send_bytes(self, data: bytes) -> None:
+        for part in data.split(b"\0")[:-1]:
+            await self._send({"type": "websocket.send", "text": part.decode("utf-8")})
+
+    async def _final(self, close: Close) -> None:
+        await self._send({"type": "websocket.close", "code": close.code,
+                          "reason": close.reason})
+
+    async def read_loop(self, trailing: bytes, abort: trio.CancelScope) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] != "websocket.receive":
+                break
+            text = message.get("text")
+            data: str | bytes = text if text is not None else message.get("bytes") or b""
+            if self.closing:
+                continue
+            await self.handle(self.session.on_message(data))
+        abort.cancel()
+
+
+class AsgiSse(AsgiConnection):
+    __slots__ = ()
+    encoding = "sse"
+
+    async def _send_bytes(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def _final(self, close: Close) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def read_loop(self, trailing: bytes, abort: trio.CancelScope) -> None:
+        interval = self.plane.config.sse_heartbeat
+        while True:
+            with trio.move_on_after(interval):
+                if (await self._receive())["type"] == "http.disconnect":
+                    break
+                continue
+            if self._outbox.idle and not self.closing:
+                self._outbox.write_nowait(SSE_HEARTBEAT)
+        abort.cancel()
 
 
 class StreamFallback:
@@ -61,186 +257,60 @@ class StreamFallback:
             method = "GET" if websocket else scope["method"]
             decision = self.plane.routes.classify(method, scope["path"], websocket)
             if isinstance(decision, Answer):
-                await _refuse(scope, send, Refuse(decision.status, decision.message.encode(),
-                                                  "text/plain; charset=utf-8", decision.headers))
+                body = decision.message.encode() + b"\n"
+                await _refuse(scope, send, Refuse(decision.status, body, decision.content_type,
+                                                  decision.headers))
                 return
             if isinstance(decision, Match):
-                self.plane.connections += 1
-                try:
-                    if websocket:
-                        await self._websocket(decision, scope, receive, send)
-                    else:
-                        await self._sse(decision, scope, receive, send)
-                finally:
-                    self.plane.connections -= 1
+                if websocket and (await receive())["type"] != "websocket.connect":
+                    return
+                await self._stream(decision, scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    async def _open(self, match: Match, scope: Scope) -> tuple[Session | None, Accept | Refuse]:
+    async def _stream(self, match: Match, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = scope["type"] == "websocket"
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", ())}
-        path = scope["path"]
+        if websocket:
+            if "sec-websocket-extensions" in headers:
+                await _refuse(scope, send, _plain(400, "WebSocket extensions are not supported "
+                                                       "on a reused connection; open a new one."))
+                return
+            if not origin_allowed(headers.get("origin"), headers.get("host"),
+                                  self.plane.config.allowed_origins):
+                await _refuse(scope, send, _plain(403, "Origin not allowed."))
+                return
         query = scope.get("query_string", b"").decode("latin-1")
         target = parse_target(f"/?{query}")
         client = scope.get("client")
-        request = stream_request("GET" if scope["type"] == "websocket" else scope["method"],
-                                 path, target[1] if target else {}, headers, match.params,
+        request = stream_request("GET" if websocket else scope["method"], scope["path"],
+                                 target[1] if target else {}, headers, match.params,
                                  peer=str(client[0]) if client else None)
-        if scope["type"] == "websocket":
-            if "sec-websocket-extensions" in headers:
-                return None, _plain(400, "WebSocket extensions are not supported on a reused "
-                                         "connection; open a new one.")
-            if not origin_allowed(headers.get("origin"), headers.get("host"),
-                                  self.plane.config.allowed_origins):
-                return None, _plain(403, "Origin not allowed.")
-        with trio.fail_after(self.plane.config.handshake_timeout):
-            return await match.route.open(self.plane, request)
-
-    async def _websocket(self, match: Match, scope: Scope, receive: Receive, send: Send
-                         ) -> None:
-        if (await receive())["type"] != "websocket.connect":
+        opened = None
+        with trio.move_on_after(self.plane.config.handshake_timeout):
+            opened = await self.plane.open_session(match.route, request)
+        if opened is None:
+            await _refuse(scope, send, _plain(503, "Try again."))
             return
-        session, opening = await self._open(match, scope)
-        if session is None or isinstance(opening, Refuse):
-            await _refuse(scope, send, opening if isinstance(opening, Refuse) else _plain(500))
+        session, opening, actions = opened
+        if isinstance(opening, Refuse):
+            await _refuse(scope, send, opening)
             return
-        await send({"type": "websocket.accept",
-                    "headers": [(k.encode(), v.encode()) for k, v in opening.headers]})
-
-        async def emit(messages: Sequence[Message]) -> None:
-            for message in messages:
-                await send({"type": "websocket.send", "text": message})
-
-        async def close(close: Close) -> None:
-            await send({"type": "websocket.close", "code": close.code, "reason": close.reason})
-
-        async def reader(cancel: trio.CancelScope) -> None:
-            while True:
-                message = await receive()
-                if message["type"] != "websocket.receive":
-                    cancel.cancel()
-                    return
-                text = message.get("text")
-                data: str | bytes = text if text is not None else message.get("bytes") or b""
-                if await _apply(session.on_message(data), emit, close):
-                    cancel.cancel()
-                    return
-
-        try:
-            await _run(session, opening, _Transport(self.plane, emit, close, reader, None))
-        except BaseException as exc:
-            if cancelled(exc):
-                with trio.CancelScope(shield=True) as goodbye:
-                    goodbye.deadline = trio.current_time() + GOING_AWAY_SECONDS
-                    await close(Close(1001, "server shutting down"))
-            raise
-
-    async def _sse(self, match: Match, scope: Scope, receive: Receive, send: Send) -> None:
-        session, opening = await self._open(match, scope)
-        if session is None or isinstance(opening, Refuse):
-            await _refuse(scope, send, opening if isinstance(opening, Refuse) else _plain(500))
-            return
-        headers = [(k.lower().encode(), v.encode()) for k, v in (*SSE_HEADERS, *opening.headers)]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-        async def emit(messages: Sequence[Message]) -> None:
-            await send({"type": "http.response.body", "body": encode_sse(messages),
-                        "more_body": True})
-
-        async def beat() -> None:
-            await send({"type": "http.response.body", "body": SSE_HEARTBEAT, "more_body": True})
-
-        async def close(close: Close) -> None:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        async def reader(cancel: trio.CancelScope) -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            cancel.cancel()
-
-        await _run(session, opening, _Transport(self.plane, emit, close, reader, beat))
-
-
-@dataclass(frozen=True, slots=True)
-class _Transport:
-    plane: DataPlane
-    emit: Emit
-    close: Callable[[Close], Awaitable[None]]
-    reader: Callable[[trio.CancelScope], Awaitable[None]]
-    beat: Callable[[], Awaitable[None]] | None  # an SSE heartbeat
+        extra = [(k.lower().encode(), v.encode()) for k, v in opening.headers]
+        connection: AsgiConnection
+        if websocket:
+            await send({"type": "websocket.accept", "headers": extra})
+            connection = AsgiWebSocket(self.plane, session, send, receive, actions=actions)
+        else:
+            sse = [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS]
+            await send({"type": "http.response.start", "status": 200, "headers": sse + extra})
+            connection = AsgiSse(self.plane, session, send, receive, actions=actions)
+        await connection.run()
 
 
 def _plain(status: int, text: str = "") -> Refuse:
     return Refuse(status, text.encode() + b"\n" if text else b"", "text/plain; charset=utf-8")
-
-
-async def _run(session: Session, opening: Accept, transport: _Transport) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(transport.reader, nursery.cancel_scope)
-        if await _apply(opening.messages, transport.emit, transport.close):
-            nursery.cancel_scope.cancel()
-            return
-        if opening.follow is None:
-            if opening.close is not None:
-                await transport.close(opening.close)
-                nursery.cancel_scope.cancel()
-            return
-        await _follow(opening.follow, transport)
-        await _apply(session.on_end(), transport.emit, transport.close)
-        nursery.cancel_scope.cancel()
-
-
-async def _apply(actions: Sequence[Message | Close], emit: Emit,
-                 close: Callable[[Close], Awaitable[None]]) -> bool:
-    """Send the actions' messages; True once one of them closed the stream."""
-    messages: list[Message] = []
-    for action in actions:
-        if isinstance(action, Close):
-            if messages:
-                await emit(messages)
-            await close(action)
-            return True
-        messages.append(action)
-    if messages:
-        await emit(messages)
-    return False
-
-
-async def _follow(follow: Follow, transport: _Transport) -> None:
-    """Send the followed topic's rendered events until its renderer says end."""
-    renderer = follow.renderer
-    after = follow.after
-    seeded = after == 0
-    if seeded:
-        renderer = renderer.after(None)
-    beat_every = transport.plane.config.sse_heartbeat if transport.beat else math.inf
-    with transport.plane.engine.follow(follow.topic, max(after - 1, 0)) as follower:
-        while True:
-            batch: list[Event] = []
-            with trio.move_on_after(beat_every):
-                batch = await follower.next_batch()
-            if not batch:
-                if transport.beat is not None:
-                    await transport.beat()
-                continue
-            if not seeded:
-                seeded = True
-                if batch[0].seq == after:
-                    renderer = renderer.after(batch[0])
-            messages: list[Message] = []
-            ended = False
-            for event in batch:
-                if event.seq <= after:
-                    continue
-                rendered = renderer.render(event)
-                messages.extend(rendered.messages)
-                if rendered.end:
-                    ended = True
-                    break
-            if messages:
-                await transport.emit(messages)
-            if ended:
-                return
 
 
 async def _refuse(scope: Scope, send: Send, refuse: Refuse) -> None:

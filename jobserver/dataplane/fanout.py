@@ -11,13 +11,19 @@ up* (fed from the store by its connection's writer task). Every member starts
 catching up, and so does a live member whose outbox passes its bound
 (`max_lag` events or outbox.MAX_BACKLOG_BYTES): it leaves the live set at once,
 keeping what it has queued, and its writer reads on from the store by seq.
-Catching up is engine.Follower's method: join the channel's pending set first
-(a bounded buffer of raw events, dropped whole on overflow), then
-`wait_flushed` and `events_after(cursor)`, page by page, then the buffer,
-deduplicated by seq; the member goes live only when the channel has published
-exactly up to its cursor, checked and done with no await in between. So a
-member never misses, repeats or reorders an event, and a slow one holds at
-most its bounded backlog plus one page.
+Catching up is the one routine every transport uses (`Member.catch_up`, run
+in a task of its own per member): join the channel's pending set first (a
+bounded buffer of raw events, dropped whole on overflow), then read the store
+after the cursor with read-your-writes (`Engine.events_after`), page by page,
+then the buffer, deduplicated by seq; the member goes live only when the
+channel has published exactly up to its cursor, checked and done with no await
+in between. So a member never misses, repeats or reorders an event, and a slow
+one holds at most its bounded backlog plus one page. The members of one
+connection catch up concurrently; the connection's `readers` semaphore bounds
+how many read a page at once, so its memory is bounded whatever the number of
+its subscriptions. Aggregate topics (core/topics.py) have no store behind them:
+their members go live at once, from "now", and one that falls behind leaves
+with `lagged` set (its session is told) instead of catching up.
 
 Joining is cheap when a channel is live already: a member whose cursor is at
 the channel's last seq, or within the last events it encoded (`Recent`), gets
@@ -34,15 +40,14 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
 from ..core.events import Event
 from ..core.ids import JobId
-from ..dialects import Follow, Renderer
-from ..store import Store
-from .outbox import Outbox
+from ..core.topics import JobTopic, Topic
+from ..dialects import Renderer, Subscribe
 from .wakeup import Wakeup
 from .wire import Encoder
 
@@ -58,18 +63,50 @@ RECENT_BYTES = 1024 * 1024
 # How long a joining member waits for another to place the channel's renderer
 # before it reads the store itself.
 PLACING_WAIT = 1.0
+# A catch-up writes its next page once its connection's backlog is below this.
+CATCH_UP_LOW_WATER = 256 * 1024
 
-ChannelKey = tuple[JobId, Hashable, str]  # (topic, renderer key, encoding)
+ChannelKey = tuple[Topic, Hashable, str]  # (topic, renderer key, encoding)
+
+
+class SinkOutbox(Protocol):
+    """A connection's outbox (outbox.Outbox, or the ASGI fallback's QueueOutbox)."""
+
+    pending_bytes: int
+    broken: bool
+
+    @property
+    def idle(self) -> bool: ...
+
+    def write_nowait(self, data: bytes, events: int = 0, *, seal: bool = False) -> None: ...
+
+    def over(self, max_events: int) -> bool: ...
+
+    async def wait_drained(self, limit: int = 0) -> None: ...
+
+    async def flush(self, *, stall_timeout: float) -> None: ...
+
+    def truncate(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Sink(Protocol):
     """A connection's side of its members: where their bytes go, and its writer."""
 
     @property
-    def outbox(self) -> Outbox: ...
+    def outbox(self) -> SinkOutbox: ...
+
+    @property
+    def readers(self) -> trio.Semaphore:
+        """Bounds how many of the connection's members read the store at once."""
 
     def wake(self) -> None:
         """Tell the connection's writer task there is work (a lag, an end, a backlog)."""
+
+
+class EventReader(Protocol):
+    async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[Event]: ...
 
 
 class FrameCache:
@@ -156,6 +193,7 @@ class Channel:
                  release: Callable[[Channel], None]) -> None:
         self.key = key
         self.topic = key[0]
+        self.persisted = type(self.topic) is JobTopic  # the store can replay it
         self.encode = encode
         self.cache = cache
         self._release = release
@@ -168,7 +206,7 @@ class Channel:
         # Set while the first member reads the store to place the renderer.
         self.placing: trio.Event | None = None
 
-    def deliver(self, events: Sequence[Event]) -> None:
+    def deliver(self, events: Sequence[Any]) -> None:
         if events[-1].seq <= self.last_seq:
             return
         if events[0].seq <= self.last_seq:
@@ -195,14 +233,14 @@ class Channel:
         for member in tuple(self.live):
             member.push(data, used, self.last_seq, end)
 
-    def encode_events(self, renderer: Renderer, events: Sequence[Event], *,
+    def encode_events(self, renderer: Renderer, events: Sequence[Any], *,
                       cached: bool = True) -> tuple[bytes, int, bool]:
         """(bytes, events used, ended): the encoding of `events` up to an end, via
         the cache unless not `cached`."""
         parts, used, end = self.encode_parts(renderer, events, cached=cached)
         return b"".join(parts), used, end
 
-    def encode_parts(self, renderer: Renderer, events: Sequence[Event], *,
+    def encode_parts(self, renderer: Renderer, events: Sequence[Any], *,
                      cached: bool = True) -> tuple[list[bytes], int, bool]:
         """Like `encode_events`, each event's bytes apart."""
         parts: list[bytes] = []
@@ -264,18 +302,25 @@ class Member:
     """One connection's subscription to one channel, from a cursor on."""
 
     __slots__ = ("_buffer", "_buffered", "_max_lag", "_overflow", "_prototype", "channel",
-                 "cursor", "detached", "ended", "needs_catch_up", "outbox", "sink")
+                 "cursor", "detached", "ended", "lagged", "needs_catch_up", "outbox", "sink")
 
-    def __init__(self, sink: Sink, channel: Channel, follow: Follow, *, max_lag: int) -> None:
+    def __init__(self, sink: Sink, channel: Channel, subscribe: Subscribe, *,
+                 max_lag: int) -> None:
         self.sink = sink
         self.outbox = sink.outbox  # looked up once: push runs per member per event
         self.channel = channel
-        self.cursor = follow.after  # the last seq written (or queued) for this member
-        self._prototype = follow.renderer
+        # The last seq written (or queued) for this member; "now" when not given.
+        self.cursor = channel.last_seq if subscribe.after is None else subscribe.after
+        self._prototype = subscribe.renderer
         self._max_lag = max_lag
-        self.needs_catch_up = True
+        self.needs_catch_up = channel.persisted
         self.ended = False  # the renderer said the stream ends here
+        self.lagged = False  # an aggregate topic's member fell behind and left
         self.detached = False
+        if not channel.persisted:
+            # Nothing to read: live from now, rendered by the channel's renderer.
+            channel.pending[self] = None
+            channel.promote(self, self._prototype.after(None))
         self._buffer: list[Event] = []
         self._overflow = False
         self._buffered = Wakeup()
@@ -283,6 +328,10 @@ class Member:
     @property
     def live(self) -> bool:
         return self in self.channel.live
+
+    @property
+    def topic(self) -> Topic:
+        return self.channel.topic
 
     # ---- called by Channel.deliver, in the publisher's task: never block --
 
@@ -293,11 +342,15 @@ class Member:
         if end:
             self._finish()
         elif outbox.pending_bytes and outbox.over(self._max_lag):
-            self.channel.demote(self)
-            self.needs_catch_up = True
+            if self.channel.persisted:
+                self.channel.demote(self)
+                self.needs_catch_up = True
+            else:
+                self.lagged = True
+                self.detach()
             self.sink.wake()
 
-    def buffer_nowait(self, events: Sequence[Event]) -> None:
+    def buffer_nowait(self, events: Sequence[Any]) -> None:
         if not self._overflow:
             if len(self._buffer) + len(events) > self._max_lag:
                 self._overflow = True
@@ -312,24 +365,25 @@ class Member:
         """Leave the channel for good (the connection is closing)."""
         self.detached = True
         self.channel.remove(self)
+        self._buffered.set()  # a catch-up waiting for events sees it and stops
 
     def _finish(self) -> None:
         self.ended = True
         self.detach()
         self.sink.wake()
 
-    async def catch_up(self, store: Store, *, stall_timeout: float) -> None:
+    async def catch_up(self, store: EventReader) -> None:
         """Send what the store has after the cursor, then go live (or end)."""
         self.needs_catch_up = False
         channel = self.channel
         channel.add_pending(self)
         try:
-            await self._catch_up(store, stall_timeout)
+            await self._catch_up(store)
         finally:
             if not self.live and not self.detached:
                 channel.remove(self)
 
-    async def _catch_up(self, store: Store, stall_timeout: float) -> None:
+    async def _catch_up(self, store: EventReader) -> None:
         channel = self.channel
         if self.cursor > 0 and channel.renderer is None and channel.placing is not None:
             # Another member is reading the store to place the channel's
@@ -358,38 +412,40 @@ class Member:
             # Nothing to send, only the renderer's state to read: others may wait.
             channel.placing = trio.Event()
             try:
-                await self._catch_up_from_store(store, stall_timeout)
+                await self._catch_up_from_store(store)
             finally:
                 channel.placing.set()
                 channel.placing = None
             return
-        await self._catch_up_from_store(store, stall_timeout)
+        await self._catch_up_from_store(store)
 
-    async def _catch_up_from_store(self, store: Store, stall_timeout: float) -> None:
+    async def _catch_up_from_store(self, store: EventReader) -> None:
         channel = self.channel
+        assert isinstance(channel.topic, JobTopic)
+        job_id = channel.topic.job_id
         renderer = self._prototype
         first = True
         while True:
-            await store.wait_flushed()
-            start = self.cursor - 1 if first and self.cursor > 0 else self.cursor
-            page = await store.events_after(channel.topic, start, limit=REPLAY_PAGE)
-            more = len(page) == REPLAY_PAGE
-            if first:
-                first = False
-                if self.cursor == 0:
-                    renderer = renderer.after(None)
-                elif page and page[0].seq == self.cursor:
-                    renderer = renderer.after(page[0])
-                    page = page[1:]
-            if await self._write(renderer, page, stall_timeout):
-                return
+            async with self.sink.readers:  # a page at a time per connection, bounded
+                start = self.cursor - 1 if first and self.cursor > 0 else self.cursor
+                page = await store.events_after(job_id, start, limit=REPLAY_PAGE)
+                more = len(page) == REPLAY_PAGE
+                if first:
+                    first = False
+                    if self.cursor == 0:
+                        renderer = renderer.after(None)
+                    elif page and page[0].seq == self.cursor:
+                        renderer = renderer.after(page[0])
+                        page = page[1:]
+                if await self._write(renderer, page):
+                    return
             if more:
                 continue
             while not self._overflow:
                 fresh = [e for e in self._buffer if e.seq > self.cursor]
                 self._buffer.clear()
                 if fresh:
-                    if await self._write(renderer, fresh, stall_timeout):
+                    if await self._write(renderer, fresh):
                         return
                 elif channel.last_seq >= self.cursor:
                     channel.promote(self, renderer)
@@ -401,9 +457,9 @@ class Member:
                         return
             self._overflow = False  # the buffer overflowed: back to the store
 
-    async def _write(self, renderer: Renderer, events: Sequence[Event],
-                     stall_timeout: float) -> bool:
-        """Write `events` and wait until they are sent; True when done (ended/detached)."""
+    async def _write(self, renderer: Renderer, events: Sequence[Any]) -> bool:
+        """Write `events` and wait until the backlog is low again (the connection's
+        writer sends it); True when done (ended/detached)."""
         if self.detached:
             return True
         if not events:
@@ -414,10 +470,11 @@ class Member:
         shared = bool(channel.live) or len(channel.pending) + len(channel.behind) > 1
         data, used, end = channel.encode_events(renderer, events, cached=shared)
         self.cursor = events[used - 1].seq
-        outbox = self.sink.outbox
+        outbox = self.outbox
         outbox.write_nowait(data, used)
         if end:
             self._finish()
             return True
-        await outbox.flush(stall_timeout=stall_timeout)
+        self.sink.wake()
+        await outbox.wait_drained(CATCH_UP_LOW_WATER)
         return self.detached

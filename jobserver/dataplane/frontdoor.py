@@ -137,7 +137,8 @@ class FrontDoor:
             return None
         if isinstance(decision, Answer):
             await answer(sock, decision.status, decision.message.encode() + b"\n",
-                         headers=decision.headers, stall_timeout=self.plane.stall_timeout)
+                         content_type=decision.content_type, headers=decision.headers,
+                         stall_timeout=self.plane.stall_timeout)
             return None
         opener = open_websocket if decision.route.transport == "ws" else open_sse
         return await opener(self.plane, sock, head, decision)

@@ -91,8 +91,8 @@ async def send_all(sock: socket.socket, data: bytes, *, stall_timeout: float) ->
 class Outbox:
     """One socket's outgoing bytes: sent at once when possible, else queued in order."""
 
-    __slots__ = ("_chunk_events", "_chunks", "_counters", "_sock", "_wake", "broken",
-                 "pending_bytes", "pending_events", "sealed")
+    __slots__ = ("_chunk_events", "_chunks", "_counters", "_drained", "_sock", "_wake",
+                 "broken", "pending_bytes", "pending_events", "sealed")
 
     def __init__(self, sock: socket.socket, counters: Counters, *,
                  wake: Callable[[], None]) -> None:
@@ -108,6 +108,8 @@ class Outbox:
         self.pending_events = 0
         self.broken = False
         self.sealed = False  # after the last frame (a close) nothing more is written
+        # Catch-ups waiting for the backlog to shrink (made when one first waits).
+        self._drained: trio.lowlevel.ParkingLot | None = None
 
     @property
     def idle(self) -> bool:
@@ -171,6 +173,21 @@ class Outbox:
             raise PeerGone
         await trio.lowlevel.checkpoint()
 
+    async def wait_drained(self, limit: int = 0) -> None:
+        """Wait until at most `limit` bytes are queued (the writer task sends them;
+        several tasks may wait). PeerGone when the socket broke meanwhile."""
+        while self.pending_bytes > limit and not self.broken:
+            if self._drained is None:
+                self._drained = trio.lowlevel.ParkingLot()
+            await self._drained.park()
+        if self.broken:
+            raise PeerGone
+        await trio.lowlevel.checkpoint()
+
+    def _sent(self) -> None:
+        if self._drained is not None and self._drained:
+            self._drained.unpark_all()
+
     def _send_some(self) -> None:
         chunks = self._chunks
         if len(chunks) == 1 or len(chunks[0]) >= JOIN_LIMIT:
@@ -201,12 +218,14 @@ class Outbox:
             self.pending_events -= events
         if not chunks:
             self._counters.slow_writers -= 1
+        self._sent()
 
     def _break(self) -> None:
         if self._chunks:
             self._counters.slow_writers -= 1
         self.broken = True
         self._forget_all()
+        self._sent()
         self._wake()
 
     def _forget_all(self) -> None:
@@ -220,6 +239,7 @@ class Outbox:
         if self._chunks:
             self._counters.slow_writers -= 1
         self._forget_all()
+        self._sent()
         self.sealed = True
         # `wake` is the connection's bound method: dropping it breaks the
         # connection -> outbox -> connection cycle, so reference counting frees

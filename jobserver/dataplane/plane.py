@@ -1,30 +1,49 @@
-"""The data plane's shared state: routes, channels, the frame cache, statistics.
+"""The data plane's shared state: routes, channels, the frame cache, statistics,
+and the one place a session's needs are fulfilled.
 
 Rules: one `DataPlane` per server, built from the engine and handed to the
 front door and to the ASGI fallback; it starts no task and holds no nursery.
 A channel exists while it has members and is the hub's subscriber for just
-that long. `statistics()` is a frozen snapshot for /metrics.
+that long. `open_session` runs a session's opening (its needs, then its one
+Accept or Refuse) for every transport; `fulfil` is the table of needs
+(dialects/__init__.py) to the engine and the key ring: add a need, add a row.
+`statistics()` is a frozen snapshot for /metrics.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
-from ..auth import KeyRing, Principal
+from ..auth import KeyRing
 from ..config import Config
-from ..core.ids import JobId
-from ..core.job import Job
-from ..dialects import Follow
+from ..dialects import (
+    Accept,
+    Action,
+    Authenticate,
+    LookUp,
+    Need,
+    ReadEvents,
+    Refuse,
+    Session,
+    SessionEnv,
+    StreamRequest,
+    Subscribe,
+)
 from ..engine import Engine
 from ..errors import NotFound, Unauthenticated
 from .fanout import Channel, ChannelKey, FrameCache, Member, Sink
 from .outbox import Counters
-from .routes import DEFAULT_ROUTES, RouteTable
+from .routes import DEFAULT_ROUTES, Route, RouteTable
 from .wire import ENCODERS
+
+log = logging.getLogger("jobserver.dataplane")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +70,7 @@ class DataPlane:
         self.keyring = keyring
         self.routes = routes
         self.clock = clock
+        self.env = SessionEnv(config=config, clock=clock)
         self.cache = FrameCache()
         self.counters = Counters()
         self._channels: dict[ChannelKey, Channel] = {}
@@ -66,38 +86,51 @@ class DataPlane:
     def now(self) -> float:
         return self.clock()
 
-    # ---- who and what ----------------------------------------------------
+    # ---- sessions and their needs ----------------------------------------
 
-    def principal(self, token: str | None) -> Principal | None:
-        if token is None:
-            return None
-        try:
-            return self.keyring.verify(token)
-        except Unauthenticated:
-            return None
+    async def open_session(self, route: Route, request: StreamRequest
+                           ) -> tuple[Session, Accept | Refuse, list[Action]]:
+        """Make the route's session and run its opening: its needs, up to its
+        Accept or Refuse; the actions after an Accept are for the open stream."""
+        session: Session = route.session(request, self.env)
+        pending: deque[Action] = deque(session.open())
+        while pending:
+            action = pending.popleft()
+            if isinstance(action, (Accept, Refuse)):
+                return session, action, list(pending)
+            if type(action) in _HANDLERS:
+                result = await self.fulfil(action)
+                pending.extendleft(reversed(session.on_result(action, result)))  # type: ignore[arg-type]
+            else:
+                log.error("%s session acted before it accepted: %r", route.name, action)
+                break
+        return session, Refuse(500, b"", ""), []
 
-    async def job_for(self, principal: Principal, job_id: JobId) -> Job | None:
-        try:
-            return await self.engine.get(principal, job_id)
-        except NotFound:
-            return None
+    def can_fulfil(self, action: object) -> bool:
+        return type(action) in _HANDLERS
+
+    async def fulfil(self, need: Need | Any) -> Any:
+        """What a need gives (see the needs in dialects/__init__.py)."""
+        handler = _HANDLERS[type(need)]
+        return await handler(self, need)
 
     # ---- channels --------------------------------------------------------
 
-    def join(self, sink: Sink, follow: Follow, encoding: str) -> Member:
-        """A member of the channel for `follow` (it starts out catching up)."""
-        key: ChannelKey = (follow.topic, follow.renderer.key, encoding)
+    def join(self, sink: Sink, subscribe: Subscribe, encoding: str) -> Member:
+        """A member of the channel for `subscribe` (a job topic's starts out catching
+        up; an aggregate topic's is live at once)."""
+        key: ChannelKey = (subscribe.topic, subscribe.renderer.key, encoding)
         channel = self._channels.get(key)
         if channel is None:
             channel = Channel(key, ENCODERS[encoding], self.cache, release=self._release)
             # Where the hub stands now, so that a member whose catch-up reaches it
-            # goes live at once, not at the job's next event (the hub delivers only
-            # what is published after this, in the same step).
-            channel.last_seq = self.engine.published_seq(follow.topic)
+            # goes live at once, not at the topic's next event (the hub delivers
+            # only what is published after this, in the same step).
+            channel.last_seq = self.engine.published_seq(subscribe.topic)
             self._channels[key] = channel
-            self.engine.hub.subscribe(follow.topic, channel)
+            self.engine.hub.subscribe(subscribe.topic, channel)
         self.subscribers += 1
-        return Member(sink, channel, follow, max_lag=self.config.max_lag_events)
+        return Member(sink, channel, subscribe, max_lag=self.config.max_lag_events)
 
     def leave(self, member: Member) -> None:
         if not member.detached:
@@ -135,4 +168,32 @@ class DataPlane:
             frame_cache_hits=self.cache.hits,
             frame_cache_misses=self.cache.misses,
         )
+
+
+
+async def _authenticate(plane: DataPlane, need: Authenticate) -> Any:
+    if need.token is None:
+        return Unauthenticated("missing token", code="missing_token")
+    try:
+        return plane.keyring.verify(need.token, purpose=need.rules)
+    except Unauthenticated as exc:
+        return exc
+
+
+async def _look_up(plane: DataPlane, need: LookUp) -> Any:
+    try:
+        return await plane.engine.get(need.principal, need.job_id)
+    except NotFound:
+        return None
+
+
+async def _read_events(plane: DataPlane, need: ReadEvents) -> Any:
+    return await plane.engine.events_after(need.job_id, need.after, limit=need.limit)
+
+
+_HANDLERS: dict[type, Callable[[DataPlane, Any], Awaitable[Any]]] = {
+    Authenticate: _authenticate,
+    LookUp: _look_up,
+    ReadEvents: _read_events,
+}
 

@@ -20,7 +20,7 @@ from .http import Head, parse_target, peer_host, stream_request
 from .outbox import recv_some
 from .plane import DataPlane
 from .routes import Match
-from .stream import StreamConnection, answer
+from .stream import SocketConnection, answer
 from .wire import SSE_HEADERS, SSE_HEARTBEAT, stream_head
 
 
@@ -34,22 +34,23 @@ async def open_sse(plane: DataPlane, sock: socket.socket, head: Head,
         return None
     request = stream_request(head.method, target[0], target[1], head.headers(), match.params,
                              peer=peer_host(sock))
-    session, opening = None, None
+    opened = None
     with trio.move_on_after(plane.config.handshake_timeout):
-        session, opening = await match.route.open(plane, request)
-    if session is None or opening is None:
+        opened = await plane.open_session(match.route, request)
+    if opened is None:
         await answer(sock, 503, b"Try again.\n", stall_timeout=stall)
         return None
+    session, opening, actions = opened
     if isinstance(opening, Refuse):
         await answer(sock, opening.status, opening.body, content_type=opening.content_type,
                      headers=opening.headers, stall_timeout=stall)
         return None
     preamble = stream_head(200, [*SSE_HEADERS, *opening.headers])
-    return SseConnection(plane, sock, session, preamble=preamble, opening=opening,
+    return SseConnection(plane, sock, session, preamble=preamble, actions=actions,
                          trailing=head.trailing)
 
 
-class SseConnection(StreamConnection):
+class SseConnection(SocketConnection):
     __slots__ = ()
     encoding = "sse"
 

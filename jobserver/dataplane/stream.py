@@ -1,29 +1,42 @@
-"""One stream connection on a raw socket: the part WebSocket and SSE share.
+"""One stream connection: the part every transport shares (raw WebSocket, raw SSE,
+and the ASGI fallback's two).
 
-A `StreamConnection` owns its socket's outbox, its members (followed topics)
-and its session. Its main task is the writer: it flushes backlogs in joined
-writes, runs members' catch-ups from the store, and asks the session what to
-do when a followed stream ends. A reader task (the transport's) runs beside
-it in the connection's own nursery. Rules: the publisher only ever calls the
-sync `wake`; a peer that leaves its socket full for `plane.stall_timeout` or
-goes away is dropped; when the front door is cancelled the connection says
-goodbye in a shielded, bounded moment (`going_away`) and the socket is closed
-by whoever opened it, after this returns.
+A `StreamConnection` owns its outbox, its members (followed topics, by topic)
+and its session, and applies the session's actions (`handle`): messages go to
+the outbox, Subscribe/Unsubscribe join and leave channels, a Timer sets the
+session's one deadline, and needs are fulfilled by the data plane with their
+results fed back to the session, in order. Its main task is the writer: it
+flushes backlogs in joined writes, starts a catch-up task for each member that
+needs one (members catch up concurrently, a few store reads at a time), tells
+the session when a followed topic ended or lagged, and runs its timer. A reader
+task (the transport's) runs beside it in the connection's own nursery.
+Rules: the publisher only ever calls the sync `wake`; calls into the session
+are serialised (`handle` holds a lock while a need is awaited); a peer that
+leaves its socket full for `plane.stall_timeout` or goes away is dropped; when
+the front door is cancelled the connection says the session's goodbye in a
+shielded, bounded moment and the socket is closed by whoever opened it, after
+this returns.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import socket
+from collections import deque
 from collections.abc import Sequence
 
 import trio
 
-from ..dialects import Accept, Action, Close, Message, Session
-from .fanout import Member
+from ..core.topics import Topic
+from ..dialects import Action, Close, Session, SseEvent, Subscribe, Timer, Unsubscribe
+from .fanout import Member, SinkOutbox
 from .outbox import RECV_SIZE, Outbox, PeerGone, Stalled, send_all
 from .plane import DataPlane
 from .wakeup import Wakeup
 from .wire import ENCODERS, http_response
+
+log = logging.getLogger("jobserver.dataplane")
 
 # After a close frame or a refusal, how long the peer gets to read it and
 # hang up before the socket is closed (and the bytes it may still send).
@@ -31,35 +44,46 @@ LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 1024 * 1024
 # On shutdown, how long a connection may spend saying goodbye (1001).
 GOING_AWAY_SECONDS = 1.0
+# Members of one connection reading a page from the store at once: what a
+# connection may hold in catch-up pages, whatever its number of subscriptions.
+CATCH_UP_READERS = 4
 
 
 class StreamConnection:
-    """An accepted stream: `preamble` (the response head) and `opening` are sent
-    first, `trailing` (bytes the client sent after its request) read first.
+    """An accepted stream: `actions` (what the session said after its Accept) are
+    applied first, `trailing` (bytes the client sent after its request) read first.
 
     Slotted, and the request it came from is not kept: thousands are held at
     once, so each holds only what it needs for its life.
     """
 
-    __slots__ = ("_encode", "_outbox", "_start", "_wakeup", "closing", "members", "plane",
-                 "session", "sock")
+    __slots__ = ("_encode", "_lock", "_outbox", "_readers", "_start", "_timer_at", "_wakeup",
+                 "closing", "members", "plane", "session")
     encoding = "ws"
 
-    def __init__(self, plane: DataPlane, sock: socket.socket, session: Session, *,
-                 preamble: bytes, opening: Accept, trailing: bytes) -> None:
+    def __init__(self, plane: DataPlane, session: Session, outbox: SinkOutbox, *,
+                 actions: Sequence[Action], trailing: bytes) -> None:
         self.plane = plane
-        self.sock = sock
         self.session = session
-        self._outbox = Outbox(sock, plane.counters, wake=self.wake)
+        self._outbox = outbox
         self._encode = ENCODERS[self.encoding]
-        self.members: list[Member] = []
+        self.members: dict[Topic, Member] = {}
         self.closing = False
         self._wakeup = Wakeup()
-        self._start: tuple[bytes, Accept, bytes] | None = (preamble, opening, trailing)
+        self._timer_at = math.inf
+        self._lock: trio.Lock | None = None  # made when a need is first awaited
+        self._readers: trio.Semaphore | None = None
+        self._start: tuple[Sequence[Action], bytes] | None = (actions, trailing)
 
     @property
-    def outbox(self) -> Outbox:
+    def outbox(self) -> SinkOutbox:
         return self._outbox
+
+    @property
+    def readers(self) -> trio.Semaphore:
+        if self._readers is None:
+            self._readers = trio.Semaphore(CATCH_UP_READERS)
+        return self._readers
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -80,26 +104,67 @@ class StreamConnection:
     async def after_close(self) -> None:
         """Once the last bytes are out (a WebSocket waits for the peer's close)."""
 
-    def going_away(self) -> None:
-        """The server is stopping: queue a goodbye, if the transport has one."""
+    # ---- the session's actions -------------------------------------------
 
-    # ---- shared ----------------------------------------------------------
-
-    def send(self, message: Message) -> None:
+    def send(self, message: str | SseEvent) -> None:
         if not self.closing:
             self._outbox.write_nowait(self._encode((message,)))
 
-    def apply(self, actions: Sequence[Action]) -> None:
+    def apply_nowait(self, actions: Sequence[Action]) -> None:
+        """Messages and closes only (a goodbye, a protocol error): nothing to await."""
         for action in actions:
             if isinstance(action, Close):
                 self.close(action)
-            else:
+            elif isinstance(action, (str, SseEvent)):
                 self.send(action)
 
+    async def handle(self, actions: Sequence[Action]) -> None:
+        """Apply a session's actions in order; a need's result goes back to the
+        session and the actions it gives run next."""
+        pending: deque[Action] = deque(actions)
+        while pending:
+            action = pending.popleft()
+            kind = type(action)
+            if kind is str or kind is SseEvent:
+                self.send(action)  # type: ignore[arg-type]
+            elif kind is Close:
+                self.close(action)  # type: ignore[arg-type]
+            elif kind is Subscribe:
+                self._subscribe(action)  # type: ignore[arg-type]
+            elif kind is Unsubscribe:
+                self._drop(action.topic)  # type: ignore[union-attr]
+            elif kind is Timer:
+                delay = action.delay  # type: ignore[union-attr]
+                self._timer_at = math.inf if delay is None else trio.current_time() + delay
+                self.wake()
+            elif self.plane.can_fulfil(action):
+                if self._lock is None:
+                    self._lock = trio.Lock()
+                async with self._lock:
+                    result = await self.plane.fulfil(action)
+                    more = self.session.on_result(action, result)  # type: ignore[arg-type]
+                pending.extendleft(reversed(more))
+            else:
+                log.error("a session asked for %r on an open stream", kind.__name__)
+
+    def _subscribe(self, subscribe: Subscribe) -> None:
+        if self.closing:
+            return
+        self._drop(subscribe.topic)
+        self.members[subscribe.topic] = self.plane.join(self, subscribe, self.encoding)
+        self.wake()
+
+    def _drop(self, topic: Topic) -> None:
+        member = self.members.pop(topic, None)
+        if member is not None:
+            self.plane.leave(member)
+
     def detach_all(self) -> None:
-        for member in self.members:
+        for member in self.members.values():
             if not member.detached:
                 member.detach()
+
+    # ---- running ---------------------------------------------------------
 
     async def run(self) -> None:
         """Serve the accepted stream until it closes, the peer goes, or we are cancelled."""
@@ -107,12 +172,13 @@ class StreamConnection:
         plane = self.plane
         plane.connections += 1
         try:
-            self._begin()
-            trailing, self._start = self._start[2], None
+            actions, trailing = self._start
+            self._start = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.read_loop, trailing, nursery.cancel_scope)
                 try:
-                    await self._write_loop()
+                    await self.handle(actions)
+                    await self._write_loop(nursery)
                     await self.after_close()
                 except (PeerGone, Stalled):
                     pass
@@ -122,24 +188,13 @@ class StreamConnection:
                 await self._say_goodbye()
             raise
         finally:
-            for member in self.members:
+            for member in self.members.values():
                 plane.leave(member)
             self.members.clear()  # member.sink is this connection: no cycle left behind
             self._outbox.close()
             plane.connections -= 1
 
-    def _begin(self) -> None:
-        assert self._start is not None
-        preamble, opening, _ = self._start
-        self._outbox.write_nowait(preamble)
-        self.apply(opening.messages)
-        if opening.follow is not None and not self.closing:
-            self.members.append(self.plane.join(self, opening.follow, self.encoding))
-        elif opening.close is not None:
-            self.close(opening.close)
-
-    async def _write_loop(self) -> None:
-        store = self.plane.engine.store
+    async def _write_loop(self, nursery: trio.Nursery) -> None:
         stall = self.plane.stall_timeout
         while True:
             self._wakeup.clear()
@@ -148,30 +203,59 @@ class StreamConnection:
                 if self._outbox.idle:
                     return
                 continue
-            for member in list(self.members):
-                if member.ended:
-                    self.members.remove(member)
-                    self.plane.leave(member)
-                    self.apply(self.session.on_end())
+            for topic, member in list(self.members.items()):
+                if member.ended or member.lagged:
+                    self._drop(topic)
+                    session = self.session
+                    await self.handle(session.on_end(topic) if member.ended
+                                      else session.on_lag(topic))
                 elif member.needs_catch_up and not member.detached:
-                    await member.catch_up(store, stall_timeout=stall)
+                    member.needs_catch_up = False
+                    nursery.start_soon(self._catch_up, member)
+            if self._timer_at <= trio.current_time() and not self.closing:
+                self._timer_at = math.inf
+                await self.handle(self.session.on_tick(trio.current_time()))
             if self.closing or not self._outbox.idle or any(
-                    m.ended or m.needs_catch_up for m in self.members):
+                    m.ended or m.lagged or m.needs_catch_up for m in self.members.values()):
                 continue
-            await self.idle()
+            with trio.move_on_at(self._timer_at):
+                await self.idle()
+
+    async def _catch_up(self, member: Member) -> None:
+        try:
+            await member.catch_up(self.plane.engine)
+        except PeerGone:
+            pass  # the writer finds the socket broken too
+        self.wake()
 
     async def _say_goodbye(self) -> None:
         if self.closing or self._outbox.broken:
             return
         self.detach_all()
         self._outbox.truncate()
-        self.going_away()
+        self.apply_nowait(self.session.on_shutdown())
+        if not self.closing:
+            self.close(Close(1001, "server shutting down"))
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + GOING_AWAY_SECONDS
             try:
                 await self._outbox.flush(stall_timeout=GOING_AWAY_SECONDS)
             except (PeerGone, Stalled):
                 pass
+
+
+class SocketConnection(StreamConnection):
+    """A stream on a raw socket of the front door's; `preamble` (the response head)
+    goes out first."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, plane: DataPlane, sock: socket.socket, session: Session, *,
+                 preamble: bytes, actions: Sequence[Action], trailing: bytes) -> None:
+        outbox = Outbox(sock, plane.counters, wake=self.wake)
+        super().__init__(plane, session, outbox, actions=actions, trailing=trailing)
+        self.sock = sock
+        outbox.write_nowait(preamble)
 
 
 def cancelled(exc: BaseException) -> bool:

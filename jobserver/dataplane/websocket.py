@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import socket
+from collections.abc import Sequence
 
 import trio
 from wsproto import ConnectionType
@@ -33,12 +34,12 @@ from wsproto.events import (
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from ..dialects import Accept, Close, Refuse, Session
-from .http import Head, origin_allowed, parse_target, stream_request
+from ..dialects import Action, Close, Refuse, Session
+from .http import Head, origin_allowed, parse_target, peer_host, stream_request
 from .outbox import recv_some
 from .plane import DataPlane
 from .routes import Match
-from .stream import LINGER_SECONDS, StreamConnection, answer, drain_nowait
+from .stream import LINGER_SECONDS, SocketConnection, answer, drain_nowait
 from .wakeup import Wakeup
 
 _OPEN = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
@@ -68,13 +69,15 @@ async def open_websocket(plane: DataPlane, sock: socket.socket, head: Head,
     if target is None:
         await answer(sock, 400, b"Bad request target.\n", stall_timeout=stall)
         return None
-    request = stream_request("GET", target[0], target[1], headers, match.params)
-    session, opening = None, None
+    request = stream_request("GET", target[0], target[1], headers, match.params,
+                             peer=peer_host(sock))
+    opened = None
     with trio.move_on_after(config.handshake_timeout):
-        session, opening = await match.route.open(plane, request)
-    if session is None or opening is None:
+        opened = await plane.open_session(match.route, request)
+    if opened is None:
         await answer(sock, 503, b"Try again.\n", stall_timeout=stall)
         return None
+    session, opening, actions = opened
     if isinstance(opening, Refuse):
         await answer(sock, opening.status, opening.body, content_type=opening.content_type,
                      headers=opening.headers, stall_timeout=stall)
@@ -83,17 +86,18 @@ async def open_websocket(plane: DataPlane, sock: socket.socket, head: Head,
         extensions=[], extra_headers=[(k.encode(), v.encode()) for k, v in opening.headers]))
     ws = handshake.connection
     assert ws is not None
-    return WebSocketConnection(plane, sock, session, ws, preamble=accept, opening=opening,
+    return WebSocketConnection(plane, sock, session, ws, preamble=accept, actions=actions,
                                trailing=head.trailing)
 
 
-class WebSocketConnection(StreamConnection):
+class WebSocketConnection(SocketConnection):
     __slots__ = ("_bytes", "_failed", "_pong_deadline", "_size", "_text", "peer_closed", "ws")
     encoding = "ws"
 
     def __init__(self, plane: DataPlane, sock: socket.socket, session: Session,
-                 ws: Connection, *, preamble: bytes, opening: Accept, trailing: bytes) -> None:
-        super().__init__(plane, sock, session, preamble=preamble, opening=opening,
+                 ws: Connection, *, preamble: bytes, actions: Sequence[Action],
+                 trailing: bytes) -> None:
+        super().__init__(plane, sock, session, preamble=preamble, actions=actions,
                          trailing=trailing)
         self.ws = ws
         self.peer_closed = Wakeup()
@@ -116,11 +120,8 @@ class WebSocketConnection(StreamConnection):
         self.wake()
 
     def _protocol_error(self, close: Close) -> None:
-        self.apply(self.session.on_protocol_error(close, now=self.plane.now()))
+        self.apply_nowait(self.session.on_protocol_error(close, now=self.plane.now()))
         self.close(close)
-
-    def going_away(self) -> None:
-        self.close(Close(1001, "server shutting down"))
 
     async def after_close(self) -> None:
         # The peer answers with its close frame, or hangs up (after a 1009 or a
@@ -135,13 +136,13 @@ class WebSocketConnection(StreamConnection):
         config = self.plane.config
         next_ping = trio.current_time() + config.ws_ping_interval
         if trailing:
-            self._receive(trailing)
+            await self._deliver(self._receive(trailing))
         while not self.peer_closed.is_set():
             with trio.move_on_at(min(next_ping, self._pong_deadline)):
                 data = await recv_some(self.sock)
                 if not data:
                     break
-                self._receive(data)
+                await self._deliver(self._receive(data))
                 continue
             now = trio.current_time()
             if now >= self._pong_deadline:
@@ -166,16 +167,27 @@ class WebSocketConnection(StreamConnection):
         self.outbox.write_nowait(bytes(self.ws.send(Ping(b"jobserver"))))
         self._pong_deadline = now + self.plane.config.ws_ping_timeout
 
-    def _receive(self, data: bytes) -> None:
+    async def _deliver(self, messages: list[str | bytes]) -> None:
+        """Hand the client's complete messages to the session, one after another."""
+        for whole in messages:
+            if self.closing:
+                return
+            await self.handle(self.session.on_message(whole))
+
+    def _receive(self, data: bytes) -> list[str | bytes]:
+        """Feed wsproto; the complete messages it gave (control frames answered here)."""
+        messages: list[str | bytes] = []
         if self._failed:
-            return
+            return messages
         try:
             self.ws.receive_data(data)
         except LocalProtocolError:
-            return
+            return messages
         for event in self.ws.events():
             if isinstance(event, (TextMessage, BytesMessage)):
-                self._message(event)
+                whole = self._message(event)
+                if whole is not None:
+                    messages.append(whole)
             elif isinstance(event, Ping):
                 if self.ws.state is ConnectionState.OPEN and not self.closing:
                     self.outbox.write_nowait(bytes(self.ws.send(event.response())))
@@ -184,7 +196,8 @@ class WebSocketConnection(StreamConnection):
             elif isinstance(event, CloseConnection):
                 self._peer_close(event)
             if self._failed:
-                return
+                return messages
+        return messages
 
     def _peer_close(self, event: CloseConnection) -> None:
         state = self.ws.state
@@ -196,9 +209,10 @@ class WebSocketConnection(StreamConnection):
             self._protocol_error(Close(event.code, event.reason or ""))
         self.peer_closed.set()
 
-    def _message(self, event: TextMessage | BytesMessage) -> None:
+    def _message(self, event: TextMessage | BytesMessage) -> str | bytes | None:
+        """The whole message once its last frame arrived (None before, or refused)."""
         if self.closing:
-            return
+            return None
         data = event.data
         self._size += len(data.encode("utf-8")) if isinstance(data, str) else len(data)
         if self._size > self.plane.config.ws_max_message_bytes:
@@ -206,18 +220,18 @@ class WebSocketConnection(StreamConnection):
             self._text.clear()
             self._bytes.clear()
             self._protocol_error(Close(1009, "message too big"))
-            return
+            return None
         whole: str | bytes
         if isinstance(event, TextMessage):
             self._text.append(event.data)
             if not event.message_finished:
-                return
+                return None
             whole, self._text = "".join(self._text), []
         else:
             self._bytes.append(bytes(event.data))
             if not event.message_finished:
-                return
+                return None
             whole, self._bytes = b"".join(self._bytes), []
         self._size = 0
-        self.apply(self.session.on_message(whole))
+        return whole
 

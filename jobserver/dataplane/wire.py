@@ -59,7 +59,18 @@ def encode_sse(messages: Sequence[Message]) -> bytes:
     return "".join(parts).encode("utf-8", _UNPAIRED)
 
 
-ENCODERS: dict[str, Encoder] = {"ws": encode_ws, "sse": encode_sse}
+def encode_asgi_ws(messages: Sequence[Message]) -> bytes:
+    """WebSocket text messages for the ASGI fallback, each UTF-8 and NUL-terminated
+    (compact JSON never contains a NUL), split again there into `websocket.send`s."""
+    parts = []
+    for m in messages:
+        if not isinstance(m, str):
+            raise TypeError("a WebSocket dialect sends text messages")
+        parts.append(m.encode("utf-8", _UNPAIRED) + b"\0")
+    return b"".join(parts)
+
+
+ENCODERS: dict[str, Encoder] = {"ws": encode_ws, "sse": encode_sse, "asgi-ws": encode_asgi_ws}
 
 SSE_HEARTBEAT = b": keep-alive\n\n"
 SSE_HEADERS = (

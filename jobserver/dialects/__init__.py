@@ -25,8 +25,10 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from ..core.events import Event
+from ..auth import Principal
+from ..config import Config
 from ..core.ids import JobId
+from ..core.topics import Topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,35 +71,25 @@ class Renderer(Protocol):
     def key(self) -> Hashable:
         """Equal keys render equal bytes for equal histories (the cache and channel key)."""
 
-    def render(self, event: Event) -> Rendered:
-        """The messages for `event`; moves the renderer's state past it."""
+    def render(self, event: Any) -> Rendered:
+        """The messages for `event` (an `Event` of a job topic, a `TopicEvent` or
+        `SystemStatus` of an aggregate one); moves the renderer's state past it."""
 
-    def advance(self, event: Event) -> None:
+    def advance(self, event: Any) -> None:
         """Move past `event` without rendering it (its messages came from a cache)."""
 
-    def after(self, event: Event | None) -> Renderer:
+    def after(self, event: Any | None) -> Renderer:
         """A renderer of this variant in the state right after `event` (None: before the
         topic's first event). A renderer infers its state from that one event; each
         dialect documents how."""
 
 
-@dataclass(frozen=True, slots=True)
-class Follow:
-    """Stream a topic's events with seq > `after`, rendered by `renderer`.
-
-    `renderer` is in the state right after seq `after` as far as the session can
-    tell from the job record; the transport re-derives it with `renderer.after(e)`
-    when it reads the event `e` at seq `after` from the store.
-    """
-
-    topic: JobId
-    after: int
-    renderer: Renderer
+# ---- actions: what a session asks of its transport ------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Refuse:
-    """Answer the request with a plain HTTP response instead of a stream."""
+    """Answer the request with a plain HTTP response instead of a stream (opening only)."""
 
     status: int
     body: bytes = b""
@@ -107,31 +99,136 @@ class Refuse:
 
 @dataclass(frozen=True, slots=True)
 class Accept:
-    """Open the stream: send `messages`, then follow `follow` (if any), and close with
-    `close` once done (None: leave it to the session's `on_end`)."""
+    """Open the stream (opening only): the WebSocket upgrade or the SSE response head,
+    with these extra headers. The actions after it run on the open stream."""
 
-    messages: tuple[Message, ...] = ()
-    follow: Follow | None = None
-    close: Close | None = None
     headers: tuple[tuple[str, str], ...] = field(default=())
 
 
-Opening = Refuse | Accept
-Action = Message | Close
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Follow `topic` from `after` on, rendered by `renderer`.
+
+    A job topic: its events with seq > `after`, history from the store first;
+    `renderer` is in the state right after seq `after` as far as the session can
+    tell from the job record, and the transport re-derives it with
+    `renderer.after(e)` when it reads the event `e` at seq `after` from the store.
+    An aggregate topic (owner, all jobs, system): `after` must be None, "from
+    now", and `renderer` starts as `renderer.after(None)`. A second Subscribe to
+    a topic replaces the first.
+    """
+
+    topic: Topic
+    after: int | None
+    renderer: Renderer
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Stop following `topic` (nothing happens when it is not followed)."""
+
+    topic: Topic
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """Call the session's `on_tick` once, `delay` seconds from now (trio's clock);
+    replaces the session's earlier timer. None cancels it."""
+
+    delay: float | None
+
+
+# ---- needs: I/O a session cannot do; the result comes back in `on_result` ----
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Check a token by the rules named (auth.py: "api" is the server's own tokens).
+    Result: the `Principal`, or the `Unauthenticated` error saying why not."""
+
+    token: str | None
+    rules: str = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class LookUp:
+    """The job `job_id` as `principal` may see it. Result: the `Job`, or None when it
+    does not exist or is not theirs (the same answer for both)."""
+
+    job_id: JobId
+    principal: Principal
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEvents:
+    """A job's stored events with seq > `after`, at most `limit`, reading what was
+    written before (read-your-writes). Result: a list of events."""
+
+    job_id: JobId
+    after: int
+    limit: int
+
+
+Need = Authenticate | LookUp | ReadEvents
+Action = Message | Close | Accept | Refuse | Subscribe | Unsubscribe | Timer | Need
 
 
 class Session(Protocol):
-    """One client's side of a dialect, after the stream was accepted."""
+    """One client's side of a dialect: made from the request, then driven by the
+    transport. Every method returns actions, applied in order; a need's result
+    comes back through `on_result` and the actions it returns run before the rest."""
+
+    def open(self) -> Sequence[Action]:
+        """The first actions: needs, then exactly one `Accept` or `Refuse`, and
+        (after an Accept) what to send and follow."""
+
+    def on_result(self, need: Need, result: Any) -> Sequence[Action]:
+        """What a need (one of this session's own actions) gave."""
 
     def on_message(self, message: str | bytes) -> Sequence[Action]:
         """A complete message from the client (WebSocket dialects)."""
 
-    def on_end(self) -> Sequence[Action]:
-        """The followed stream ended (a renderer said so)."""
+    def on_end(self, topic: Topic) -> Sequence[Action]:
+        """A followed topic ended (its renderer said so); it is no longer followed."""
+
+    def on_lag(self, topic: Topic) -> Sequence[Action]:
+        """A followed aggregate topic fell too far behind and was dropped (a job
+        topic never is: it catches up from the store)."""
+
+    def on_tick(self, now: float) -> Sequence[Action]:
+        """The session's timer went off; `now` is trio's clock."""
 
     def on_protocol_error(self, close: Close, *, now: float) -> Sequence[Action]:
         """The client broke the transport's rules (a message too big, a bad frame):
         what to send before the transport closes with `close`."""
+
+    def on_shutdown(self) -> Sequence[Action]:
+        """The server is stopping: the goodbye (ends with a Close)."""
+
+
+class BaseSession:
+    """Defaults for a session's callbacks: nothing to say, 1000/1001 closes."""
+
+    def on_result(self, need: Need, result: Any) -> Sequence[Action]:
+        return ()
+
+    def on_message(self, message: str | bytes) -> Sequence[Action]:
+        return ()
+
+    def on_end(self, topic: Topic) -> Sequence[Action]:
+        return (Close(),)
+
+    def on_lag(self, topic: Topic) -> Sequence[Action]:
+        return (Close(1013, "too far behind"),)
+
+    def on_tick(self, now: float) -> Sequence[Action]:
+        return ()
+
+    def on_protocol_error(self, close: Close, *, now: float) -> Sequence[Action]:
+        return ()
+
+    def on_shutdown(self) -> Sequence[Action]:
+        return (Close(1001, "server shutting down"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +241,17 @@ class StreamRequest:
     headers: Mapping[str, str]
     params: Mapping[str, str]  # from the route's path pattern
     peer: str | None = None  # the client's address (a loopback check), when known
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnv:
+    """What every session may read: the server's settings and the wall clock."""
+
+    config: Config
+    clock: Callable[[], float]
+
+    def now(self) -> float:
+        return self.clock()
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

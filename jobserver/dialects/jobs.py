@@ -9,7 +9,6 @@ spec's examples show. Choices the spec leaves open are in docs/dialects/jobs.md.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import secrets
 import uuid
@@ -17,25 +16,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..auth import KeyRing, Principal
-from ..config import Config
+from ..auth import Principal, anonymous, bearer
 from ..core import events as ev
-from ..core.ids import JobId, UserId, parse_job_id
+from ..core.ids import JobId, parse_job_id
 from ..core.job import Job, StepState
 from ..core.states import Status
 from ..core.timefmt import iso_s
+from ..core.topics import JobTopic
 from ..errors import Unauthenticated
 from . import (
     Accept,
     Action,
+    Authenticate,
+    BaseSession,
     Close,
-    Follow,
+    LookUp,
     Message,
-    Opening,
+    Need,
+    ReadEvents,
     Refuse,
     Rendered,
+    SessionEnv,
     SseEvent,
     StreamRequest,
+    Subscribe,
     dumps,
 )
 
@@ -301,63 +305,82 @@ def seen_the_end(job: Job, cursor: Cursor) -> bool:
 _CORRELATION = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
-class JobsEventsSession:
+class JobsEventsSession(BaseSession):
     """GET /api/jobs/{jobId}/events: one client's side of the stream.
 
-    The transport's opener checks the token (`authorize`), looks the job up, and
-    for a `SEQ.K` cursor reads the events around it; `open` answers a problem
-    (401, 404) before any stream, 204 when the client has seen the end, or the
-    stream: the rest of a half-seen seq, then the job's events after the cursor,
-    rendered by the shared `JobsRenderer`, ending after job-completed/job-failed.
+    Its opening checks the token (the Bearer header, `?token=`, or an anonymous
+    loopback peer), looks the job up, and for a `SEQ.K` cursor reads the events
+    around it; then it answers a problem (401, 404) before any stream, 204 when
+    the client has seen the end, or the stream: the rest of a half-seen seq,
+    then the job's events after the cursor, rendered by the shared
+    `JobsRenderer`, ending after job-completed/job-failed.
     """
 
-    def __init__(self, request: StreamRequest) -> None:
+    def __init__(self, request: StreamRequest, env: SessionEnv) -> None:
         headers, query = request.headers, request.query
-        self.bearer = _bearer(headers.get("authorization", ""))
+        config = env.config
+        self.bearer = bearer(headers.get("authorization", ""))
         self.query_token = query.get("token")
-        self.peer = request.peer
+        self.anonymous = anonymous(enabled=config.anonymous_loopback,
+                                   user=config.anonymous_user, peer=request.peer)
         self.job_id = parse_jobs_id(request.params.get("job_id", ""))
         self.cursor = Cursor.parse(headers.get("last-event-id"))
         given = headers.get("x-correlation-id", "")
         self.request_correlation = given if _CORRELATION.match(given) else None
         self.correlation_id = self.request_correlation or uuid.uuid4().hex
         self.trace_id = secrets.token_hex(7).upper()
-        self.principal: Principal | None = None
+        self._job: Job | None = None
 
-    def authorize(self, keyring: KeyRing, config: Config) -> Opening | None:
-        """Set `principal`; a 401 problem when the client may not in."""
-        try:
-            self.principal = authorize(keyring, config, bearer=self.bearer,
-                                       query_token=self.query_token, peer=self.peer)
-        except Unauthenticated as exc:
-            return self._problem(401, "Unauthorized", exc.message, exc.code,
-                                 (("WWW-Authenticate", "Bearer"),))
-        return None
+    def open(self) -> Sequence[Action]:
+        token = self.bearer if self.bearer is not None else self.query_token
+        if token is not None:
+            return (Authenticate(token),)
+        if self.anonymous is None:
+            return self._unauthenticated(Unauthenticated("missing bearer token",
+                                                         code="missing_token"))
+        return self._look_up(self.anonymous)
 
-    def open(self, job: Job | None, around: Sequence[ev.Event] = ()) -> Opening:
+    def on_result(self, need: Need, result: object) -> Sequence[Action]:
+        if isinstance(need, Authenticate):
+            if isinstance(result, Principal):
+                return self._look_up(result)
+            assert isinstance(result, Unauthenticated)
+            return self._unauthenticated(result)
+        if isinstance(need, LookUp):
+            job = self._job = result if isinstance(result, Job) else None
+            if job is not None and self.cursor.seen is not None:  # a half-seen seq
+                return (ReadEvents(job.id, max(self.cursor.seq - 2, 0), 2),)
+            return self._opening(job, ())
+        if isinstance(need, ReadEvents):
+            assert isinstance(result, list)
+            return self._opening(self._job, result)
+        return ()
+
+    def _look_up(self, principal: Principal) -> Sequence[Action]:
+        if self.job_id is None:
+            return self._opening(None, ())
+        return (LookUp(self.job_id, principal),)
+
+    def _unauthenticated(self, exc: Unauthenticated) -> Sequence[Action]:
+        return (self._problem(401, "Unauthorized", exc.message, exc.code,
+                              (("WWW-Authenticate", "Bearer"),)),)
+
+    def _opening(self, job: Job | None, around: Sequence[ev.Event]) -> Sequence[Action]:
         """The answer, once the job is looked up (None: missing, malformed or not
         the principal's). `around`: stored events with seq > cursor.seq - 2."""
         if job is None:
-            return self._problem(404, "Not Found", "job not found", "job_not_found")
+            return (self._problem(404, "Not Found", "job not found", "job_not_found"),)
         correlation = self.request_correlation or job.correlation_id or self.correlation_id
         headers = (("X-Correlation-ID", correlation),)
         if self.cursor.seq > job.last_seq:  # from the future (stale or made up): from now on
             self.cursor = Cursor(job.last_seq)
         if seen_the_end(job, self.cursor):
-            return Refuse(204, b"", "", headers)
+            return (Refuse(204, b"", "", headers),)
         renderer, first = resume(JobsRenderer.for_job(job), self.cursor, around)
         if renderer.done:
-            return Accept(first, close=Close(), headers=headers)
-        return Accept(first, Follow(job.id, self.cursor.seq, renderer), headers=headers)
-
-    def on_message(self, message: str | bytes) -> Sequence[Action]:
-        return ()
-
-    def on_end(self) -> Sequence[Action]:
-        return (Close(),)
-
-    def on_protocol_error(self, close: Close, *, now: float) -> Sequence[Action]:
-        return ()  # an event stream reads nothing from its client
+            return (Accept(headers), *first, Close())
+        return (Accept(headers), *first,
+                Subscribe(JobTopic(job.id), self.cursor.seq, renderer))
 
     def _problem(self, status: int, title: str, detail: str, code: str,
                  headers: tuple[tuple[str, str], ...] = ()) -> Refuse:
@@ -365,30 +388,6 @@ class JobsEventsSession:
                        trace_id=self.trace_id, kind=code)
         return Refuse(status, dumps(body).encode(), "application/problem+json",
                       (*headers, ("X-Correlation-ID", self.correlation_id)))
-
-
-def _bearer(header: str) -> str | None:
-    scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def authorize(keyring: KeyRing, config: Config, *, bearer: str | None,
-              query_token: str | None, peer: str | None) -> Principal:
-    """Who is asking: the Bearer header, else `?token=` (EventSource cannot send
-    headers), else, with `anonymous_loopback`, a loopback peer is `anonymous_user`."""
-    token = bearer if bearer is not None else query_token
-    if token is None:
-        if config.anonymous_loopback and is_loopback(peer):
-            return Principal(UserId(config.anonymous_user), "user")
-        raise Unauthenticated("missing bearer token", code="missing_token")
-    return keyring.verify(token)
-
-
-def is_loopback(addr: str | None) -> bool:
-    try:
-        return addr is not None and ipaddress.ip_address(addr.split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def problem(status: int, title: str, detail: str, *, correlation_id: str, trace_id: str,

@@ -17,20 +17,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..auth import Principal
 from ..core import events as ev
 from ..core.ids import JobId, parse_job_id
 from ..core.job import Job
 from ..core.states import CANCELLED_EXIT_CODE, Status
 from ..core.timefmt import iso_ms
+from ..core.topics import JobTopic, Topic
 from . import (
     NOTHING,
     Accept,
     Action,
+    Authenticate,
+    BaseSession,
     Close,
-    Follow,
-    Opening,
+    LookUp,
+    Need,
     Rendered,
+    SessionEnv,
     StreamRequest,
+    Subscribe,
     dumps,
     json_string,
 )
@@ -170,10 +176,12 @@ def _running_after(event: ev.Event) -> bool:
     return not (isinstance(event, ev.Step) and event.status == "Skipped")
 
 
-class LogsSession:
-    """One logs-dialect client: reads its request, opens, and closes after the end."""
+class LogsSession(BaseSession):
+    """One logs-dialect client: checks its token, looks its job up, opens, and
+    closes after the end."""
 
-    def __init__(self, request: StreamRequest) -> None:
+    def __init__(self, request: StreamRequest, env: SessionEnv) -> None:
+        self.env = env
         self.token = request.query.get("token") or None
         self.job_id: JobId | None = parse_job_id(request.params.get("job_id", ""))
         self.since: int | None = None
@@ -187,34 +195,46 @@ class LogsSession:
         elif request.query.get("replay", "").lower() in TRUE_WORDS:
             self.since = 0
 
-    def open(self, job: Job | None, *, now: float) -> Opening:
-        """The opening for `job`: None when the token, the id or the access was bad."""
-        if job is None or (self.job_id is not None and job.id != self.job_id):
-            return Accept(messages=(error_message(ACCESS_DENIED, now=now),),
-                          close=Close(1008, "access denied"))
+    def open(self) -> Sequence[Action]:
+        if self.token is None or self.job_id is None:
+            return self._denied()
+        return (Authenticate(self.token),)
+
+    def on_result(self, need: Need, result: object) -> Sequence[Action]:
+        if isinstance(need, Authenticate):
+            if not isinstance(result, Principal) or self.job_id is None:
+                return self._denied()
+            return (LookUp(self.job_id, result),)
+        if isinstance(need, LookUp):
+            return self._opening(result if isinstance(result, Job) else None)
+        return ()
+
+    def _denied(self) -> Sequence[Action]:
+        """A bad token, id or access all look the same."""
+        return (Accept(), error_message(ACCESS_DENIED, now=self.env.now()),
+                Close(1008, "access denied"))
+
+    def _opening(self, job: Job | None) -> Sequence[Action]:
+        now = self.env.now()
+        if job is None or job.id != self.job_id:
+            return self._denied()
         if self.bad_since:
-            return Accept(messages=(error_message(BAD_SINCE, now=now),),
-                          close=Close(1008, "invalid since"))
+            return (Accept(), error_message(BAD_SINCE, now=now), Close(1008, "invalid since"))
         with_seq = self.since is not None
         system = message("system", {"message": STREAMING_STARTED, "job_id": job.id,
                                     "ts": iso_ms(now)})
         renderer = LogsRenderer(job.id, job.template, with_seq=with_seq,
                                 running=job.status is Status.RUNNING)
+        topic = JobTopic(job.id)
         if self.since is not None and self.since < job.last_seq:
             # History first; a finished job's history ends with its final status.
-            return Accept(messages=(system,),
-                          follow=Follow(job.id, self.since, renderer))
+            return (Accept(), system, Subscribe(topic, self.since, renderer))
         if job.status.terminal:
-            return Accept(messages=(system, final_status(job, with_seq=with_seq)),
-                          close=Close(1000))
+            return (Accept(), system, final_status(job, with_seq=with_seq), Close(1000))
         # No `since` or one at or past the job's last event: what comes next.
-        return Accept(messages=(system,),
-                      follow=Follow(job.id, job.last_seq, renderer))
+        return (Accept(), system, Subscribe(topic, job.last_seq, renderer))
 
-    def on_message(self, message: str | bytes) -> Sequence[Action]:
-        return ()  # the spec defines no client messages; they are ignored
-
-    def on_end(self) -> Sequence[Action]:
+    def on_end(self, topic: Topic) -> Sequence[Action]:
         return (Close(1000),)
 
     def on_protocol_error(self, close: Close, *, now: float) -> Sequence[Action]:

@@ -14,11 +14,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..auth import Principal, bearer
 from ..core import events as ev
 from ..core.ids import JobId, parse_job_id
 from ..core.job import Job
 from ..core.timefmt import iso_ms
-from . import Accept, Action, Close, Follow, Opening, Refuse, Rendered, SseEvent, StreamRequest
+from ..core.topics import JobTopic
+from . import (
+    Accept,
+    Action,
+    Authenticate,
+    BaseSession,
+    LookUp,
+    Need,
+    Refuse,
+    Rendered,
+    SessionEnv,
+    SseEvent,
+    StreamRequest,
+    Subscribe,
+)
 from . import dumps as _dumps
 
 DIALECT = "native"
@@ -55,13 +70,8 @@ def _problem(status: int, code: str, text: str, *, extra: tuple[tuple[str, str],
     return Refuse(status, body, "application/json", extra)
 
 
-def bearer(header: str) -> str | None:
-    scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-class NativeEventsSession:
-    def __init__(self, request: StreamRequest) -> None:
+class NativeEventsSession(BaseSession):
+    def __init__(self, request: StreamRequest, env: SessionEnv) -> None:
         self.token = bearer(request.headers.get("authorization", "")) or \
             request.query.get("token") or None
         self.job_id: JobId | None = parse_job_id(request.params.get("job_id", ""))
@@ -70,24 +80,34 @@ class NativeEventsSession:
         if raw.isascii() and raw.isdigit() and int(raw) <= MAX_CURSOR:
             self.after = int(raw)
 
-    def open(self, job: Job | None, *, authenticated: bool) -> Opening:
-        if not authenticated:
-            return _problem(401, "unauthenticated", "missing, invalid or expired token",
-                            extra=(("www-authenticate", "Bearer"),))
-        if job is None:
-            return _problem(404, "job_not_found", "job not found")
-        if self.after is None:
-            return _problem(422, "validation_failed", "Last-Event-ID / after must be a seq")
-        if job.status.terminal and self.after >= job.last_seq:
-            return Refuse(204, b"", "")
-        # A cursor past the last event (a stale or made-up one) means "from now".
-        return Accept(follow=Follow(job.id, min(self.after, job.last_seq), NativeRenderer()))
+    def open(self) -> Sequence[Action]:
+        if self.token is None:
+            return (_UNAUTHENTICATED,)
+        return (Authenticate(self.token),)
 
-    def on_message(self, message: str | bytes) -> Sequence[Action]:
+    def on_result(self, need: Need, result: object) -> Sequence[Action]:
+        if isinstance(need, Authenticate):
+            if not isinstance(result, Principal):
+                return (_UNAUTHENTICATED,)
+            if self.job_id is None:
+                return (_NOT_FOUND,)
+            return (LookUp(self.job_id, result),)
+        if isinstance(need, LookUp):
+            return self._opening(result if isinstance(result, Job) else None)
         return ()
 
-    def on_end(self) -> Sequence[Action]:
-        return (Close(),)
+    def _opening(self, job: Job | None) -> Sequence[Action]:
+        if job is None:
+            return (_NOT_FOUND,)
+        if self.after is None:
+            return (_problem(422, "validation_failed", "Last-Event-ID / after must be a seq"),)
+        if job.status.terminal and self.after >= job.last_seq:
+            return (Refuse(204, b"", ""),)
+        # A cursor past the last event (a stale or made-up one) means "from now".
+        return (Accept(), Subscribe(JobTopic(job.id), min(self.after, job.last_seq),
+                                    NativeRenderer()))
 
-    def on_protocol_error(self, close: Close, *, now: float) -> Sequence[Action]:
-        return ()  # an event stream reads nothing from its client
+
+_UNAUTHENTICATED = _problem(401, "unauthenticated", "missing, invalid or expired token",
+                            extra=(("www-authenticate", "Bearer"),))
+_NOT_FOUND = _problem(404, "job_not_found", "job not found")
