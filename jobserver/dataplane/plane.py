@@ -27,17 +27,20 @@ from ..dialects import (
     Accept,
     Action,
     Authenticate,
+    CancelJob,
     LookUp,
     Need,
     ReadEvents,
+    ReadSystem,
     Refuse,
     Session,
     SessionEnv,
     StreamRequest,
+    Submit,
     Subscribe,
 )
-from ..engine import Engine
-from ..errors import NotFound, Unauthenticated
+from ..engine import Engine, Submission
+from ..errors import JobserverError, NotFound, Unauthenticated
 from .fanout import Channel, ChannelKey, FrameCache, Member, Sink
 from .outbox import Counters
 from .routes import DEFAULT_ROUTES, Route, RouteTable
@@ -191,9 +194,33 @@ async def _read_events(plane: DataPlane, need: ReadEvents) -> Any:
     return await plane.engine.events_after(need.job_id, need.after, limit=need.limit)
 
 
+async def _submit(plane: DataPlane, need: Submit) -> Any:
+    submission = Submission(template=need.template, params=need.params,
+                            correlation_id=need.correlation_id)
+    try:
+        return await plane.engine.submit(need.principal, submission)
+    except JobserverError as exc:
+        return exc
+
+
+async def _cancel(plane: DataPlane, need: CancelJob) -> Any:
+    try:
+        return await plane.engine.cancel(need.principal, need.job_id)
+    except JobserverError as exc:
+        return exc
+
+
+async def _read_system(plane: DataPlane, need: ReadSystem) -> Any:
+    await trio.lowlevel.checkpoint()
+    return plane.engine.system_status()
+
+
 _HANDLERS: dict[type, Callable[[DataPlane, Any], Awaitable[Any]]] = {
     Authenticate: _authenticate,
     LookUp: _look_up,
     ReadEvents: _read_events,
+    Submit: _submit,
+    CancelJob: _cancel,
+    ReadSystem: _read_system,
 }
 

@@ -169,7 +169,33 @@ class ReadEvents:
     limit: int
 
 
-Need = Authenticate | LookUp | ReadEvents
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Submit a job of template `template` for `principal` (validated by the
+    template's typed params, as every other way in). Result: the new `Job`, or
+    the `JobserverError` (errors.py) that refused it."""
+
+    principal: Principal
+    template: str
+    params: Mapping[str, Any]
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    """Cancel a job `principal` may see. Result: the `Job`, or the `JobserverError`
+    (NotFound for someone else's, Conflict for a finished one)."""
+
+    principal: Principal
+    job_id: JobId
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSystem:
+    """The system topic's state now. Result: a `SystemStatus`."""
+
+
+Need = Authenticate | LookUp | ReadEvents | Submit | CancelJob | ReadSystem
 Action = Message | Close | Accept | Refuse | Subscribe | Unsubscribe | Timer | Need
 
 
