@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +26,8 @@ from .api.common import Services
 from .auth import KeyRing
 from .config import Config
 from .dataplane import DataPlane, serve_front_door, stream_fallback
+from .dataplane.frontdoor import bind_socket
+from .dataplane.routes import DEFAULT_ROUTES, RouteTable
 from .engine import Engine
 from .hub import Hub
 from .store.sqlite import SqliteStore
@@ -59,18 +60,9 @@ class Server:
         self._shutdown.set()
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-async def serve(config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
-                ) -> None:
+async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
+                task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+    """The whole server; `routes` are the data plane's stream routes."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     keyring = KeyRing.load_or_create(config.data_dir)
     store = SqliteStore(config.data_dir / "jobserver.db")
@@ -84,7 +76,7 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[Server] = trio.T
             services = Services(config=config, engine=engine, supervisor=supervisor,
                                 keyring=keyring, started_at=time.time())
             http_scope = trio.CancelScope()
-            plane = DataPlane(config=config, engine=engine, keyring=keyring)
+            plane = DataPlane(config=config, engine=engine, keyring=keyring, routes=routes)
             port = await engine_nursery.start(_serve_http, services, plane, http_scope)
             server = Server(config, engine, supervisor, keyring, port)
             task_status.started(server)
