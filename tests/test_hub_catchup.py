@@ -1,0 +1,254 @@
+"""The hub and the one catch-up routine, without a server: a real engine and store,
+a data plane's channels, and a member writing into one end of a socket pair.
+
+Events go in through the engine (`record`, `record_logs`); frames come out of
+the socket; what is asserted is the bytes a client would read: every event
+after its cursor, in order, once, through live delivery, a lag and its
+catch-up, and across a topic's end.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from jobserver.auth import KeyRing, Principal
+from jobserver.core import events as ev
+from jobserver.core.ids import UserId
+from jobserver.core.states import Status
+from jobserver.core.topics import ALL_JOBS, JobTopic, OwnerTopic, TopicEvent
+from jobserver.dataplane.fanout import Member
+from jobserver.dataplane.outbox import Counters, Outbox
+from jobserver.dataplane.plane import DataPlane
+from jobserver.dataplane.wire import encode_sse
+from jobserver.dialects import Rendered, SseEvent, Subscribe
+from jobserver.dialects.native import NativeRenderer
+from jobserver.engine import Engine, LiveJob, Submission
+from jobserver.hub import Hub
+from jobserver.store.sqlite import SqliteStore
+
+from .conftest import make_config
+
+ALICE = Principal(UserId("alice"), "user")
+
+
+class Sink:
+    """A connection's side as members see it, on one end of a socket pair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.outbox = Outbox(sock, Counters(), wake=self.wake)
+        self.readers = trio.Semaphore(4)
+        self.woken = 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+class Client:
+    """The other end: reads what arrived and parses the SSE ids."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.data = b""
+
+    def read_nowait(self) -> None:
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self.data += chunk
+
+    async def keep_reading(self) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            self.read_nowait()
+
+    def ids(self) -> list[int]:
+        self.read_nowait()
+        return [int(line[4:]) for line in self.data.decode().split("\n")
+                if line.startswith("id: ")]
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    with a, b:
+        yield a, b
+
+
+@pytest.fixture
+async def plane(tmp_path: Path, nursery: trio.Nursery) -> DataPlane:
+    store = SqliteStore(tmp_path / "jobserver.db", linger=0)
+    await nursery.start(store.run)
+    config = make_config(tmp_path / "data", max_lag_events=50)
+    engine = Engine(config, store, Hub())
+    return DataPlane(config=config, engine=engine, keyring=KeyRing.load_or_create(tmp_path))
+
+
+async def _job(plane: DataPlane) -> LiveJob:
+    job = await plane.engine.submit(ALICE, Submission(template="echo",
+                                                      params={"message": "hi"}))
+    live = plane.engine.live(job.id)
+    assert live is not None
+    return live
+
+
+async def _lines(plane: DataPlane, live: LiveJob, count: int, *, start: int = 0) -> None:
+    await plane.engine.record_logs(live, "stdout", 1.0,
+                                   [f"line {i}" for i in range(start, start + count)])
+
+
+async def _finish(plane: DataPlane, live: LiveJob) -> None:
+    if live.job.status is Status.QUEUED:
+        await plane.engine.record(live, [lambda s: ev.Started(
+            job_id=live.job.id, seq=s, ts=1.5, pid=1, command="echo hi")])
+    await plane.engine.record(live, [lambda s: ev.Finished(
+        job_id=live.job.id, seq=s, ts=2.0, status=Status.SUCCEEDED.value, outcome="succeeded",
+        exit_code=0)])
+
+
+async def _catch_up(plane: DataPlane, member: Member, client: Client) -> None:
+    """Run the member's catch-up as its connection would, with the client reading
+    (a catch-up waits for its backlog to drain)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.keep_reading)
+        nursery.start_soon(member.catch_up, plane.engine)
+        while member.needs_catch_up or not (member.live or member.ended or member.detached):
+            await member.outbox.flush(stall_timeout=5)  # the writer's part
+            await trio.sleep(0.001)
+        await member.outbox.flush(stall_timeout=5)
+        nursery.cancel_scope.cancel()
+    client.read_nowait()
+
+
+def test_the_hub_numbers_aggregate_topics_once_for_all_their_subscribers() -> None:
+    hub = Hub()
+    got: dict[str, list[Any]] = {"a": [], "b": [], "all": []}
+
+    class Into:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def deliver(self, events: Sequence[Any]) -> None:
+            got[self.name].extend(events)
+
+    a, b = OwnerTopic(UserId("a")), OwnerTopic(UserId("b"))
+    subs = [Into("a"), Into("b"), Into("all")]
+    hub.subscribe(a, subs[0])
+    hub.subscribe(b, subs[1])
+    hub.subscribe(ALL_JOBS, subs[2])
+    e1 = ev.Queued(job_id="j1", seq=1, ts=0.0)  # type: ignore[arg-type]
+    e2 = ev.Queued(job_id="j2", seq=1, ts=0.0)  # type: ignore[arg-type]
+    hub.publish_aggregate(a, [e1])
+    hub.publish_aggregate(ALL_JOBS, [e1])
+    hub.publish_aggregate(b, [e2])
+    hub.publish_aggregate(ALL_JOBS, [e2])
+    hub.publish_aggregate(OwnerTopic(UserId("nobody")), [e2])  # nobody listens: not numbered
+    assert [t.event for t in got["a"]] == [e1] and [t.event for t in got["b"]] == [e2]
+    positions = [t.seq for t in got["all"]]
+    assert positions == sorted(positions) and len(set(positions)) == 2
+    assert got["b"][0].seq > got["a"][0].seq
+    hub.unsubscribe(a, subs[0])
+    assert hub.subscriber_count(a) == 0 and hub.statistics().topics == 2
+
+
+async def test_live_events_in_frames_out(plane: DataPlane,
+                                         pair: tuple[socket.socket, socket.socket]) -> None:
+    live = await _job(plane)
+    sink, client = Sink(pair[0]), Client(pair[1])
+    member = plane.join(sink, Subscribe(JobTopic(live.job.id), 1, NativeRenderer()), "sse")
+    await _catch_up(plane, member, client)
+    assert member.live
+    await _lines(plane, live, 3)
+    stored = await plane.engine.events_after(live.job.id, 1, limit=10)
+    expected = b"".join(encode_sse(NativeRenderer().render(e).messages) for e in stored)
+    client.read_nowait()
+    assert client.data == expected and client.ids() == [2, 3, 4]
+    plane.leave(member)
+
+
+async def test_a_member_that_lags_catches_up_from_the_store_and_goes_live_again(
+        plane: DataPlane, pair: tuple[socket.socket, socket.socket]) -> None:
+    live = await _job(plane)
+    pair[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sink, client = Sink(pair[0]), Client(pair[1])
+    member = plane.join(sink, Subscribe(JobTopic(live.job.id), 1, NativeRenderer()), "sse")
+    await _catch_up(plane, member, client)
+    for batch in range(20):  # the client reads nothing meanwhile: past max_lag_events
+        await _lines(plane, live, 10, start=batch * 10)
+    assert not member.live and member.needs_catch_up
+    await _catch_up(plane, member, client)
+    assert member.live
+    await _lines(plane, live, 5, start=200)
+    await _finish(plane, live)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.keep_reading)
+        await member.outbox.flush(stall_timeout=5)
+        nursery.cancel_scope.cancel()
+    assert member.ended
+    assert client.ids() == list(range(2, live.job.last_seq + 1))  # all, once, in order
+    plane.leave(member)
+
+
+async def test_resuming_across_the_topics_end(plane: DataPlane,
+                                              pair: tuple[socket.socket, socket.socket]) -> None:
+    live = await _job(plane)
+    await _lines(plane, live, 30)
+    await _finish(plane, live)
+    plane.engine.forget(live.job.id)
+    sink, client = Sink(pair[0]), Client(pair[1])
+    member = plane.join(sink, Subscribe(JobTopic(live.job.id), 7, NativeRenderer()), "sse")
+    await _catch_up(plane, member, client)
+    assert member.ended and not member.live
+    ids = client.ids()
+    assert ids == list(range(8, live.job.last_seq + 1))
+    assert "event: finished" in client.data.decode()
+    plane.leave(member)
+
+
+class TypesRenderer:
+    """An aggregate topic's events as SSE: id = the topic's position."""
+
+    key = "types"
+
+    def render(self, event: Any) -> Rendered:
+        assert isinstance(event, TopicEvent)
+        return Rendered((SseEvent(data=event.event.TYPE, id=str(event.seq)),))
+
+    def advance(self, event: Any) -> None:
+        pass
+
+    def after(self, event: Any) -> TypesRenderer:
+        return self
+
+
+async def test_an_owner_topic_is_live_at_once_and_a_laggard_leaves(
+        plane: DataPlane, pair: tuple[socket.socket, socket.socket]) -> None:
+    pair[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sink, client = Sink(pair[0]), Client(pair[1])
+    member = plane.join(sink, Subscribe(OwnerTopic(ALICE.sub), None, TypesRenderer()), "sse")
+    assert member.live and not member.needs_catch_up
+    first = await _job(plane)
+    await _lines(plane, first, 50)  # output lines are not on the owner's topic
+    await _finish(plane, first)
+    client.read_nowait()
+    assert "data: queued" in client.data.decode() and "data: finished" in client.data.decode()
+    assert "data: log" not in client.data.decode()
+    ids = client.ids()
+    assert ids == sorted(ids) and len(ids) == 3  # queued, started, finished
+    for _ in range(200):  # nobody reads: the member falls behind and is dropped
+        await _job(plane)
+        if member.lagged:
+            break
+    assert member.lagged and member.detached and sink.woken
+    plane.leave(member)
