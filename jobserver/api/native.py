@@ -37,10 +37,6 @@ def job_view(job: Job) -> dict[str, Any]:
     return out
 
 
-def event_view(event: ev.Event) -> dict[str, Any]:
-    return {"seq": event.seq, "type": event.TYPE, "ts": iso_ms(event.ts), **ev.to_data(event)}
-
-
 def _int_arg(name: str, default: int, *, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
@@ -122,7 +118,7 @@ async def job_events(job_id: str) -> dict[str, Any]:
     await engine.store.wait_flushed()
     events = await engine.store.events_after(job.id, after, limit=limit)
     next_after = events[-1].seq if len(events) == limit else None
-    return {"events": [event_view(e) for e in events], "next_after": next_after,
+    return {"events": [ev.event_view(e) for e in events], "next_after": next_after,
             "status": job.status.value}
 
 

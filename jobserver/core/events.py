@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .ids import JobId
+from .timefmt import iso_ms
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +167,11 @@ def to_data(event: Event) -> dict[str, Any]:
         if value is not None:
             out[name] = dict(value) if isinstance(value, Mapping) else value
     return out
+
+
+def event_view(event: Event) -> dict[str, Any]:
+    """An event as the native API shows it (`/events`, `/stream`)."""
+    return {"seq": event.seq, "type": event.TYPE, "ts": iso_ms(event.ts), **to_data(event)}
 
 
 def from_data(type_: str, *, job_id: JobId, seq: int, ts: float, data: Mapping[str, Any]) -> Event:

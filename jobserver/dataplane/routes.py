@@ -18,7 +18,7 @@ from typing import Literal
 from ..dialects import Session, SessionEnv, StreamRequest
 from ..dialects.jobs import JobsEventsSession
 from ..dialects.logs import LogsSession
-from ..dialects.native import NativeEventsSession
+from ..dialects.native import NativeEventsSession, NativeJobsSession
 
 Transport = Literal["ws", "sse"]
 SessionFactory = Callable[[StreamRequest, SessionEnv], Session]
@@ -86,6 +86,7 @@ DEFAULT_ROUTES = RouteTable((
     Route("logs", "ws", re.compile(rf"/api/v1/ws/jobs/(?P<job_id>{_SEGMENT})/logs"), LogsSession),
     Route("native-events", "sse", re.compile(rf"/api/v1/jobs/(?P<job_id>{_SEGMENT})/stream"),
           NativeEventsSession),
+    Route("native-jobs-events", "sse", re.compile(r"/api/v1/events"), NativeJobsSession),
     Route("jobs-events", "sse", re.compile(rf"/api/jobs/(?P<job_id>{_SEGMENT})/events"),
           JobsEventsSession),
 ))
