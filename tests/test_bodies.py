@@ -7,7 +7,9 @@ naming it. Typed params: strict, a 422 naming the field as the client wrote it.
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,14 @@ from jobserver.core.jsontext import MAX_INT_DIGITS
 
 from .conftest import Harness
 
+PACKAGE = Path(__file__).parent.parent / "jobserver"
+# Where outside JSON may be decoded other than through core/jsontext.py: the
+# store reads back what the server itself wrote; progress.py and examples/ run
+# inside jobs, not in the server.
+OWN_JSON = {"core/jsontext.py", "store/sqlite_blocking.py", "progress.py",
+            "examples/video_pipeline.py"}
+# Ways a Quart handler can read a body; only api/common.json_body may.
+BODY_READERS = {"get_data", "get_json", "json", "form", "files", "values", "body", "data"}
 HUGE = "9" * (MAX_INT_DIGITS + 1)
 NATIVE = "/api/v1/jobs"
 JOBS = "/api/jobs"
@@ -169,3 +179,22 @@ def test_a_control_line_with_a_huge_integer_says_which_value() -> None:
         parse(f'{{"progress": {{"at": {HUGE}, "of": 10}}}}')
     assert "progress.at is an integer of" in info.value.reason
     assert len(info.value.reason) < 300
+
+
+def test_outside_json_is_decoded_in_one_place() -> None:
+    """Every request body goes through api/common.json_body, and every other JSON
+    from outside (a control line, a client's message) through core.jsontext.loads."""
+    for path in PACKAGE.rglob("*.py"):
+        name = path.relative_to(PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            target = node.value
+            if node.attr in ("loads", "load") and isinstance(target, ast.Name) and \
+                    target.id == "json":
+                assert name in OWN_JSON, f"{name}:{node.lineno} calls json.{node.attr}: " \
+                    "decode outside JSON with core.jsontext.loads"
+            if node.attr in BODY_READERS and isinstance(target, ast.Name) and \
+                    target.id == "request":
+                assert name == "api/common.py", f"{name}:{node.lineno} reads " \
+                    f"request.{node.attr}: read JSON bodies with api.common.json_body"
