@@ -105,7 +105,7 @@ def announcement(config: Config, url: str, port: int, *, first_token: str | None
              f"data directory: {data_dir}"]
     if first_token is not None:
         lines.append(f"admin token (valid 7 days): {first_token}")
-    lines.append(f"make a token: {make_token}   (--sub NAME --role user for a user)")
+    lines.append(f"make a token: {make_token}")
     if config.anonymous_loopback:
         lines.append(f"anonymous_loopback is on: a loopback client of /api/jobs that sends no "
                      f"token acts as {config.anonymous_user!r}")

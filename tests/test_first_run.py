@@ -134,7 +134,7 @@ async def test_every_start_prints_a_token_command_that_works(tmp_path: Path) -> 
         assert server.line("data directory: ") == str(tmp_path / "xdg" / "jobserver")
         assert server.line("web page: ") == server.url + "/"
         command = server.line("make a token: ") or ""
-        argv = shlex.split(command.split("   (")[0])
+        argv = shlex.split(command)
         made = await trio.run_process(argv, env=env, capture_stdout=True, capture_stderr=True)
         token = made.stdout.decode().strip()
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
@@ -144,6 +144,22 @@ async def test_every_start_prints_a_token_command_that_works(tmp_path: Path) -> 
             assert any(t["name"] == "sample-hello-youtube" for t in r.json()["templates"])
     assert token not in server.stderr.read_text()
     assert list(cwd.iterdir()) == []
+
+
+async def test_the_first_starts_hint_lets_the_specs_examples_in(tmp_path: Path) -> None:
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**user_env(home), "JOBSERVER_ANONYMOUS_LOOPBACK": "1"}
+    async with jobserver(cwd, env, "anonymous") as server:
+        assert (server.line("anonymous_loopback is on: ") or "").endswith("acts as 'local'")
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            # specs/dialect-jobs-sse.md's curl example, as written: no token.
+            r = await client.post("/api/jobs", content=b'{"preset": "sample-hello-youtube", '
+                                  b'"options": {"allowSkipUnavailable": true, "quality": '
+                                  b'"balanced"}}', headers={"Content-Type": "application/json"})
+            assert r.status_code == 202, r.text
+            r = await client.post(f"/api/jobs/{r.json()['jobId']}/cancel")
+            assert r.status_code == 202, r.text
 
 
 def test_announcement_for_a_wildcard_host_and_anonymous_loopback(tmp_path: Path) -> None:
