@@ -105,7 +105,6 @@ def announcement(config: Config, url: str, port: int, *, first_token: str | None
              f"data directory: {data_dir}"]
     if first_token is not None:
         lines.append(f"admin token (valid 7 days): {first_token}")
-    lines.append(f"make a token: {make_token}")
     if config.anonymous_loopback:
         lines.append(f"anonymous_loopback is on: a loopback client of /api/jobs that sends no "
                      f"token acts as {config.anonymous_user!r}")
@@ -114,6 +113,8 @@ def announcement(config: Config, url: str, port: int, *, first_token: str | None
                      "loopback clients in without one (as the spec's curl examples expect), "
                      "start with JOBSERVER_ANONYMOUS_LOOPBACK=1 or set anonymous_loopback = "
                      "true in the config's [server] table")
+    # Last, so a script reading the output knows the announcement is whole.
+    lines.append(f"make a token: {make_token}")
     return lines
 
 

@@ -22,7 +22,7 @@ from jobserver.config import Config
 # Where a systemd unit or a bare shell finds programs: no venv, so a bare
 # `python3` there is the system's, which does not have jobserver installed.
 SYSTEM_PATH = "/usr/bin:/bin"
-START_TIMEOUT = 20.0
+START_TIMEOUT = 30.0
 
 
 @dataclass
@@ -35,7 +35,8 @@ class Started:
         return self.stdout.read_text()
 
     def line(self, prefix: str) -> str | None:
-        for line in self.output().splitlines():
+        """The rest of the first whole line (newline written) that starts with `prefix`."""
+        for line in self.output().split("\n")[:-1]:
             if line.startswith(prefix):
                 return line.removeprefix(prefix)
         return None
@@ -62,7 +63,7 @@ async def jobserver(cwd: Path, env: dict[str, str], name: str) -> AsyncIterator[
     started = Started(process, out, err)
     try:
         with trio.fail_after(START_TIMEOUT):
-            while started.line("make a token: ") is None:
+            while started.line("make a token: ") is None:  # the announcement's last line
                 assert process.poll() is None, err.read_text()
                 await trio.sleep(0.05)
         yield started
