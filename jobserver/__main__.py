@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
         p.add_argument("--data-dir", dest="data_dir", help="database and keys (default "
-                       "./jobserver-data)")
+                       "$XDG_DATA_HOME/jobserver, else ~/.local/share/jobserver)")
         p.add_argument("--config", dest="config_file", help="TOML file with [server] settings "
                        "and [templates.*]")
         p.add_argument("--slots", type=int, help="jobs run at once (default 4)")
@@ -84,15 +85,37 @@ async def _serve_until_signal(config: Config, first_start: bool) -> None:
 
 
 def _announce(server: Server, first_start: bool) -> None:
-    data_dir = Path(server.config.data_dir).resolve()
-    print(f"jobserver listening on {server.url}", flush=True)
-    print(f"data directory: {data_dir}", flush=True)
-    if first_start:
-        token = server.keyring.issue("admin", "admin", ttl=FIRST_TOKEN_TTL)
-        print(f"admin token (valid 7 days): {token}", flush=True)
-    else:
-        print(f"make a token: {sys.executable} -m jobserver token --sub NAME "
-              f"--role admin|user --data-dir {data_dir}", flush=True)
+    """What a person starting the server needs, on stdout (never through logging:
+    the first start's token is shown here once and nowhere else)."""
+    token = server.keyring.issue("admin", "admin", ttl=FIRST_TOKEN_TTL) if first_start else None
+    for line in announcement(server.config, server.url, server.port, first_token=token):
+        print(line, flush=True)
+
+
+def announcement(config: Config, url: str, port: int, *, first_token: str | None) -> list[str]:
+    """The start-up lines; `first_token` is given on the first start only."""
+    data_dir = Path(config.data_dir).resolve()
+    # A wildcard address is where the server listens, not where a browser goes.
+    page = {"0.0.0.0": f"http://127.0.0.1:{port}", "::": f"http://[::1]:{port}"}.get(
+        config.host, url)
+    make_token = shlex.join([sys.executable, "-m", "jobserver", "token", "--sub", "admin",
+                             "--role", "admin", "--data-dir", str(data_dir)])
+    lines = [f"jobserver listening on {url}",
+             f"web page: {page}/",
+             f"data directory: {data_dir}"]
+    if first_token is not None:
+        lines.append(f"admin token (valid 7 days): {first_token}")
+    if config.anonymous_loopback:
+        lines.append(f"anonymous_loopback is on: a loopback client of /api/jobs that sends no "
+                     f"token acts as {config.anonymous_user!r}")
+    elif first_token is not None:
+        lines.append("jobs dialect (/api/jobs): a client that sends no token gets 401; to let "
+                     "loopback clients in without one (as the spec's curl examples expect), "
+                     "start with JOBSERVER_ANONYMOUS_LOOPBACK=1 or set anonymous_loopback = "
+                     "true in the config's [server] table")
+    # Last, so a script reading the output knows the announcement is whole.
+    lines.append(f"make a token: {make_token}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 class Config:
     host: str = "127.0.0.1"
     port: int = 8000
-    data_dir: Path = Path("jobserver-data")
+    # Default: the user's data dir (`default_data_dir`), never the working directory.
+    data_dir: Path = field(default_factory=lambda: default_data_dir(os.environ))
     config_file: Path | None = None
     # Jobs run at once; the rest wait QUEUED in FIFO order.
     slots: int = 4
@@ -52,6 +53,16 @@ class Config:
     anonymous_loopback: bool = False
     anonymous_user: str = "local"
     templates: Mapping[str, Template] = field(default_factory=dict)
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """$XDG_DATA_HOME/jobserver, else ~/.local/share/jobserver (the XDG base
+    directory rule: a relative XDG_DATA_HOME is ignored)."""
+    xdg = environ.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "jobserver"
+    home = environ.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "share" / "jobserver"
 
 
 _SERVER_KEYS = {f.name: f for f in dataclasses.fields(Config) if f.name != "templates"}
@@ -127,6 +138,7 @@ def load_config(
             settings[name] = _coerce(name, value)
     if config_file is not None:
         settings["config_file"] = Path(config_file)
+    settings.setdefault("data_dir", default_data_dir(environ))
     config = Config(**settings, templates=load_templates(doc))
     if not 0 <= config.port <= 65535:
         raise ConfigError("setting 'port': must be 0..65535")

@@ -8,6 +8,7 @@
     ├── NotFound                   404  no such thing, or not yours (ids don't leak)
     ├── Conflict                   409  not in a state that allows it
     ├── PayloadTooLarge            413
+    ├── UnsupportedMediaType       415  a body that is not labelled application/json
     └── Unavailable                503  shutting down
 
 Each carries a stable `code` and a human `message`; the wire format (native JSON,
@@ -63,6 +64,11 @@ class Conflict(JobserverError):
 class PayloadTooLarge(JobserverError):
     status_hint = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(JobserverError):
+    status_hint = 415
+    code = "unsupported_media_type"
 
 
 class Unavailable(JobserverError):

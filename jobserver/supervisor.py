@@ -158,7 +158,8 @@ class Run:
                 template=message.template, params=message.params,
                 correlation_id=parent.correlation_id, parent_id=parent.id))
         except JobserverError as exc:
-            await self.warning(f"spawn of {message.template!r} refused: {exc.message}")
+            where = f"{exc.field}: " if exc.field else ""
+            await self.warning(f"spawn of {message.template!r} refused: {where}{exc.message}")
             return
         await self.engine.record(self.live, [lambda s: ev.Spawned(
             job_id=parent.id, seq=s, ts=self.engine.now(), child_id=child.id,

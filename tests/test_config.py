@@ -99,3 +99,18 @@ def test_a_verified_token_is_remembered_until_it_expires(
     monkeypatch.setattr(time, "time", lambda: later)
     ring.verify(token)  # past its exp: checked again (pyjwt's clock did not move)
     assert checked == ["api", "other", "api"]
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({"XDG_DATA_HOME": "/x/data", "HOME": "/home/me"}, "/x/data/jobserver"),
+    ({"HOME": "/home/me"}, "/home/me/.local/share/jobserver"),
+    # The XDG rule: a relative XDG_DATA_HOME is ignored.
+    ({"XDG_DATA_HOME": "rel", "HOME": "/home/me"}, "/home/me/.local/share/jobserver"),
+    ({"XDG_DATA_HOME": "", "HOME": "/home/me"}, "/home/me/.local/share/jobserver"),
+])
+def test_the_data_directory_defaults_to_the_users(environ: dict[str, str],
+                                                   expected: str) -> None:
+    assert load_config({}, environ=environ).data_dir == Path(expected)
+    assert load_config({}, environ={**environ, "JOBSERVER_DATA_DIR": "/d"}).data_dir == \
+        Path("/d")
+    assert load_config({"data_dir": "here"}, environ=environ).data_dir == Path("here")

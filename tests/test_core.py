@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import sys
 
 import pytest
 
@@ -129,7 +130,7 @@ TEMPLATE = {
 
 def test_template_renders_params_as_argv_elements() -> None:
     t = parse_template("t", TEMPLATE)
-    params = t.validate({"name": "abc", "n": "3"})
+    params = t.validate({"name": "abc", "n": 3})
     assert params == {"n": 3, "name": "abc", "mode": "fast"}
     assert t.plan(params) == [(None, ["tool", "--count=3", "abc", "{literal}"])]
     assert t.render_env(params) == {"MODE": "fast"}
@@ -151,12 +152,38 @@ def test_shell_text_stays_one_argument() -> None:
     ({"name": "a", "flag": "maybe"}, "params.flag"),
     ({"name": "a", "extra": 1}, "params.extra"),
     ({"name": 5}, "params.name"),
+    # Strict types: a value is refused unless it is already the declared JSON type.
+    ({"name": "a", "n": "3"}, "params.n"),
+    ({"name": "a", "ratio": "0.5"}, "params.ratio"),
+    ({"name": "a", "flag": "true"}, "params.flag"),
+    ({"name": "a", "flag": 1}, "params.flag"),
+    ({"name": "a", "mode": 1}, "params.mode"),
+    ({"name": "a", "ratio": 10 ** 400}, "params.ratio"),
+    ({"name": "a", "ratio": float("inf")}, "params.ratio"),
 ])
 def test_bad_params_name_the_field(raw: dict[str, object], field: str) -> None:
     t = parse_template("t", TEMPLATE)
     with pytest.raises(ParamError) as info:
         t.validate(raw)
     assert info.value.field == field
+
+
+def test_numbers_keep_their_json_meaning() -> None:
+    t = parse_template("t", TEMPLATE)
+    # JSON has one number type: 3.0 is the integer 3, and an int param is a float's too.
+    assert t.validate({"name": "a", "n": 3.0, "ratio": 2}) == {
+        "n": 3, "name": "a", "mode": "fast", "ratio": 2.0}
+    with pytest.raises(ParamError, match=r"must be an integer, got the string '3'"):
+        t.validate({"name": "a", "n": "3"})
+
+
+def test_python_placeholder_is_the_servers_interpreter() -> None:
+    t = parse_template("py", {"argv": ["{python}", "-c", "pass", "{n}"],
+                              "env": {"PY": "{python}"}, "params": {"n": {"type": "int"}}})
+    assert t.plan({"n": 1}) == [(None, [sys.executable, "-c", "pass", "1"])]
+    assert t.render_env({}) == {"PY": sys.executable}
+    with pytest.raises(TemplateError, match="reserved"):
+        parse_template("p", {"argv": ["{python}"], "params": {"python": {"type": "string"}}})
 
 
 @pytest.mark.parametrize("table", [

@@ -56,7 +56,7 @@ def create_app(svc: Services) -> QuartTrio:
 _CORRELATION = re.compile(r"^[\x21-\x7e]{1,128}$")
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
-           422: "Unprocessable Entity", 500: "Internal Server Error",
+           415: "Unsupported Media Type", 422: "Unprocessable Entity", 500: "Internal Server Error",
            503: "Service Unavailable"}
 
 

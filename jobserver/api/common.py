@@ -1,13 +1,13 @@
 """Shared request plumbing: the services handed to the app, auth, JSON bodies.
 
 Rules: handlers reach the engine through `services()`, never a global; a
-body is read once with the size cap and decoded here, so bad bytes become
-400/413/422 and never a 500; tokens are read here and never logged.
+JSON body is read once, only by `json_body`, with the size cap, the media type
+check and `core.jsontext`'s decoder, so bad input becomes 400/413/415 and never
+a 500; tokens are read here and never logged.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +16,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..auth import KeyRing, Principal, authorize, bearer
 from ..config import Config
+from ..core import jsontext
 from ..core.ids import JobId, parse_job_id
 from ..engine import Engine
-from ..errors import BadRequest, NotFound, PayloadTooLarge
+from ..errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from ..supervisor import Supervisor
 
 
@@ -53,29 +54,51 @@ def job_id_arg(text: str) -> JobId:
     return job_id
 
 
+# What a JSON body may be labelled: application/json, or a +json type
+# (application/problem+json, application/merge-patch+json ...), in UTF-8.
+JSON_SUBTYPE_SUFFIX = "+json"
+
+
 async def json_body() -> dict[str, Any]:
+    """The request's JSON object. Every route that reads a JSON body reads it here:
+    the size cap (413), the media type (415), UTF-8 (400) and `core.jsontext`'s
+    decoding (400, naming the value to blame) are applied the same to all."""
     try:
         data = await request.get_data(as_text=False)
     except RequestEntityTooLarge:
         raise PayloadTooLarge(
             f"body is larger than {services().config.max_body_bytes} bytes") from None
+    # Checked after the (capped) read, so the connection stays usable for the next request.
+    _require_json_media_type()
     raw = data.encode("utf-8") if isinstance(data, str) else data
     if not raw:
         raise BadRequest("a JSON body is required", code="empty_body")
     try:
-        body = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("body is not UTF-8", code="bad_encoding") from None
-    except (json.JSONDecodeError, RecursionError):
-        raise BadRequest("body is not valid JSON", code="bad_json") from None
+    try:
+        body = jsontext.loads(text)
+    except jsontext.JsonError as exc:
+        if exc.kind == "number":
+            raise BadRequest(exc.reason, code="number_too_large", field=exc.path) from None
+        raise BadRequest(f"body is not valid JSON: {exc.reason}", code="bad_json",
+                         field=exc.path) from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object", code="bad_json")
-    if b"\\u" in raw:
-        # An unpaired \udXXX escape parses to a lone surrogate, which UTF-8
-        # (argv, the store, every stream) cannot carry.
-        try:
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
-        except (UnicodeEncodeError, RecursionError):
-            raise BadRequest("body has an unpaired surrogate escape",
-                             code="bad_json") from None
     return body
+
+
+def _require_json_media_type() -> None:
+    mimetype = request.mimetype  # lower-cased, parameters split off
+    if not mimetype:
+        raise UnsupportedMediaType("send the body with Content-Type: application/json",
+                                   code="missing_content_type")
+    if mimetype != "application/json" and not (
+            mimetype.startswith("application/") and mimetype.endswith(JSON_SUBTYPE_SUFFIX)):
+        raise UnsupportedMediaType(f"the body must be application/json, not {mimetype}",
+                                   code="unsupported_media_type")
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType(f"the body must be UTF-8, not {charset}",
+                                   code="unsupported_media_type")

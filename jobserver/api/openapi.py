@@ -69,7 +69,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 "post": {"summary": "Submit a job",
                          "requestBody": {"required": True, "content": {"application/json": {
                              "schema": {"$ref": "#/components/schemas/Submit"}}}},
-                         "responses": _responses("201", _JOB, 400, 403, 413, 422)},
+                         "responses": _responses("201", _JOB, 400, 403, 413, 415, 422)},
                 "get": {"summary": "List jobs (newest first)", "parameters": query,
                         "responses": _responses("200", job_list, 422)},
             },

@@ -16,11 +16,13 @@ a message are ignored, two messages in one line are refused. The forms:
 from __future__ import annotations
 
 import enum
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
+
+from . import jsontext
+from .jsontext import kind_of
 
 __all__ = [
     "ControlError", "ErrorMsg", "Message", "Progress", "ResultMsg", "SpawnMsg", "StepMsg",
@@ -101,7 +103,7 @@ def parse(line: str) -> Message:
     """One control line (without its newline) as a message; ControlError if invalid."""
     obj = _load(line)
     if not isinstance(obj, dict):
-        _fail(f"a control line must be a JSON object, got {_type(obj)}: {_excerpt(line)}")
+        _fail(f"a control line must be a JSON object, got {kind_of(obj)}: {_excerpt(line)}")
     kinds = [k for k in _KINDS if k in obj]
     if "step" in kinds and ("progress" in obj or "error" in obj):  # the step it belongs to
         kinds.remove("step")
@@ -156,7 +158,7 @@ def _step(obj: dict[str, Any]) -> StepMsg:
 def _result(obj: dict[str, Any]) -> ResultMsg:
     data = obj["result"]
     if not isinstance(data, dict):
-        _fail(f'"result" must be a JSON object, got {_type(data)}')
+        _fail(f'"result" must be a JSON object, got {kind_of(data)}')
     return ResultMsg(data=data)
 
 
@@ -168,7 +170,7 @@ def _error(obj: dict[str, Any]) -> ErrorMsg:
             _fail('"error" is empty')
         return ErrorMsg(code="error", message=value, step=step)
     if not isinstance(value, dict):
-        _fail(f'"error" must be an object with "code" and "message", got {_type(value)}')
+        _fail(f'"error" must be an object with "code" and "message", got {kind_of(value)}')
     return ErrorMsg(
         code=_req_str(value, "code", "error"), message=_req_str(value, "message", "error"),
         remediation=_opt_str(value, "remediation", "error"),
@@ -178,40 +180,21 @@ def _error(obj: dict[str, Any]) -> ErrorMsg:
 def _spawn(obj: dict[str, Any]) -> SpawnMsg:
     value = obj["spawn"]
     if not isinstance(value, dict):
-        _fail(f'"spawn" must be an object with "template" and "params", got {_type(value)}')
+        _fail(f'"spawn" must be an object with "template" and "params", got {kind_of(value)}')
     params = value.get("params", {})
     if not isinstance(params, dict):
-        _fail(f'spawn "params" must be a JSON object, got {_type(params)}')
+        _fail(f'spawn "params" must be a JSON object, got {kind_of(params)}')
     return SpawnMsg(template=_req_str(value, "template", "spawn"), params=params,
                     name=_opt_str(value, "name", "spawn"))
 
 
 # ---- helpers ----------------------------------------------------------------
 
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not allowed")
-
-
 def _load(line: str) -> Any:
     try:
-        data = json.loads(line, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        _fail(f"control line is not valid JSON ({exc.msg} at column {exc.colno}): "
-              f"{_excerpt(line)}")
-    except (ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        _fail(f"control line is not valid JSON ({reason}): {_excerpt(line)}")
-    if "\\u" in line:
-        # json.loads turns an unpaired \udXXX escape into a lone surrogate, which
-        # fails wherever it is encoded later (the store, a frame, argv).
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            _fail(f"control line has an unpaired surrogate escape, which UTF-8 cannot "
-                  f"carry: {_excerpt(line)}")
-        except RecursionError:
-            _fail(f"control line is not valid JSON (nested too deeply): {_excerpt(line)}")
-    return data
+        return jsontext.loads(line)
+    except jsontext.JsonError as exc:
+        _fail(f"control line is not valid JSON ({exc.reason}): {_excerpt(line)}")
 
 
 def _number(obj: Mapping[str, Any], key: str) -> float | None:
@@ -228,7 +211,7 @@ def _number(obj: Mapping[str, Any], key: str) -> float | None:
 def _opt_str(obj: Mapping[str, Any], key: str, kind: str) -> str | None:
     value = obj.get(key)
     if value is not None and not isinstance(value, str):
-        _fail(f'{kind} "{key}" must be a string, got {_type(value)}')
+        _fail(f'{kind} "{key}" must be a string, got {kind_of(value)}')
     return value
 
 
@@ -237,22 +220,6 @@ def _req_str(obj: Mapping[str, Any], key: str, kind: str) -> str:
     if not value:
         _fail(f'{kind} needs a non-empty "{key}"')
     return value
-
-
-def _type(value: object) -> str:
-    match value:
-        case None:
-            return "null"
-        case bool():
-            return "a boolean"
-        case int() | float():
-            return "a number"
-        case str():
-            return "a string"
-        case list():
-            return "an array"
-        case _:
-            return "an object"
 
 
 def _excerpt(line: str) -> str:

@@ -4,18 +4,27 @@ Rules: a template is parsed from plain data (the TOML tables of the config);
 parameters are validated against their declared type and bounds and reach the
 process only as whole argv elements, substrings of argv elements, or env vars,
 never as shell text. `{name}` is a placeholder; `{{` and `}}` are literal braces.
+A few placeholders are built in (`BUILTINS`) and cannot be param names:
+`{python}` is the server's own interpreter, so a bundled template runs
+`{python} -m jobserver...` whatever `python3` is on the job's PATH.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .jsontext import kind_of
+
 PARAM_TYPES = ("string", "int", "float", "bool", "choice")
 MAX_STRING_PARAM = 4096
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+# Placeholders every template may use, rendered the same for every job.
+BUILTINS: Mapping[str, str] = {"python": sys.executable or "python3"}
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_-]*)\}")
 
 
@@ -45,25 +54,26 @@ class Param:
     choices: tuple[str, ...] = ()
 
     def validate(self, value: Any) -> str | int | float | bool:
+        """The value as its declared type. Strict: a value must already be that JSON
+        type (`"60"` is not an int, `"true"` not a bool); an int may be written
+        `60.0`, and a float param takes an integer."""
         where = f"params.{self.name}"
         if self.type == "bool":
             if isinstance(value, bool):
                 return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-                return value.lower() in ("true", "1")
-            raise ParamError(where, "must be a boolean")
+            raise ParamError(where, f"must be a boolean (true or false), got {_kind(value)}")
         if self.type in ("int", "float"):
             number = _number(value, integer=self.type == "int")
             if number is None:
                 kind = "an integer" if self.type == "int" else "a number"
-                raise ParamError(where, f"must be {kind}")
+                raise ParamError(where, f"must be {kind}, got {_kind(value)}")
             if self.min is not None and number < self.min:
                 raise ParamError(where, f"must be at least {_fmt(self.min)}")
             if self.max is not None and number > self.max:
                 raise ParamError(where, f"must be at most {_fmt(self.max)}")
             return number
         if not isinstance(value, str):
-            raise ParamError(where, "must be a string")
+            raise ParamError(where, f"must be a string, got {_kind(value)}")
         if self.type == "choice":
             if value not in self.choices:
                 raise ParamError(where, f"must be one of {', '.join(self.choices)}")
@@ -89,20 +99,25 @@ class Param:
 
 
 def _number(value: Any, *, integer: bool) -> int | float | None:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if isinstance(value, str):
-        try:
-            value = int(value) if integer else float(value)
-        except ValueError:
-            return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if integer:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        return value if isinstance(value, int) else None
-    if isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
+        if isinstance(value, float):
+            return int(value) if value.is_integer() else None
+        return value
+    try:
         return float(value)
-    return None
+    except OverflowError:  # an integer beyond any float
+        return None
+
+
+def _kind(value: Any) -> str:
+    """What a param value is, for an error message: a short string is quoted."""
+    if isinstance(value, str) and len(value) <= 20:
+        return f"the string {value!r}"
+    return kind_of(value)
 
 
 def _fmt(x: float) -> str:
@@ -196,6 +211,8 @@ def substitute(text: str, params: Mapping[str, Any]) -> str:
         if m.group(0) == "}}":
             return "}"
         name = m.group(1)
+        if name in BUILTINS:
+            return BUILTINS[name]
         return _render(params[name]) if key_present(params, name) else ""
 
     return _PLACEHOLDER.sub(one, text)
@@ -224,6 +241,7 @@ def parse_template(name: str, table: Mapping[str, Any]) -> Template:
     used: set[str] = set()
     for arg in (*argv, *(a for s in steps for a in s.argv), *dict(table.get("env", {})).values()):
         used |= placeholders(str(arg))
+    used -= BUILTINS.keys()
     if used - known:
         raise TemplateError(f"template {name!r} uses undeclared params: {sorted(used - known)}")
     timeout = table.get("timeout")
@@ -253,6 +271,8 @@ def _argv(value: Any, where: str) -> tuple[str, ...]:
 def _parse_param(name: str, table: Mapping[str, Any]) -> Param:
     if not _NAME.match(name):
         raise TemplateError(f"param name {name!r} is not a valid name")
+    if name in BUILTINS:
+        raise TemplateError(f"param name {name!r} is reserved: {{{name}}} is built in")
     type_ = str(table.get("type", "string"))
     if type_ not in PARAM_TYPES:
         raise TemplateError(f"param {name!r}: type must be one of {PARAM_TYPES}")
