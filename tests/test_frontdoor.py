@@ -797,14 +797,37 @@ async def test_fallback_refusals_and_limits(h: Harness) -> None:
     messages = await ws.collect()
     await ws.aclose()
     assert [m["type"] for m in messages] == ["error"] and ws.close_code == 1008
-    # An oversized message: 1009 from hypercorn's cap, never all of it held.
+    # An oversized message: hypercorn's cap, never all of it held; the session's
+    # error, then 1009, as on the raw path.
     ws = await _ws_after_rest(h, job["id"], target)
     peak = await _send_oversized([ws])
-    assert [json.loads(m)["type"] async for m in ws.messages()] == ["system"]
+    assert [json.loads(m)["type"] async for m in ws.messages()] == ["system", "error"]
     await ws.aclose()
     assert ws.close_code == 1009
     assert peak < 1024 * 1024, f"{peak} bytes allocated while refusing a 2 MiB frame"
     await settled(before)
+    await h.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=h.auth(h.alice))
+
+
+async def test_bad_frames_on_a_keep_alive_connection_as_on_the_raw_path(h: Harness) -> None:
+    """Invalid UTF-8, an unmasked frame and an oversized ping: the dialect's `error`,
+    then the close code RFC 6455 gives, on the fallback as on a fresh connection."""
+    job = await sleeping_job(h)
+    target = logs_path(job["id"], h.alice)
+    bad = {
+        1007: masked_frame_header(1, 2) + b"\xff\xfe",  # invalid UTF-8
+        1002: b"\x81\x02hi",  # unmasked
+    }
+    oversized_ping = masked_frame_header(9, 200) + bytes(200)  # control frames: <= 125
+    for raw_path in (True, False):
+        for code, frame in (*bad.items(), (1002, oversized_ping)):
+            ws = await (RawWebSocket.connect(h.server.port, target) if raw_path
+                        else _ws_after_rest(h, job["id"], target))
+            await ws.stream.send_all(frame)
+            got = [json.loads(m) async for m in ws.messages()]
+            await ws.aclose()
+            assert [m["type"] for m in got] == ["system", "error"], (raw_path, code)
+            assert ws.close_code == code, (raw_path, code)
     await h.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=h.auth(h.alice))
 
 

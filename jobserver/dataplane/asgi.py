@@ -32,6 +32,7 @@ from ..config import Config
 from ..dialects import Action, Close, Refuse, Session
 from ..engine import Engine
 from .http import origin_allowed, parse_target, stream_request
+from .hyper_ws import PROTOCOL_ERROR
 from .outbox import JOIN_LIMIT, MAX_BACKLOG_BYTES, Counters, PeerGone, Stalled
 from .plane import DataPlane
 from .routes import Answer, Match
@@ -213,6 +214,13 @@ class AsgiWebSocket(AsgiConnection):
     async def read_loop(self, trailing: bytes, abort: trio.CancelScope) -> None:
         while True:
             message = await self._receive()
+            if message["type"] == PROTOCOL_ERROR:
+                if not self.closing:
+                    close = Close(int(message["code"]), str(message["reason"]))
+                    now = self.plane.now()
+                    self.apply_nowait(self.session.on_protocol_error(close, now=now))
+                    self.close(close)
+                continue
             if message["type"] != "websocket.receive":
                 break
             text = message.get("text")
