@@ -115,8 +115,7 @@ async def job_events(job_id: str) -> dict[str, Any]:
     job = await engine.get(principal, job_id_arg(job_id))
     after = _int_arg("after", 0, low=0, high=2**62)
     limit = _int_arg("limit", EVENTS_PAGE, low=1, high=EVENTS_PAGE)
-    await engine.store.wait_flushed()
-    events = await engine.store.events_after(job.id, after, limit=limit)
+    events = await engine.events_after(job.id, after, limit=limit)
     next_after = events[-1].seq if len(events) == limit else None
     return {"events": [ev.event_view(e) for e in events], "next_after": next_after,
             "status": job.status.value}
@@ -132,10 +131,9 @@ async def job_logs(job_id: str) -> Response:
     tagged = request.args.get("streams") in ("1", "true")
 
     async def lines() -> AsyncIterator[bytes]:
-        await engine.store.wait_flushed()
         after = 0
         while True:
-            events = await engine.store.events_after(job.id, after, limit=LOG_PAGE)
+            events = await engine.events_after(job.id, after, limit=LOG_PAGE)
             if not events:
                 return
             after = events[-1].seq
