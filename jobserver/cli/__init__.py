@@ -25,7 +25,6 @@ import trio
 
 from .client import Client, CliError
 from .commands import COMMANDS, Context
-from .local import serve_command, token_command
 from .output import Style, wants_colour
 from .parser import build_parser
 from .settings import SettingsError, resolve
@@ -34,11 +33,18 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "token":
-        return token_command(args)
-    if args.command in (None, "serve"):
-        return serve_command(args)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "submit" and not any(w.startswith("-") for w in extra):
+        args.params += extra  # name=value words after an option (argparse stops at one)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in (None, "serve", "token"):
+        # The server's modules (quart, hypercorn) load only for the server's
+        # commands: a client command starts in a fraction of the time.
+        from .local import serve_command, token_command
+
+        return token_command(args) if args.command == "token" else serve_command(args)
     try:
         return trio.run(_client_command, args)
     except CliError as exc:

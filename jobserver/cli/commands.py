@@ -263,6 +263,7 @@ async def show(ctx: Context) -> int:
         rows.append(["error", f"{error.get('code', '')}: {error.get('message', '')}"])
     for warning in job.get("warnings", ()):
         rows.append(["warning", warning])
+    rows = [[key, value.replace("\n", "\\n")] for key, value in rows]  # one line each
     sys.stdout.write(table(["FIELD", "VALUE"], rows, aligned=True).split("\n", 1)[1])
     if job.get("log_snippet"):
         print(ctx.out.dim("last lines:"))
