@@ -208,7 +208,7 @@ class Client:
         Returns the last seq handed on."""
         cursor = after
         delay = RECONNECT_FIRST
-        down_since: float | None = None
+        failing_since: float | None = None  # the first failed attempt since a good one
         timeout = httpx.Timeout(REQUEST_TIMEOUT, read=STREAM_READ_TIMEOUT)
         while True:
             try:
@@ -221,27 +221,30 @@ class Client:
                     if response.status_code >= 400:
                         await response.aread()
                         raise error_from(response, target=self.target, job=job_id)
-                    if down_since is not None and self.on_reconnect is not None:
-                        self.on_reconnect(f"reconnected; resuming after seq {cursor}")
-                    down_since, delay = None, RECONNECT_FIRST
+                    failing_since = None
                     async for sse in source.aiter_sse():
                         if not sse.id.isdigit() or int(sse.id) <= cursor:
                             continue
                         event = sse.json()
                         cursor = int(sse.id)
+                        delay = RECONNECT_FIRST
                         on_event(event)
                         if event.get("type") in END_TYPES:
                             return cursor
+                # The body ended before the job did (the server stopping, a proxy).
+                self._note(f"the stream from {self.target.url} ended early; resuming after "
+                           f"seq {cursor}")
             except (httpx.TransportError, SSEError) as exc:
                 now = time.monotonic()
-                if down_since is None:
-                    down_since = now
-                    if self.on_reconnect is not None:
-                        self.on_reconnect(f"lost the stream from {self.target.url} "
-                                          f"({str(exc) or type(exc).__name__}); reconnecting")
-                elif now - down_since > self.reconnect_for:
+                if failing_since is None:
+                    failing_since = now
+                    self._note(f"lost the stream from {self.target.url} "
+                               f"({str(exc) or type(exc).__name__}); resuming after seq {cursor}")
+                elif now - failing_since > self.reconnect_for:
                     raise self.unreachable(exc) from None
-            # The body ended without the job's end (a server stopping), or the
-            # connection failed: go again from the last seq handed on.
             await trio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
+
+    def _note(self, text: str) -> None:
+        if self.on_reconnect is not None:
+            self.on_reconnect(text)
