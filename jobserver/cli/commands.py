@@ -74,11 +74,8 @@ def _param_text(p: dict[str, Any]) -> str:
 
 
 def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
+    """A value as a person would type it back: strings bare, the rest as JSON."""
+    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
 
 async def templates(ctx: Context) -> int:
@@ -248,8 +245,7 @@ async def show(ctx: Context) -> int:
                                           if x)])
     for key in SHOW_FIELDS:
         if job.get(key) not in (None, {}, [], ""):
-            rows.append([key, _value(job[key]) if not isinstance(job[key], (dict, list))
-                         else _compact(job[key])])
+            rows.append([key, _value(job[key])])
     for key in ("created_at", "started_at", "completed_at"):
         if job.get(key):
             rows.append([key.removesuffix("_at"), f"{when(job[key])}  {ctx.out.dim(job[key])}"])
@@ -258,7 +254,7 @@ async def show(ctx: Context) -> int:
     for step in job.get("steps", ()):
         rows.append([f"step {step['name']}", ctx.out.status(step["status"].upper())])
     if job.get("result"):
-        rows.append(["result", _compact(job["result"])])
+        rows.append(["result", _value(job["result"])])
     for error in job.get("errors", ()):
         rows.append(["error", f"{error.get('code', '')}: {error.get('message', '')}"])
     for warning in job.get("warnings", ()):
@@ -269,10 +265,6 @@ async def show(ctx: Context) -> int:
         print(ctx.out.dim("last lines:"))
         print(job["log_snippet"])
     return 0
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
 # ---- logs / wait -------------------------------------------------------------
