@@ -44,6 +44,20 @@ async def cli(env: dict[str, str], *args: str, stdin: bytes = b"") -> Ran:
     return Ran(done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
+async def cli_all(*calls: tuple[dict[str, str], tuple[str, ...]]) -> list[Ran]:
+    """Several independent runs (env, args) at once; their results in order."""
+    results: list[Ran | None] = [None] * len(calls)
+
+    async def one(i: int) -> None:
+        env, args = calls[i]
+        results[i] = await cli(env, *args)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(calls)):
+            nursery.start_soon(one, i)
+    return [r for r in results if r is not None]
+
+
 async def start_cli(env: dict[str, str], *args: str, stdout: int = subprocess.PIPE,
                     stderr: int = subprocess.PIPE) -> trio.Process:
     return await trio.lowlevel.open_process([PY, "-m", "jobserver", *args], env=env,

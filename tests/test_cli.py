@@ -15,7 +15,7 @@ import trio
 
 from jobserver.auth import KeyRing
 
-from .clirun import cli, cli_env
+from .clirun import cli, cli_all, cli_env
 from .conftest import Harness
 
 
@@ -82,8 +82,8 @@ async def test_bad_params_are_named_and_exit_2(harness: Harness, tmp_path: Path)
         ("echo",): "bad param message: is required",
         ("echo", "message"): "write it as name=value",
     }
-    for words, message in cases.items():
-        ran = await cli(env, "submit", *words)
+    runs = await cli_all(*[(env, ("submit", *words)) for words in cases])
+    for (words, message), ran in zip(cases.items(), runs, strict=True):
         assert ran.rc == 2, (words, ran)
         assert ran.err.startswith("jobserver: ") and message in ran.err, (words, ran.err)
         assert len(ran.err.splitlines()) == 1 and ran.out == ""
@@ -108,15 +108,15 @@ async def test_errors_are_one_line_with_their_exit_codes(harness: Harness,
         (cli_env(harness.url, expired, home), 77, "was expired"),
         (cli_env(harness.url, foreign, home), 77, "was refused"),
     ]
-    for env, rc, message in cases:
-        ran = await cli(env, "ls")
+    runs = await cli_all(*[(env, ("ls",)) for env, _, _ in cases])
+    for (_, rc, message), ran in zip(cases, runs, strict=True):
         assert ran.rc == rc and message in ran.err, ran
         assert len(ran.err.splitlines()) == 1
         if rc == 77:
             assert "jobserver token --sub" in ran.err  # how to get one
     env = env_for(harness, tmp_path)
-    for command in ("show", "logs", "wait", "cancel", "rm", "retry"):
-        ran = await cli(env, command, "0123abcd")
+    commands = ("show", "logs", "wait", "cancel", "rm", "retry")
+    for ran in await cli_all(*[(env, (command, "0123abcd")) for command in commands]):
         assert ran.rc == 66 and ran.err == "jobserver: job 0123abcd not found\n", ran
     bobs = await harness.submit("echo", {"message": "hi"}, token=harness.bob)
     ran = await cli(env, "show", bobs["id"])  # someone else's job is not found

@@ -196,3 +196,48 @@ async def test_ls_watch_shows_new_jobs_until_interrupted(harness: Harness,
         if watcher.returncode is None:
             watcher.kill()
         await watcher.stdout.aclose()
+
+
+async def test_follow_gives_up_when_the_server_stays_away(harness: Harness,
+                                                          tmp_path: Path) -> None:
+    proxy = CuttingProxy(int(harness.url.rsplit(":", 1)[1]))
+    proxy.cut = CUT_CONNECTIONS  # a plain proxy: it cuts nothing, until it goes away
+    job = await harness.submit("sleep", {"seconds": 30})
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, proxy.handle, 0,
+                                                host="127.0.0.1"))
+        url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        env = cli_env(url, harness.alice, tmp_path / "home")
+        follower = await start_cli(env, "logs", job["id"], "-f", "--reconnect-for", "0.5")
+        assert follower.stdout is not None and follower.stderr is not None
+        out, err = bytearray(), bytearray()
+        try:
+            await read_until(follower.stdout, b"sleeping\n", out)
+            nursery.cancel_scope.cancel()  # the "server" is gone: connections and port
+        except BaseException:
+            follower.kill()
+            raise
+    try:
+        with trio.fail_after(20):
+            await read_all(follower.stderr, err)
+            assert await follower.wait() == 69
+    finally:
+        await follower.stdout.aclose()
+        await follower.stderr.aclose()
+    last = err.decode().splitlines()[-1]
+    assert last.startswith(f"jobserver: cannot reach the server at {url} ")
+    await harness.client.post(f"/api/v1/jobs/{job['id']}/cancel",
+                              headers=harness.auth(harness.alice))
+
+
+async def test_a_reader_that_stops_early_gets_no_traceback(harness: Harness,
+                                                           tmp_path: Path) -> None:
+    job = await harness.submit("chatty", {"lines": 20000})
+    await harness.wait(job["id"])
+    env = cli_env(harness.url, harness.alice, tmp_path / "home")
+    script = f'"{PY}" -m jobserver logs {job["id"]} | head -1; echo "rc=${{PIPESTATUS[0]}}" >&2'
+    with trio.fail_after(30):
+        done = await trio.run_process(["bash", "-c", script], env=env, capture_stdout=True,
+                                      capture_stderr=True)
+    assert done.stdout == b"line 0\n"
+    assert done.stderr == b"rc=0\n"

@@ -18,6 +18,7 @@ stderr; an error is one line `jobserver: ...` and an exit code from client.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,15 +48,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return token_command(args) if args.command == "token" else serve_command(args)
     try:
         return trio.run(_client_command, args)
-    except CliError as exc:
-        print(f"jobserver: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        # Ctrl-C ends a watch as it ends `watch(1)`; anything else was interrupted.
-        return 0 if getattr(args, "watch", False) else EXIT_INTERRUPTED
-    except BrokenPipeError:
-        sys.stderr.close()  # `jobserver logs ID | head`: the reader has what it wanted
-        return 0
+    except BaseException as raised:
+        exc = _unwrap(raised)
+        if isinstance(exc, CliError):
+            print(f"jobserver: {exc.message}", file=sys.stderr)
+            return exc.exit_code
+        if isinstance(exc, KeyboardInterrupt):
+            # Ctrl-C ends a watch as it ends `watch(1)`; anything else was interrupted.
+            return 0 if getattr(args, "watch", False) else EXIT_INTERRUPTED
+        if isinstance(exc, BrokenPipeError):
+            # `jobserver logs ID | head`: the reader has what it wanted.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        raise
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside nurseries' groups of one (trio wraps what a
+    nursery's body raises)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _client_command(args: argparse.Namespace) -> int:
