@@ -169,7 +169,7 @@ async def test_a_terminal_gets_colour_a_progress_bar_and_a_spinner(harness: Harn
     assert "\x1b[2K" in screen and "\x1b[36mRUNNING" in screen  # the status line, in colour
     assert "██████" in screen and "1/4 25%" in screen and "quarter" in screen  # the job's at/of
     assert "done\r\n" in screen and "SUCCEEDED\x1b[0m in " in screen
-    code, screen = await _on_a_terminal(env, "submit", "sleep", "seconds=0.6", "-f")
+    code, screen = await _on_a_terminal(env, "submit", "sleep", "seconds=1", "-f")
     assert code == 0
     frames = {c for c in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏" if f"{c} " in screen}
     assert len(frames) >= 3, screen  # no progress reported: a spinner turns

@@ -58,7 +58,7 @@ class Context:
 Command = Callable[[Context], Awaitable[int]]
 
 
-def note(ctx: Context, text: str) -> None:
+def note(text: str) -> None:
     """A line for the person, on stderr (stdout stays the command's result)."""
     print(text, file=sys.stderr, flush=True)
 
@@ -159,12 +159,12 @@ async def _after_submit(ctx: Context, job: dict[str, Any]) -> int:
 
 def _finish(ctx: Context, job_id: str, final: dict[str, Any] | None, *, exit_code: bool) -> int:
     if final is None:
-        note(ctx, f"jobserver: job {job_id} was deleted")
+        note(f"jobserver: job {job_id} was deleted")
         return 1 if exit_code else 0
     if ctx.json:
         print_json_line(final)
     elif ctx.progress or exit_code:
-        note(ctx, summary(final, ctx.err))
+        note(summary(final, ctx.err))
     return job_exit_code(final) if exit_code else 0
 
 
@@ -225,7 +225,7 @@ def _print_jobs(ctx: Context, jobs: list[dict[str, Any]], cursor: str | None) ->
     sys.stdout.write(table(LS_HEADERS, [_row(ctx, j, now) for j in jobs],
                            aligned=ctx.terminal))
     if cursor is not None and not ctx.args.watch:
-        note(ctx, f"more: jobserver ls --cursor {cursor}  (or --all)")
+        note(f"more: jobserver ls --cursor {cursor}  (or --all)")
 
 
 SHOW_FIELDS = ("template", "owner", "params", "argv", "command", "pid", "exit_code",
@@ -289,9 +289,9 @@ async def logs(ctx: Context) -> int:
     final = await follow_job(ctx.client, job, after=after, lines=lines, style=ctx.err,
                              progress=ctx.progress)
     if final is None:
-        note(ctx, f"jobserver: job {job['id']} was deleted")
+        note(f"jobserver: job {job['id']} was deleted")
     elif ctx.progress:
-        note(ctx, summary(final, ctx.err))
+        note(summary(final, ctx.err))
     return 0
 
 
@@ -305,7 +305,7 @@ async def wait(ctx: Context) -> int:
                                      lines=LogFilter(show=False), style=ctx.err,
                                      progress=ctx.progress)
     if scope.cancelled_caught:
-        note(ctx, f"jobserver: job {job['id'][:SHORT_ID]} still not done after "
+        note(f"jobserver: job {job['id'][:SHORT_ID]} still not done after "
                   f"{ctx.args.timeout:g}s")
         return EXIT_TIMEOUT
     return _finish(ctx, job["id"], final, exit_code=True)

@@ -16,7 +16,11 @@ from .client import RECONNECT_FOR
 EPILOG = """\
 client commands talk to the server at --url, else $JOBSERVER_URL, else the URL
 saved by `jobserver login`, with the token in $JOBSERVER_TOKEN or saved by login.
-Job ids may be shortened to any unique prefix."""
+Job ids may be shortened to any unique prefix.
+
+exit codes: 0 done, 1 refused by the server, 2 a bad argument or param,
+66 no such job, 69 no server at the URL, 77 no valid token, 124 wait timed out;
+wait and --wait exit with the job's own exit code."""
 
 
 def version() -> str:
@@ -56,6 +60,10 @@ def _follow_flags(p: argparse.ArgumentParser) -> None:
 def _reconnect_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reconnect-for", type=float, default=RECONNECT_FOR, metavar="SECONDS",
                    help=f"keep reconnecting a lost stream this long (default {RECONNECT_FOR:g})")
+
+
+def _job_id(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID", help="a job id, or any unique prefix of one")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,10 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=2.0, help="seconds between --watch "
                    "refreshes (default 2)")
 
-    add("show", "a job's record").add_argument("id")
+    _job_id(add("show", "a job's record"))
 
     p = add("logs", "a job's log (stdout to stdout, stderr to stderr)")
-    p.add_argument("id")
+    _job_id(p)
     p.add_argument("-f", "--follow", action="store_true", help="follow live until the job "
                    "ends; resumes by seq across dropped connections and server restarts")
     p.add_argument("--since", type=int, default=0, metavar="SEQ",
@@ -119,13 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     _reconnect_flag(p)
 
     p = add("wait", "wait for a job to end; exit with its exit code")
-    p.add_argument("id")
+    _job_id(p)
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up (exit 124)")
     _reconnect_flag(p)
 
     add("cancel", "cancel jobs").add_argument("ids", nargs="+", metavar="ID")
     p = add("retry", "run a failed or cancelled job again, as a new job")
-    p.add_argument("id")
+    _job_id(p)
     _follow_flags(p)
     _reconnect_flag(p)
     add("rm", "delete jobs and their logs").add_argument("ids", nargs="+", metavar="ID")
