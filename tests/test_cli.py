@@ -142,7 +142,7 @@ async def test_ls_filters_pages_and_prints_plain_rows(harness: Harness, tmp_path
     ran = await cli(env, "ls", "--template", "echo", "--json")
     assert [j["id"] for j in json.loads(ran.out)["jobs"]] == [j["id"] for j in reversed(ok)]
     ran = await cli(env, "ls", "--limit", "2")
-    assert len(ran.lines) == 2 and "more: jobserver ls --cursor " in ran.err
+    assert len(ran.lines) == 2 and "more: the same with --cursor " in ran.err
     cursor = ran.err.split("--cursor ")[1].split()[0]
     ran = await cli(env, "ls", "--limit", "2", "--cursor", cursor)
     assert [line.split("\t")[0] for line in ran.lines] == [ok[1]["id"], ok[0]["id"]]
@@ -251,6 +251,8 @@ async def test_wait_cancel_retry_and_rm(harness: Harness, tmp_path: Path) -> Non
     await harness.wait(done["id"])
     ran = await cli(env, "wait", done["id"], "--json")
     assert ran.rc == 0 and json.loads(ran.out)["status"] == "SUCCEEDED"
+    ran = await cli(env, "retry", done["id"])
+    assert ran.rc == 1 and "only failed or cancelled jobs can be retried" in ran.err.lower()
 
 
 async def test_run_is_for_admins_and_exits_with_the_command(harness: Harness,

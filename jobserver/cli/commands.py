@@ -225,7 +225,7 @@ def _print_jobs(ctx: Context, jobs: list[dict[str, Any]], cursor: str | None) ->
     sys.stdout.write(table(LS_HEADERS, [_row(ctx, j, now) for j in jobs],
                            aligned=ctx.terminal))
     if cursor is not None and not ctx.args.watch:
-        note(f"more: jobserver ls --cursor {cursor}  (or --all)")
+        note(f"more: the same with --cursor {cursor} (or --all)")
 
 
 SHOW_FIELDS = ("template", "owner", "params", "argv", "command", "pid", "exit_code",
