@@ -212,6 +212,10 @@ async def test_logs_history_streams_tail_since_and_json(harness: Harness,
     after = events[2]["seq"]
     ran = await cli(admin, "logs", job_id, "--since", str(after), "--json")
     assert [json.loads(line) for line in ran.lines] == events[3:]
+    ran = await cli(admin, "logs", job_id, "--since", str(after))
+    assert ran.out + ran.err == "".join(f"{e['line']}\n" for e in events[3:]
+                                        if e["stream"] == "stdout") + \
+        "".join(f"{e['line']}\n" for e in events[3:] if e["stream"] == "stderr")
     ran = await cli(admin, "logs", job_id, "-f", "--tail", "1", "--stdout")
     assert ran.rc == 0 and ran.lines == ["4"]
     ran = await cli(env, "logs", job_id)  # alice: not hers

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import socket
@@ -79,18 +80,27 @@ async def _log_lines(url: str, token: str, job_id: str) -> list[dict[str, Any]]:
     return out
 
 
-async def test_logs_follow_across_dropped_connections_loses_and_repeats_nothing(
+async def test_following_across_dropped_connections_loses_and_repeats_nothing(
         harness: Harness, nursery: trio.Nursery, tmp_path: Path) -> None:
     proxy = CuttingProxy(int(harness.url.rsplit(":", 1)[1]))
     listeners = await nursery.start(partial(trio.serve_tcp, proxy.handle, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
-    job = await harness.submit("chatty", {"lines": 3000})
     env = cli_env(f"http://127.0.0.1:{port}", harness.alice, tmp_path / "home")
-    ran = await cli(env, "logs", job["id"], "-f")
+    # submit -f reads the whole job from the stream, from seq 0.
+    ran = await cli(env, "submit", "chatty", "lines=3000", "-f")
     assert ran.rc == 0, ran.err
-    assert ran.out == "".join(f"line {i}\n" for i in range(3000))
+    job_id, *lines = ran.lines
+    assert lines == [f"line {i}" for i in range(3000)]
     assert proxy.cut == CUT_CONNECTIONS
     assert ran.err.count("; resuming after seq") == CUT_CONNECTIONS
+    # So does logs -f --json (each event with its seq).
+    proxy.cut = 0
+    ran = await cli(env, "logs", job_id[:8], "-f", "--json")
+    assert ran.rc == 0 and proxy.cut == CUT_CONNECTIONS
+    events = [json.loads(line) for line in ran.lines]
+    assert [e["line"] for e in events] == [f"line {i}" for i in range(3000)]
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(set(seqs))
 
 
 async def test_logs_follow_across_a_server_restart(tmp_path: Path) -> None:

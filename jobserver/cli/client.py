@@ -176,6 +176,28 @@ class Client:
                                    query={"after": after}, job=job_id)
         return page["events"], page["next_after"]
 
+    async def log_lines(self, job_id: str, *, after: int, until: int,
+                        streams: tuple[str, ...], on_line: Callable[[str, str], None]) -> None:
+        """Hand `on_line(stream, line)` each log line with after < seq <= until, in
+        order, from the plain-text log (far cheaper for the server than events)."""
+        query: dict[str, Any] = {"streams": 1, "after": after, "until": until}
+        if len(streams) == 1:
+            query["stream"] = streams[0]
+        try:
+            async with self.http.stream("GET", f"/api/v1/jobs/{job_id}/logs", params=query,
+                                        headers=self._headers()) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise error_from(response, target=self.target, job=job_id)
+                rest = ""
+                async for text in response.aiter_text():
+                    *complete, rest = (rest + text).split("\n")  # a line may hold a \r
+                    for tagged in complete:
+                        stream, _, line = tagged.partition("] ")
+                        on_line(stream.removeprefix("["), line)
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from None
+
     async def resolve(self, text: str) -> str:
         """The full id for a job id or a unique prefix of one (ids are listed newest first)."""
         wanted = text.strip().lower()

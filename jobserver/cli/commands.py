@@ -282,8 +282,10 @@ async def logs(ctx: Context) -> int:
     job = await ctx.client.job(await ctx.client.resolve(a.id))
     lines = _log_filter(ctx)
     after = a.since
-    if not a.follow or a.tail is not None:
-        after = await history(ctx.client, job["id"], a.since, lines, tail=a.tail)
+    if not (a.follow and ctx.json and a.tail is None):
+        # The stored part from the plain-text log (far quicker than the stream's
+        # history for a long log), then the stream from the seq it ended at.
+        after = await history(ctx.client, job, a.since, lines, tail=a.tail)
     if not a.follow:
         return 0
     final = await follow_job(ctx.client, job, after=after, lines=lines, style=ctx.err,

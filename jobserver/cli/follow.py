@@ -49,8 +49,9 @@ class LogFilter:
     show: bool = True  # False: follow for the status only (`wait`)
 
 
-def _stream_for(event: dict[str, Any]) -> TextIO:
-    return sys.stderr if event.get("stream") == "stderr" else sys.stdout
+def stream_named(name: str | None) -> TextIO:
+    """Our own stream for a job's: its stderr lines to stderr, the rest to stdout."""
+    return sys.stderr if name == "stderr" else sys.stdout
 
 
 def show_log(event: dict[str, Any], lines: LogFilter, write: Callable[[TextIO, str], None]
@@ -60,7 +61,7 @@ def show_log(event: dict[str, Any], lines: LogFilter, write: Callable[[TextIO, s
     if lines.json:
         print_json_line(event)
     else:
-        write(_stream_for(event), f"{event['line']}\n")
+        write(stream_named(event.get("stream")), f"{event['line']}\n")
 
 
 def status_line(job: dict[str, Any], style: Style, *, enabled: bool) -> StatusLine:
@@ -138,10 +139,32 @@ def summary(job: dict[str, Any], style: Style) -> str:
     return text
 
 
-async def history(client: Client, job_id: str, after: int, lines: LogFilter, *,
+async def history(client: Client, job: dict[str, Any], after: int, lines: LogFilter, *,
                   tail: int | None) -> int:
-    """Print the stored log after seq `after` (the last `tail` lines of it when
-    given, held in a bounded deque) from the events API; the last seq read."""
+    """Print the stored log after seq `after`, up to the job's last seq when it
+    was read (the last `tail` lines of that, held in a bounded deque); that seq,
+    from which a follow goes on."""
+    keep: deque[tuple[str, str]] = deque(maxlen=tail if tail is not None else 1)
+
+    def on_line(stream: str, line: str) -> None:
+        if tail is None:
+            stream_named(stream).write(f"{line}\n")
+        else:
+            keep.append((stream, line))
+
+    if lines.json:  # the events carry seq and ts: page through them
+        return await _history_events(client, job["id"], after, lines, tail=tail)
+    until = max(after, int(job["last_seq"]))
+    await client.log_lines(job["id"], after=after, until=until, streams=lines.streams,
+                           on_line=on_line)
+    if tail:
+        for stream, line in keep:
+            stream_named(stream).write(f"{line}\n")
+    return until
+
+
+async def _history_events(client: Client, job_id: str, after: int, lines: LogFilter, *,
+                          tail: int | None) -> int:
     keep: deque[dict[str, Any]] = deque(maxlen=tail if tail is not None else 1)
     cursor: int | None = after
     last = after
@@ -152,14 +175,10 @@ async def history(client: Client, job_id: str, after: int, lines: LogFilter, *,
             if event.get("type") != "log" or event.get("stream") not in lines.streams:
                 continue
             if tail is None:
-                show_log(event, lines, _plain_write)
+                print_json_line(event)
             else:
                 keep.append(event)
     if tail:
         for event in keep:
-            show_log(event, lines, _plain_write)
+            print_json_line(event)
     return last
-
-
-def _plain_write(stream: TextIO, text: str) -> None:
-    stream.write(text)
