@@ -147,6 +147,8 @@ async def _after_submit(ctx: Context, job: dict[str, Any]) -> int:
     follow, wait = ctx.args.follow, ctx.args.wait
     if ctx.json and not (follow or wait):
         print_json(job)
+    elif follow and not ctx.json:
+        note(f"submitted {job['id']}")  # stdout is the job's own, from here on
     elif not ctx.json:
         print(job["id"], flush=True)
     if not (follow or wait):
