@@ -183,6 +183,20 @@ async def test_a_terminal_gets_colour_a_progress_bar_and_a_spinner(harness: Harn
     assert code == 0
     frames = {c for c in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏" if f"{c} " in screen}
     assert len(frames) >= 3, screen  # no progress reported: a spinner turns
+    # logs -f of a job already running shows where the job says it is.
+    script = ("import json, os, time\n"
+              "c = os.fdopen(int(os.environ['JOBSERVER_CONTROL_FD']), 'w', buffering=1)\n"
+              "c.write(json.dumps(dict(progress=dict(at=2, of=8), message='two')) + '\\n')\n"
+              "print('working', flush=True)\ntime.sleep(1)")
+    r = await harness.client.post("/api/v1/jobs", json={"command": ["python3", "-c", script]},
+                                  headers=harness.auth(harness.admin))
+    job = r.json()
+    while (await harness.job(job["id"])).get("progress") is None:
+        await trio.sleep(0.02)
+    admin = cli_env(harness.url, harness.admin, tmp_path / "home", TERM="xterm")
+    code, screen = await _on_a_terminal(admin, "logs", job["id"], "-f")
+    assert code == 0 and "working\r\n" in screen
+    assert "2/8 25%" in screen and "██████ " in screen and "two" in screen
     code, screen = await _on_a_terminal(env, "ls")
     assert "\x1b[32mSUCCEEDED\x1b[0m" in screen and screen.startswith("ID ")
 
