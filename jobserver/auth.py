@@ -28,6 +28,7 @@ ROLES = ("admin", "user")
 LEEWAY_SECONDS = 10
 DEFAULT_TTL = 24 * 3600
 API_KEY_ID = "api-1"
+SIGNING_KEY_FILE = "signing.key"  # in the data directory
 MAX_TOKEN_LENGTH = 8192
 # Tokens verified lately, remembered until they expire: a client sends the same
 # token with every request, and checking its signature and claims again costs
@@ -62,7 +63,8 @@ class KeyRing:
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> KeyRing:
-        secret = read_or_create_secret(data_dir / "signing.key", lambda: secrets.token_bytes(32))
+        secret = read_or_create_secret(data_dir / SIGNING_KEY_FILE,
+                                       lambda: secrets.token_bytes(32))
         return cls({API_KEY_ID: Key("HS256", secret, "api")}, default_kid=API_KEY_ID)
 
     def issue(self, sub: str, role: str, *, ttl: float = DEFAULT_TTL, now: float | None = None,

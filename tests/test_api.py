@@ -242,3 +242,19 @@ async def test_unknown_route_and_method_are_json(harness: Harness) -> None:
     assert r.status_code == 404 and r.json()["code"] == "not_found"
     r = await harness.client.put("/api/v1/jobs", headers=harness.auth(harness.alice))
     assert r.status_code == 405
+
+
+async def test_logs_text_between_two_seqs(harness: Harness) -> None:
+    job = await harness.submit("chatty", {"lines": 10})
+    await harness.wait(job["id"])
+    events = (await harness.client.get(f"/api/v1/jobs/{job['id']}/events",
+                                       headers=harness.auth(harness.alice))).json()["events"]
+    seqs = {e["line"]: e["seq"] for e in events if e["type"] == "log"}
+    r = await harness.client.get(
+        f"/api/v1/jobs/{job['id']}/logs",
+        params={"after": seqs["line 2"], "until": seqs["line 5"], "streams": 1},
+        headers=harness.auth(harness.alice))
+    assert r.text == "[stdout] line 3\n[stdout] line 4\n[stdout] line 5\n"
+    r = await harness.client.get(f"/api/v1/jobs/{job['id']}/logs", params={"until": "x"},
+                                 headers=harness.auth(harness.alice))
+    assert r.status_code == 422 and r.json()["field"] == "until"

@@ -64,7 +64,8 @@ def test_bad_env_value() -> None:
 def test_token_command(tmp_path: Path) -> None:
     out = subprocess.run(
         [PY, "-m", "jobserver", "token", "--sub", "alice", "--role", "user", "--ttl", "60",
-         "--data-dir", str(tmp_path)], capture_output=True, text=True, check=True, timeout=60)
+         "--data-dir", str(tmp_path), "--new-key"], capture_output=True, text=True, check=True,
+        timeout=60)
     token = out.stdout.strip()
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["sub"] == "alice" and claims["role"] == "user"

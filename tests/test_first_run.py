@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import trio
 
-from jobserver.__main__ import announcement
+from jobserver.cli.local import announcement
 from jobserver.config import Config
 
 # Where a systemd unit or a bare shell finds programs: no venv, so a bare

@@ -19,9 +19,10 @@ from .conftest import PY, TEMPLATES, pid_alive
 
 
 @asynccontextmanager
-async def server_process(data_dir: Path) -> AsyncIterator[tuple[trio.Process, str]]:
+async def server_process(data_dir: Path, port: int = 0
+                         ) -> AsyncIterator[tuple[trio.Process, str]]:
     proc = await trio.lowlevel.open_process(
-        [PY, "-m", "jobserver", "--port", "0", "--data-dir", str(data_dir),
+        [PY, "-m", "jobserver", "--port", str(port), "--data-dir", str(data_dir),
          "--config", str(TEMPLATES)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None

@@ -25,6 +25,7 @@ native = Blueprint("native", __name__)
 MAX_PAGE = 500
 EVENTS_PAGE = 1000
 LOG_PAGE = 5000
+MAX_SEQ = 2**62
 
 
 def job_view(job: Job) -> dict[str, Any]:
@@ -113,7 +114,7 @@ async def job_events(job_id: str) -> dict[str, Any]:
     principal = authenticate()
     engine = services().engine
     job = await engine.get(principal, job_id_arg(job_id))
-    after = _int_arg("after", 0, low=0, high=2**62)
+    after = _int_arg("after", 0, low=0, high=MAX_SEQ)
     limit = _int_arg("limit", EVENTS_PAGE, low=1, high=EVENTS_PAGE)
     events = await engine.events_after(job.id, after, limit=limit)
     next_after = events[-1].seq if len(events) == limit else None
@@ -123,16 +124,19 @@ async def job_events(job_id: str) -> dict[str, Any]:
 
 @native.get("/api/v1/jobs/<job_id>/logs")
 async def job_logs(job_id: str) -> Response:
-    """The whole log as plain text, `[stream] line` when ?streams=1."""
+    """The log as plain text, `[stream] line` when ?streams=1; the lines with
+    seq > ?after= and <= ?until= (the whole log without them)."""
     principal = authenticate()
     engine = services().engine
     job = await engine.get(principal, job_id_arg(job_id))
     only = request.args.get("stream")
     tagged = request.args.get("streams") in ("1", "true")
+    start = _int_arg("after", 0, low=0, high=MAX_SEQ)
+    until = _int_arg("until", MAX_SEQ, low=0, high=MAX_SEQ)
 
     async def lines() -> AsyncIterator[bytes]:
-        after = 0
-        while True:
+        after = start
+        while after < until:
             events = await engine.events_after(job.id, after, limit=LOG_PAGE)
             if not events:
                 return
@@ -140,7 +144,7 @@ async def job_logs(job_id: str) -> Response:
             chunk = [
                 (f"[{e.stream}] {e.line}\n" if tagged else f"{e.line}\n")
                 for e in events
-                if type(e) is ev.Log and (only is None or e.stream == only)
+                if type(e) is ev.Log and e.seq <= until and (only is None or e.stream == only)
             ]
             if chunk:
                 yield "".join(chunk).encode("utf-8", "replace")

@@ -88,7 +88,10 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
                         "responses": _responses("200", {"type": "object"}, 404, 422)}},
             "/api/v1/jobs/{job_id}/logs": {
-                "get": {"summary": "The log as plain text", "parameters": [_ID],
+                "get": {"summary": "The log as plain text", "parameters": [
+                    _ID, *({"name": name, "in": "query", "schema": {"type": kind}}
+                           for name, kind in (("after", "integer"), ("until", "integer"),
+                                              ("stream", "string"), ("streams", "string")))],
                         "responses": {"200": {"description": "text/plain log"}}}},
             "/api/v1/jobs/{job_id}/stream": {
                 "get": {"summary": "Live events as Server-Sent Events (id = seq)",
