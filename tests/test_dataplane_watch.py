@@ -1,0 +1,110 @@
+"""A raw channel (a session's `Watch`): the events themselves reach the sink, in seq
+order, each once: history from the store, then live, and back to the store when
+too many wait for the session."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+import trio.testing
+
+from jobserver.core import events as ev
+from jobserver.core.ids import JobId, new_job_id
+from jobserver.core.topics import JobTopic
+from jobserver.dataplane.fanout import EVENTS, UNRENDERED, Channel, FrameCache, Member
+from jobserver.dataplane.wire import encode_nothing
+from jobserver.dialects import Subscribe
+
+
+def progress(job_id: JobId, seq: int) -> ev.Event:
+    return ev.Progress(job_id=job_id, seq=seq, ts=float(seq), pct=float(seq))
+
+
+class Store:
+    def __init__(self, events: list[ev.Event]) -> None:
+        self.events = events
+        self.reads = 0
+
+    async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[ev.Event]:
+        self.reads += 1
+        await trio.lowlevel.checkpoint()
+        return [e for e in self.events if e.seq > after][:limit]
+
+
+class Sink:
+    """A connection's side: queues what it is given, hands it over when told."""
+
+    def __init__(self) -> None:
+        self.queued: list[ev.Event] = []
+        self.taken: list[int] = []
+        self.readers = trio.Semaphore(1)
+        self.outbox = None
+        self.lot = trio.lowlevel.ParkingLot()
+
+    def wake(self) -> None:
+        pass
+
+    def take_events(self, member: Member, events: Sequence[ev.Event]) -> int:
+        self.queued.extend(events)
+        return len(self.queued)
+
+    def give(self) -> None:
+        self.taken.extend(e.seq for e in self.queued)
+        self.queued.clear()
+        self.lot.unpark_all()
+
+    async def wait_events_taken(self) -> None:
+        if self.queued:
+            await self.lot.park()
+
+
+async def test_history_then_live_then_back_to_the_store() -> None:
+    job_id = new_job_id()
+    store = Store([progress(job_id, s) for s in range(1, 6)])
+    channel = Channel((JobTopic(job_id), EVENTS, EVENTS), encode_nothing, FrameCache(),
+                      release=lambda c: None)
+    channel.last_seq = 5
+    sink = Sink()
+    member = Member(sink, channel, Subscribe(JobTopic(job_id), 2, UNRENDERED),  # type: ignore[arg-type]
+                    max_lag=3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(member.catch_up, store)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sink.queued and not member.live  # seq 3..5, waiting for the session
+        sink.give()
+        await trio.testing.wait_all_tasks_blocked()
+    assert member.live and sink.taken == [3, 4, 5]
+    # Live: the channel hands the same events over, nothing encoded.
+    more = [progress(job_id, s) for s in range(6, 8)]
+    store.events += more
+    channel.deliver(more)
+    assert [e.seq for e in sink.queued] == [6, 7] and member.live
+    sink.give()
+    # Too many waiting for the session: back to catching up, from the cursor.
+    burst = [progress(job_id, s) for s in range(8, 12)]
+    store.events += burst
+    channel.deliver(burst)
+    assert not member.live and member.needs_catch_up and member.cursor == 11
+    sink.give()
+    late = [progress(job_id, 12)]
+    store.events += late
+    channel.deliver(late)  # not live: not handed over here
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(member.catch_up, store)
+        await trio.testing.wait_all_tasks_blocked()
+        sink.give()
+    assert member.live and sink.taken == list(range(3, 13))
+
+
+async def test_a_member_at_the_channel_s_last_seq_goes_live_without_a_read() -> None:
+    job_id = new_job_id()
+    store = Store([progress(job_id, 1)])
+    channel = Channel((JobTopic(job_id), EVENTS, EVENTS), encode_nothing, FrameCache(),
+                      release=lambda c: None)
+    channel.last_seq = 1
+    sink = Sink()
+    member = Member(sink, channel, Subscribe(JobTopic(job_id), 1, UNRENDERED),  # type: ignore[arg-type]
+                    max_lag=10)
+    await member.catch_up(store)
+    assert member.live and store.reads == 0 and not sink.queued
