@@ -56,9 +56,10 @@ MAX_INTERVAL_MS = 10_000
 MAX_DIGITS = 9
 TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 FALSE_WORDS = frozenset({"false", "0", "no", "off"})
-# The events read at the opening to find the current run's first output line
-# (latency_ms); when it is not among them, latency_ms is left out.
-LATENCY_SCAN = 256
+# The job's first events, read at the opening to find its current run's first
+# output line (latency_ms); when it is not among them, latency_ms is left out.
+# Few: a line may be up to max_line_bytes, and every opening reads these.
+LATENCY_SCAN = 32
 
 STATUS_WORDS = {
     Status.QUEUED: "queued",
@@ -259,11 +260,13 @@ class AsyncJobSession(BaseSession):
         job = self.job
         if job is None or self.closed:
             return ()
+        changed = False  # output lines change nothing but the first one's latency
         for event in events:
             if type(event) is ev.Log:
                 if self.watching_output and job.status is Status.RUNNING:
                     self.first_output_at = event.ts
                     self.watching_output = False
+                    changed = True
                 continue
             if isinstance(event, ev.Deleted):
                 self.closed = True
@@ -277,8 +280,9 @@ class AsyncJobSession(BaseSession):
                 job = apply(job, event)
             except InvalidTransition:
                 continue  # (never, for the job's own events in order)
+            changed = True
         self.job = job
-        if self.cooling or self._current() == self.sent:
+        if not changed or self.cooling or self._current() == self.sent:
             return ()
         return self._update()
 
