@@ -12,7 +12,13 @@ import trio.testing
 from jobserver.core import events as ev
 from jobserver.core.ids import JobId, new_job_id
 from jobserver.core.topics import JobTopic
-from jobserver.dataplane.fanout import EVENTS, UNRENDERED, Channel, FrameCache, Member
+from jobserver.dataplane.fanout import (
+    EVENTS,
+    UNRENDERED,
+    Channel,
+    FrameCache,
+    Member,
+)
 from jobserver.dataplane.wire import encode_nothing
 from jobserver.dialects import Subscribe
 
@@ -108,3 +114,40 @@ async def test_a_member_at_the_channel_s_last_seq_goes_live_without_a_read() -> 
                     max_lag=10)
     await member.catch_up(store)
     assert member.live and store.reads == 0 and not sink.queued
+
+
+def line(job_id: JobId, seq: int) -> ev.Event:
+    return ev.Log(job_id=job_id, seq=seq, ts=float(seq), stream="stdout", line="x")
+
+
+async def test_without_lines_the_session_gets_no_output_lines() -> None:
+    job_id = new_job_id()
+    history = [progress(job_id, 1), line(job_id, 2), line(job_id, 3), progress(job_id, 4)]
+    store = Store(history)
+    channel = Channel((JobTopic(job_id), EVENTS, EVENTS), encode_nothing,
+                      FrameCache(), release=lambda c: None)
+    channel.last_seq = 4
+    sink = Sink()
+    member = Member(sink, channel,  # type: ignore[arg-type]
+                    Subscribe(JobTopic(job_id), 0, UNRENDERED), max_lag=10)
+    member.lines = False
+    other = Sink()
+    with_lines = Member(other, channel,  # type: ignore[arg-type]
+                        Subscribe(JobTopic(job_id), 4, UNRENDERED), max_lag=10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(member.catch_up, store)
+        await trio.testing.wait_all_tasks_blocked()
+        sink.give()
+        nursery.start_soon(with_lines.catch_up, store)
+    assert member.live and with_lines.live and sink.taken == [1, 4]
+    channel.deliver([line(job_id, 5), line(job_id, 6)])  # nothing for the session ...
+    assert not sink.queued and member.cursor == 6  # ... but its cursor moved past them
+    channel.deliver([line(job_id, 7), progress(job_id, 8)])
+    sink.give()
+    assert sink.taken == [1, 4, 8]
+    member.lines = True  # from the next batch on, no read
+    channel.deliver([line(job_id, 9)])
+    sink.give()
+    other.give()
+    assert sink.taken == [1, 4, 8, 9] and other.taken == [5, 6, 7, 8, 9]
+    assert store.reads == 1

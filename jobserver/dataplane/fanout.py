@@ -36,7 +36,9 @@ live members hand each batch of events to their connection, which gives them
 to its session (`on_events`) from its writer task; catching up, the same
 pages, each handed over before the next is read. Its members come and go as the
 others do, and one with more than `max_lag` events waiting for its session
-goes back to catching up from the store.
+goes back to catching up from the store. A member with `lines` False gets
+no output lines (filtered once per batch for all such members; the cursor
+still moves past them), and a session flips it at any time, without a read.
 
 Renderers are deterministic in the topic's history (dialects/__init__.py), so
 `FrameCache` can keep each event's encoding by (channel key, seq), and members
@@ -51,7 +53,7 @@ from typing import Any, Protocol, cast
 
 import trio
 
-from ..core.events import Event
+from ..core.events import Event, Log
 from ..core.ids import JobId
 from ..core.topics import JobTopic, Topic
 from ..dialects import NOTHING, Rendered, Renderer, Subscribe
@@ -145,6 +147,10 @@ class Unrendered:
 
 
 UNRENDERED = Unrendered()
+
+
+def without_lines(events: Sequence[Event]) -> list[Event]:
+    return [e for e in events if type(e) is not Log]
 
 
 class EventReader(Protocol):
@@ -258,8 +264,14 @@ class Channel:
         for member in tuple(self.pending):
             member.buffer_nowait(events)
         if self.raw:
+            without: list[Event] | None = None  # filtered once for all who want no lines
             for member in tuple(self.live):
-                member.push_events(events)
+                if member.lines:
+                    member.push_events(events, self.last_seq)
+                else:
+                    if without is None:
+                        without = without_lines(events)
+                    member.push_events(without, self.last_seq)
             return
         renderer = self.renderer
         if renderer is None:
@@ -349,7 +361,8 @@ class Member:
     """One connection's subscription to one channel, from a cursor on."""
 
     __slots__ = ("_buffer", "_buffered", "_max_lag", "_overflow", "_prototype", "channel",
-                 "cursor", "detached", "ended", "lagged", "needs_catch_up", "outbox", "sink")
+                 "cursor", "detached", "ended", "lagged", "lines", "needs_catch_up", "outbox",
+                 "sink")
 
     def __init__(self, sink: Sink, channel: Channel, subscribe: Subscribe, *,
                  max_lag: int) -> None:
@@ -364,6 +377,7 @@ class Member:
         self.ended = False  # the renderer said the stream ends here
         self.lagged = False  # an aggregate topic's member fell behind and left
         self.detached = False
+        self.lines = True  # a raw channel's member: its output lines too
         if not channel.persisted:
             # Nothing to read: live from now, rendered by the channel's renderer.
             channel.pending[self] = None
@@ -397,10 +411,13 @@ class Member:
                 self.detach()
             self.sink.wake()
 
-    def push_events(self, events: Sequence[Event]) -> None:
-        """A raw channel's delivery: the events to the connection's session; past
-        `max_lag` queued there, back to catching up (from the store) like `push`."""
-        self.cursor = events[-1].seq
+    def push_events(self, events: Sequence[Event], last_seq: int) -> None:
+        """A raw channel's delivery: the events to the connection's session (none
+        when all were lines left out); past `max_lag` queued there, back to
+        catching up (from the store) like `push`."""
+        self.cursor = last_seq
+        if not events:
+            return
         sink = cast(EventSink, self.sink)
         if sink.take_events(self, events) > self._max_lag:
             self.channel.demote(self)
@@ -528,9 +545,11 @@ class Member:
         channel = self.channel
         if channel.raw:
             self.cursor = events[-1].seq
-            sink = cast(EventSink, self.sink)
-            sink.take_events(self, events)
-            await sink.wait_events_taken()
+            given = events if self.lines else without_lines(events)
+            if given:
+                sink = cast(EventSink, self.sink)
+                sink.take_events(self, given)
+                await sink.wait_events_taken()
             return self.detached
         # Shared encodings help when the channel encodes these too (it has live
         # members) or others read the same history; alone, caching costs only.

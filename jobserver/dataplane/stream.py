@@ -31,7 +31,17 @@ import trio
 
 from ..core.events import Event
 from ..core.topics import JobTopic, Topic
-from ..dialects import Action, Close, Session, SseEvent, Subscribe, Timer, Unsubscribe, Watch
+from ..dialects import (
+    Action,
+    Close,
+    Session,
+    SseEvent,
+    Subscribe,
+    Timer,
+    Unsubscribe,
+    Watch,
+    WatchLines,
+)
 from .fanout import EVENTS, UNRENDERED, Member, SinkOutbox
 from .outbox import RECV_SIZE, Outbox, PeerGone, Stalled, send_all
 from .plane import DataPlane
@@ -157,6 +167,10 @@ class StreamConnection:
             elif kind is Watch:
                 watch: Watch = action  # type: ignore[assignment]
                 self._subscribe(Subscribe(watch.topic, watch.after, UNRENDERED), EVENTS)
+                self._watch_lines(watch.topic, watch.lines)
+            elif kind is WatchLines:
+                flip: WatchLines = action  # type: ignore[assignment]
+                self._watch_lines(flip.topic, flip.lines)
             elif kind is Unsubscribe:
                 self._drop(action.topic)  # type: ignore[union-attr]
             elif kind is Timer:
@@ -180,6 +194,11 @@ class StreamConnection:
         self.members[subscribe.topic] = self.plane.join(self, subscribe,
                                                         encoding or self.encoding)
         self.wake()
+
+    def _watch_lines(self, topic: JobTopic, lines: bool) -> None:
+        member = self.members.get(topic)
+        if member is not None and member.channel.raw:
+            member.lines = lines
 
     def _drop(self, topic: Topic) -> None:
         member = self.members.pop(topic, None)

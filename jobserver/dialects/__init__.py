@@ -131,10 +131,23 @@ class Watch:
     whose messages are per client (coalesced on its own timer, say). History from
     the store first, then live, nothing missed, repeated or reordered, as for a
     Subscribe; a second Watch or Subscribe of the topic replaces the first, and
-    `Unsubscribe` ends it. The events are the job's own (output lines too)."""
+    `Unsubscribe` ends it. The events are the job's own; with `lines` False its
+    output lines (`Log` events, most of a chatty job's) are left out (see
+    `WatchLines`)."""
 
     topic: JobTopic
     after: int
+    lines: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WatchLines:
+    """Hand a watched topic's output lines to the session, or stop: from the next
+    batch on, with no store read (events already waiting for the session keep
+    theirs). Nothing happens when `topic` is not watched."""
+
+    topic: JobTopic
+    lines: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +223,8 @@ class ReadSystem:
 
 
 Need = Authenticate | LookUp | ReadEvents | Submit | CancelJob | ReadSystem
-Action = Message | Close | Accept | Refuse | Subscribe | Watch | Unsubscribe | Timer | Need
+Action = (Message | Close | Accept | Refuse | Subscribe | Watch | WatchLines | Unsubscribe
+          | Timer | Need)
 
 
 class Session(Protocol):
