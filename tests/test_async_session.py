@@ -29,6 +29,7 @@ from jobserver.dialects import (
     StreamRequest,
     Timer,
     Watch,
+    WatchLines,
 )
 from jobserver.dialects.async_jobs import AsyncJobSession, parse_flag, parse_interval, payload
 
@@ -85,7 +86,7 @@ def test_coalescing_on_a_virtual_clock(tmp_path: Path) -> None:
                               running_job(job_id, clock.now))
     assert isinstance(actions[0], Accept)
     assert [m["type"] for m in messages(actions)] == ["job.snapshot"]
-    assert actions[-1] == Watch(JobTopic(job_id), 2)
+    assert actions[-1] == Watch(JobTopic(job_id), 2, lines=True)  # for the first line
     topic = JobTopic(job_id)
     start = clock.now
     timer_at: float | None = None
@@ -141,7 +142,7 @@ def test_coalescing_on_a_virtual_clock(tmp_path: Path) -> None:
     final = sent[-1][1]
     assert final["status"] == "completed" and closed_at == times[-1]
     assert final["latency_ms"] == 1500  # created 1 s before start, the line at 0.5 s
-    assert session.on_events(topic, [ev.Deleted(job_id=job_id, seq=seq + 1, ts=clock.now)]) == ()
+    assert not session.on_events(topic, [ev.Deleted(job_id=job_id, seq=seq + 1, ts=clock.now)])
 
 
 def test_no_update_without_a_change_and_refresh_is_a_snapshot(tmp_path: Path) -> None:
@@ -155,10 +156,12 @@ def test_no_update_without_a_change_and_refresh_is_a_snapshot(tmp_path: Path) ->
     first = session.on_events(topic, lines)
     assert [m["type"] for m in messages(first)] == ["job.updated"]  # the first line's latency
     assert timers(first) == [2.5]
+    # The first line seen, the watch goes on without lines.
+    assert first[-1] == WatchLines(topic, False)
     more = [ev.Log(job_id=job_id, seq=s, ts=clock.now, stream="stdout", line="x")
             for s in range(10, 20)]
-    assert session.on_events(topic, more) == ()
-    assert session.on_tick(clock.now) == ()  # nothing changed meanwhile: no timer either
+    assert not session.on_events(topic, more)
+    assert not session.on_tick(clock.now)  # nothing changed meanwhile: no timer either
     refreshed = messages(session.on_message('{"type": "refresh"}'))
     assert [m["type"] for m in refreshed] == ["job.snapshot"]
     end = ev.Finished(job_id=job_id, seq=20, ts=clock.now, status="CANCELLED",
@@ -204,3 +207,26 @@ def test_interval_ms(raw: str | None, expected: int | None) -> None:
     ("", None), ("2", None), ("nope", None)])
 def test_close_on_terminal(raw: str | None, expected: bool | None) -> None:
     assert parse_flag(raw, default=True) is expected
+
+
+def test_a_new_run_watches_for_its_first_line_again(tmp_path: Path) -> None:
+    clock = Clock()
+    job_id = new_job_id()
+    topic = JobTopic(job_id)
+    session, _ = opened(tmp_path, clock, {}, running_job(job_id, clock.now))
+    out = session.on_events(topic, [ev.Log(job_id=job_id, seq=3, ts=clock.now + 1,
+                                           stream="stdout", line="a")])
+    assert out[-1] == WatchLines(topic, False)
+    assert messages(out)[0]["data"]["latency_ms"] == 2000
+    out = session.on_events(topic, [
+        ev.Bounce(job_id=job_id, seq=4, ts=clock.now + 2, reason="server shutting down"),
+        ev.Queued(job_id=job_id, seq=5, ts=clock.now + 2, reason="bounce"),
+        ev.Started(job_id=job_id, seq=6, ts=clock.now + 3, pid=2, command="x")])
+    assert out[-1] == WatchLines(topic, True)
+    assert [m["data"]["status"] for m in messages(session.on_tick(clock.now + 4))] == [
+        "in_progress"]  # (queued and running again within the interval: one update)
+    assert not session.on_tick(clock.now + 6)
+    out = session.on_events(topic, [ev.Log(job_id=job_id, seq=7, ts=clock.now + 5,
+                                           stream="stderr", line="b")])
+    assert messages(out)[0]["data"]["latency_ms"] == 6000  # the new run's first line
+    assert out[-1] == WatchLines(topic, False)

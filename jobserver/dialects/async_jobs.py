@@ -46,6 +46,7 @@ from . import (
     StreamRequest,
     Timer,
     Watch,
+    WatchLines,
     dumps,
 )
 
@@ -198,6 +199,7 @@ class AsyncJobSession(BaseSession):
         self.first_output_at: float | None = None
         # Whether a first output line of the current run would be its first.
         self.watching_output = False
+        self.lines_watched = False  # whether the watch gives output lines
         self.sent: dict[str, Any] | None = None  # the payload the client has now
         self.cooling = False  # a job.updated went out less than an interval ago
         self.closed = False
@@ -251,7 +253,8 @@ class AsyncJobSession(BaseSession):
         accept = Accept((("X-Interval-Ms", str(self.interval_ms)),))
         out: list[Action] = [accept, *self._send("job.snapshot")]
         if not self.closed:
-            out.append(Watch(JobTopic(job.id), job.last_seq))
+            self.lines_watched = self.watching_output
+            out.append(Watch(JobTopic(job.id), job.last_seq, lines=self.lines_watched))
         return out
 
     # ---- the open socket -------------------------------------------------
@@ -282,9 +285,14 @@ class AsyncJobSession(BaseSession):
                 continue  # (never, for the job's own events in order)
             changed = True
         self.job = job
-        if not changed or self.cooling or self._current() == self.sent:
-            return ()
-        return self._update()
+        out: list[Action] = []
+        if changed and not self.cooling and self._current() != self.sent:
+            out.extend(self._update())
+        if self.watching_output != self.lines_watched and not self.closed:
+            # Output lines only while waiting for the run's first one.
+            self.lines_watched = self.watching_output
+            out.append(WatchLines(topic, self.lines_watched))
+        return out
 
     def on_tick(self, now: float) -> Sequence[Action]:
         self.cooling = False
