@@ -65,15 +65,24 @@ class Sink:
             await self.lot.park()
 
 
+def raw_channel(job_id: JobId, last_seq: int) -> Channel:
+    channel = Channel((JobTopic(job_id), EVENTS, EVENTS), encode_nothing, FrameCache(),
+                      release=lambda c: None)
+    channel.last_seq = last_seq
+    return channel
+
+
+def member_of(channel: Channel, sink: Sink, after: int, *, max_lag: int = 10) -> Member:
+    return Member(sink, channel, Subscribe(channel.topic, after, UNRENDERED),  # type: ignore[arg-type]
+                  max_lag=max_lag)
+
+
 async def test_history_then_live_then_back_to_the_store() -> None:
     job_id = new_job_id()
     store = Store([progress(job_id, s) for s in range(1, 6)])
-    channel = Channel((JobTopic(job_id), EVENTS, EVENTS), encode_nothing, FrameCache(),
-                      release=lambda c: None)
-    channel.last_seq = 5
+    channel = raw_channel(job_id, 5)
     sink = Sink()
-    member = Member(sink, channel, Subscribe(JobTopic(job_id), 2, UNRENDERED),  # type: ignore[arg-type]
-                    max_lag=3)
+    member = member_of(channel, sink, 2, max_lag=3)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(member.catch_up, store)
         await trio.testing.wait_all_tasks_blocked()
@@ -106,12 +115,9 @@ async def test_history_then_live_then_back_to_the_store() -> None:
 async def test_a_member_at_the_channel_s_last_seq_goes_live_without_a_read() -> None:
     job_id = new_job_id()
     store = Store([progress(job_id, 1)])
-    channel = Channel((JobTopic(job_id), EVENTS, EVENTS), encode_nothing, FrameCache(),
-                      release=lambda c: None)
-    channel.last_seq = 1
+    channel = raw_channel(job_id, 1)
     sink = Sink()
-    member = Member(sink, channel, Subscribe(JobTopic(job_id), 1, UNRENDERED),  # type: ignore[arg-type]
-                    max_lag=10)
+    member = member_of(channel, sink, 1)
     await member.catch_up(store)
     assert member.live and store.reads == 0 and not sink.queued
 
@@ -124,16 +130,11 @@ async def test_without_lines_the_session_gets_no_output_lines() -> None:
     job_id = new_job_id()
     history = [progress(job_id, 1), line(job_id, 2), line(job_id, 3), progress(job_id, 4)]
     store = Store(history)
-    channel = Channel((JobTopic(job_id), EVENTS, EVENTS), encode_nothing,
-                      FrameCache(), release=lambda c: None)
-    channel.last_seq = 4
-    sink = Sink()
-    member = Member(sink, channel,  # type: ignore[arg-type]
-                    Subscribe(JobTopic(job_id), 0, UNRENDERED), max_lag=10)
+    channel = raw_channel(job_id, 4)
+    sink, other = Sink(), Sink()
+    member = member_of(channel, sink, 0)
     member.lines = False
-    other = Sink()
-    with_lines = Member(other, channel,  # type: ignore[arg-type]
-                        Subscribe(JobTopic(job_id), 4, UNRENDERED), max_lag=10)
+    with_lines = member_of(channel, other, 4)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(member.catch_up, store)
         await trio.testing.wait_all_tasks_blocked()
