@@ -239,7 +239,8 @@ class AsyncJobSession(BaseSession):
         if isinstance(need, ReadEvents) and self.job is not None:
             self.first_output_at, known = first_output(
                 result if isinstance(result, list) else [], self.job)
-            self.watching_output = known and self.first_output_at is None
+            self.watching_output = (known and self.first_output_at is None
+                                    and not self.job.status.terminal)
             return self._accept()
         return ()
 
