@@ -335,3 +335,30 @@ async def test_both_transports(h: Harness) -> None:
         await _after_rest(h, job["id"], target("video", job["id"]))
     assert refused_404.value.status == 404
     assert json.loads(refused_404.value.body)["error"]["code"] == NOT_FOUND
+
+
+async def test_a_chatty_job_and_a_cancelled_one(h: Harness) -> None:
+    job, gate = await gated(h, "chatty", lines=20000)
+    ws = await connect(h, "batch", job["id"], f"interval_ms={MIN_INTERVAL_MS}")
+    assert (await next_message(ws))["type"] == "job.snapshot"
+    gate.touch()
+    got = await rest(ws)
+    assert ws.close_code == 1000 and got[-1]["data"]["status"] == "completed"
+    # The first line's latency, the result, the end (some of them as one): the
+    # session stopped taking lines after the first, and the end still came.
+    assert 1 <= len(got) <= 3, [m["data"] for m in got]
+    assert "latency_ms" in got[-1]["data"]
+    assert len((await h.client.get(f"/api/v1/jobs/{job['id']}/logs",
+                                   headers=h.auth(h.alice))).text.splitlines()) == 20000
+    await ws.aclose()
+    # Templates without a kind have kind "job", served like any other.
+    sleeper = await h.submit("sleep", {"seconds": 30})
+    await h.wait(sleeper["id"], "RUNNING")
+    ws = await connect(h, "job", sleeper["id"])
+    assert (await next_message(ws))["data"]["status"] == "in_progress"
+    r = await h.client.post(f"/api/v1/jobs/{sleeper['id']}/cancel", headers=h.auth(h.alice))
+    assert r.status_code == 202
+    got = await rest(ws)
+    assert ws.close_code == 1000 and got[-1]["data"]["status"] == "cancelled"
+    assert "upstream_error" not in got[-1]["data"] and "total_duration_ms" in got[-1]["data"]
+    await ws.aclose()
