@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-BENCHES = ("fanout", "idle", "logs", "spawn", "rest")
+BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async")
 TARGETS = ("fastapi", "quart", "c", "jobserver")
 
 
@@ -167,6 +167,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["spawn"] = spawn
     if "rest" in args.only:
         results["rest"] = rest_bench(args, runs, say)
+    if "async" in args.only:
+        from .async_watch import run_async_watch
+        results["async"] = run_async_watch((0, 100) if args.quick else (0, 100, 1000),
+                                           200_000 if args.quick else 2_000_000, say=say)
     return results
 
 

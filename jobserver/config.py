@@ -52,6 +52,8 @@ class Config:
     legacy_template: str = "render-legacy"
     anonymous_loopback: bool = False
     anonymous_user: str = "local"
+    # The async dialect: the smallest `interval_ms` a client gets (the spec's 1000).
+    async_min_interval_ms: int = 1000
     templates: Mapping[str, Template] = field(default_factory=dict)
 
 

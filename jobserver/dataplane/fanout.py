@@ -31,6 +31,15 @@ those bytes and goes live at once, with no store read; while the channel's
 first member reads the store to place the renderer, members arriving with it
 wait for that instead of each reading too.
 
+A raw channel (encoding `EVENTS`, a session's `Watch`) renders nothing: its
+live members hand each batch of events to their connection, which gives them
+to its session (`on_events`) from its writer task; catching up, the same
+pages, each handed over before the next is read. Its members come and go as the
+others do, and one with more than `max_lag` events waiting for its session
+goes back to catching up from the store. A member with `lines` False gets
+no output lines (filtered once per batch for all such members; the cursor
+still moves past them), and a session flips it at any time, without a read.
+
 Renderers are deterministic in the topic's history (dialects/__init__.py), so
 `FrameCache` can keep each event's encoding by (channel key, seq), and members
 catching up over the same history share it.
@@ -40,14 +49,14 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 
-from ..core.events import Event
+from ..core.events import Event, Log
 from ..core.ids import JobId
 from ..core.topics import JobTopic, Topic
-from ..dialects import Renderer, Subscribe
+from ..dialects import NOTHING, Rendered, Renderer, Subscribe
 from .wakeup import Wakeup
 from .wire import Encoder
 
@@ -67,6 +76,9 @@ PLACING_WAIT = 1.0
 CATCH_UP_LOW_WATER = 256 * 1024
 
 ChannelKey = tuple[Topic, Hashable, str]  # (topic, renderer key, encoding)
+# The encoding of a raw channel: a session's `Watch`, whose members get the
+# events themselves (handed to their connection's session), nothing encoded.
+EVENTS = "events"
 
 
 class SinkOutbox(Protocol):
@@ -103,6 +115,42 @@ class Sink(Protocol):
 
     def wake(self) -> None:
         """Tell the connection's writer task there is work (a lag, an end, a backlog)."""
+
+
+class EventSink(Sink, Protocol):
+    """The sink of a raw channel's member: its connection hands events to its session."""
+
+    def take_events(self, member: Member, events: Sequence[Event]) -> int:
+        """Queue `events` for the session (never blocks); how many are queued now."""
+
+    async def wait_events_taken(self) -> None:
+        """Return once the session has had every queued event."""
+
+
+class Unrendered:
+    """The renderer of a raw channel: nothing is rendered, the events go as they are."""
+
+    __slots__ = ()
+
+    @property
+    def key(self) -> str:
+        return EVENTS
+
+    def render(self, event: Any) -> Rendered:
+        return NOTHING
+
+    def advance(self, event: Any) -> None:
+        pass
+
+    def after(self, event: Any | None) -> Unrendered:
+        return self
+
+
+UNRENDERED = Unrendered()
+
+
+def without_lines(events: Sequence[Event]) -> list[Event]:
+    return [e for e in events if type(e) is not Log]
 
 
 class EventReader(Protocol):
@@ -194,6 +242,7 @@ class Channel:
         self.key = key
         self.topic = key[0]
         self.persisted = type(self.topic) is JobTopic  # the store can replay it
+        self.raw = key[2] == EVENTS  # members get the events, not bytes
         self.encode = encode
         self.cache = cache
         self._release = release
@@ -214,6 +263,16 @@ class Channel:
         self.last_seq = events[-1].seq
         for member in tuple(self.pending):
             member.buffer_nowait(events)
+        if self.raw:
+            without: list[Event] | None = None  # filtered once for all who want no lines
+            for member in tuple(self.live):
+                if member.lines:
+                    member.push_events(events, self.last_seq)
+                else:
+                    if without is None:
+                        without = without_lines(events)
+                    member.push_events(without, self.last_seq)
+            return
         renderer = self.renderer
         if renderer is None:
             return
@@ -302,7 +361,8 @@ class Member:
     """One connection's subscription to one channel, from a cursor on."""
 
     __slots__ = ("_buffer", "_buffered", "_max_lag", "_overflow", "_prototype", "channel",
-                 "cursor", "detached", "ended", "lagged", "needs_catch_up", "outbox", "sink")
+                 "cursor", "detached", "ended", "lagged", "lines", "needs_catch_up", "outbox",
+                 "sink")
 
     def __init__(self, sink: Sink, channel: Channel, subscribe: Subscribe, *,
                  max_lag: int) -> None:
@@ -317,6 +377,7 @@ class Member:
         self.ended = False  # the renderer said the stream ends here
         self.lagged = False  # an aggregate topic's member fell behind and left
         self.detached = False
+        self.lines = True  # a raw channel's member: its output lines too
         if not channel.persisted:
             # Nothing to read: live from now, rendered by the channel's renderer.
             channel.pending[self] = None
@@ -349,6 +410,19 @@ class Member:
                 self.lagged = True
                 self.detach()
             self.sink.wake()
+
+    def push_events(self, events: Sequence[Event], last_seq: int) -> None:
+        """A raw channel's delivery: the events to the connection's session (none
+        when all were lines left out); past `max_lag` queued there, back to
+        catching up (from the store) like `push`."""
+        self.cursor = last_seq
+        if not events:
+            return
+        sink = cast(EventSink, self.sink)
+        if sink.take_events(self, events) > self._max_lag:
+            self.channel.demote(self)
+            self.needs_catch_up = True
+            sink.wake()
 
     def buffer_nowait(self, events: Sequence[Any]) -> None:
         if not self._overflow:
@@ -385,6 +459,10 @@ class Member:
 
     async def _catch_up(self, store: EventReader) -> None:
         channel = self.channel
+        if channel.raw and self.cursor == channel.last_seq:
+            # No renderer state to place: nothing to read (no await until promoted).
+            channel.promote(self, self._prototype)
+            return
         if self.cursor > 0 and channel.renderer is None and channel.placing is not None:
             # Another member is reading the store to place the channel's
             # renderer: wait for it (briefly) rather than read too.
@@ -465,6 +543,14 @@ class Member:
         if not events:
             return False
         channel = self.channel
+        if channel.raw:
+            self.cursor = events[-1].seq
+            given = events if self.lines else without_lines(events)
+            if given:
+                sink = cast(EventSink, self.sink)
+                sink.take_events(self, given)
+                await sink.wait_events_taken()
+            return self.detached
         # Shared encodings help when the channel encodes these too (it has live
         # members) or others read the same history; alone, caching costs only.
         shared = bool(channel.live) or len(channel.pending) + len(channel.behind) > 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..dialects import Session, SessionEnv, StreamRequest
+from ..dialects.async_jobs import UPGRADE_REQUIRED_BODY, AsyncJobSession
 from ..dialects.jobs import JobsEventsSession
 from ..dialects.logs import LogsSession
 from ..dialects.native import NativeEventsSession, NativeJobsSession
@@ -35,6 +36,8 @@ class Answer:
 
 
 UPGRADE_REQUIRED = Answer(426, "This is a WebSocket endpoint.", (("Upgrade", "websocket"),))
+ASYNC_UPGRADE_REQUIRED = Answer(426, UPGRADE_REQUIRED_BODY, (("Upgrade", "websocket"),),
+                                "application/json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,4 +92,6 @@ DEFAULT_ROUTES = RouteTable((
     Route("native-jobs-events", "sse", re.compile(r"/api/v1/events"), NativeJobsSession),
     Route("jobs-events", "sse", re.compile(rf"/api/jobs/(?P<job_id>{_SEGMENT})/events"),
           JobsEventsSession),
+    Route("async", "ws", re.compile(rf"/v1/async/(?P<kind>{_SEGMENT})/(?P<job_id>{_SEGMENT})/ws"),
+          AsyncJobSession, plain=ASYNC_UPGRADE_REQUIRED),
 ))

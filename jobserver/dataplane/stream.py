@@ -4,7 +4,8 @@ and the ASGI fallback's two).
 A `StreamConnection` owns its outbox, its members (followed topics, by topic)
 and its session, and applies the session's actions (`handle`): messages go to
 the outbox, Subscribe/Unsubscribe join and leave channels, a Timer sets the
-session's one deadline, and needs are fulfilled by the data plane with their
+session's one deadline, a Watch joins a raw channel whose events the writer
+hands to the session (`on_events`), and needs are fulfilled by the data plane with their
 results fed back to the session, in order. Its main task is the writer: it
 flushes backlogs in joined writes, starts a catch-up task for each member that
 needs one (members catch up concurrently, a few store reads at a time), tells
@@ -28,9 +29,20 @@ from collections.abc import Sequence
 
 import trio
 
-from ..core.topics import Topic
-from ..dialects import Action, Close, Session, SseEvent, Subscribe, Timer, Unsubscribe
-from .fanout import Member, SinkOutbox
+from ..core.events import Event
+from ..core.topics import JobTopic, Topic
+from ..dialects import (
+    Action,
+    Close,
+    Session,
+    SseEvent,
+    Subscribe,
+    Timer,
+    Unsubscribe,
+    Watch,
+    WatchLines,
+)
+from .fanout import EVENTS, UNRENDERED, Member, SinkOutbox
 from .outbox import RECV_SIZE, Outbox, PeerGone, Stalled, send_all
 from .plane import DataPlane
 from .wakeup import Wakeup
@@ -57,8 +69,8 @@ class StreamConnection:
     once, so each holds only what it needs for its life.
     """
 
-    __slots__ = ("_encode", "_lock", "_outbox", "_readers", "_start", "_timer_at", "_wakeup",
-                 "closing", "members", "plane", "session")
+    __slots__ = ("_encode", "_inbox", "_inbox_events", "_lock", "_outbox", "_readers", "_start",
+                 "_taken", "_timer_at", "_wakeup", "closing", "members", "plane", "session")
     encoding = "ws"
 
     def __init__(self, plane: DataPlane, session: Session, outbox: SinkOutbox, *,
@@ -73,6 +85,10 @@ class StreamConnection:
         self._timer_at = math.inf
         self._lock: trio.Lock | None = None  # made when a need is first awaited
         self._readers: trio.Semaphore | None = None
+        # Watched topics' events waiting for the session (made at the first).
+        self._inbox: deque[tuple[Member, Sequence[Event]]] | None = None
+        self._inbox_events = 0
+        self._taken: trio.lowlevel.ParkingLot | None = None
         self._start: tuple[Sequence[Action], bytes] | None = (actions, trailing)
 
     @property
@@ -87,6 +103,23 @@ class StreamConnection:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def take_events(self, member: Member, events: Sequence[Event]) -> int:
+        """A watched topic's events, for the session (the writer hands them over)."""
+        if self._inbox is None:
+            self._inbox = deque()
+        self._inbox.append((member, events))
+        self._inbox_events += len(events)
+        self.wake()
+        return self._inbox_events
+
+    async def wait_events_taken(self) -> None:
+        if not self._inbox:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._taken is None:
+            self._taken = trio.lowlevel.ParkingLot()
+        await self._taken.park()
 
     # ---- what the transports specialise ----------------------------------
 
@@ -131,6 +164,13 @@ class StreamConnection:
                 self.close(action)  # type: ignore[arg-type]
             elif kind is Subscribe:
                 self._subscribe(action)  # type: ignore[arg-type]
+            elif kind is Watch:
+                watch: Watch = action  # type: ignore[assignment]
+                self._subscribe(Subscribe(watch.topic, watch.after, UNRENDERED), EVENTS)
+                self._watch_lines(watch.topic, watch.lines)
+            elif kind is WatchLines:
+                flip: WatchLines = action  # type: ignore[assignment]
+                self._watch_lines(flip.topic, flip.lines)
             elif kind is Unsubscribe:
                 self._drop(action.topic)  # type: ignore[union-attr]
             elif kind is Timer:
@@ -147,12 +187,18 @@ class StreamConnection:
             else:
                 log.error("a session asked for %r on an open stream", kind.__name__)
 
-    def _subscribe(self, subscribe: Subscribe) -> None:
+    def _subscribe(self, subscribe: Subscribe, encoding: str | None = None) -> None:
         if self.closing:
             return
         self._drop(subscribe.topic)
-        self.members[subscribe.topic] = self.plane.join(self, subscribe, self.encoding)
+        self.members[subscribe.topic] = self.plane.join(self, subscribe,
+                                                        encoding or self.encoding)
         self.wake()
+
+    def _watch_lines(self, topic: JobTopic, lines: bool) -> None:
+        member = self.members.get(topic)
+        if member is not None and member.channel.raw:
+            member.lines = lines
 
     def _drop(self, topic: Topic) -> None:
         member = self.members.pop(topic, None)
@@ -203,6 +249,8 @@ class StreamConnection:
                 if self._outbox.idle:
                     return
                 continue
+            if self._inbox:
+                await self._give_events()
             for topic, member in list(self.members.items()):
                 if member.ended or member.lagged:
                     self._drop(topic)
@@ -215,11 +263,28 @@ class StreamConnection:
             if self._timer_at <= trio.current_time() and not self.closing:
                 self._timer_at = math.inf
                 await self.handle(self.session.on_tick(trio.current_time()))
-            if self.closing or not self._outbox.idle or any(
+            if self.closing or not self._outbox.idle or self._inbox or any(
                     m.ended or m.lagged or m.needs_catch_up for m in self.members.values()):
                 continue
             with trio.move_on_at(self._timer_at):
                 await self.idle()
+
+    async def _give_events(self) -> None:
+        """Hand the watched topics' waiting events to the session, in order (a
+        topic unwatched meanwhile drops its own)."""
+        inbox = self._inbox
+        assert inbox is not None
+        while inbox and not self.closing:
+            member, events = inbox.popleft()
+            self._inbox_events -= len(events)
+            topic = member.topic
+            if self.members.get(topic) is member and type(topic) is JobTopic:
+                await self.handle(self.session.on_events(topic, events))
+        if self.closing:
+            inbox.clear()
+            self._inbox_events = 0
+        if self._taken is not None:
+            self._taken.unpark_all()
 
     async def _catch_up(self, member: Member) -> None:
         try:

@@ -70,7 +70,15 @@ def encode_asgi_ws(messages: Sequence[Message]) -> bytes:
     return b"".join(parts)
 
 
-ENCODERS: dict[str, Encoder] = {"ws": encode_ws, "sse": encode_sse, "asgi-ws": encode_asgi_ws}
+def encode_nothing(messages: Sequence[Message]) -> bytes:
+    """A raw channel's (fanout.EVENTS): its events go to sessions, never to the wire."""
+    if messages:
+        raise TypeError("a raw channel encodes nothing")
+    return b""
+
+
+ENCODERS: dict[str, Encoder] = {"ws": encode_ws, "sse": encode_sse, "asgi-ws": encode_asgi_ws,
+                                "events": encode_nothing}
 
 SSE_HEARTBEAT = b": keep-alive\n\n"
 SSE_HEADERS = (

@@ -27,8 +27,9 @@ from typing import Any, NamedTuple, Protocol
 
 from ..auth import Principal
 from ..config import Config
+from ..core.events import Event
 from ..core.ids import JobId
-from ..core.topics import Topic
+from ..core.topics import JobTopic, Topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,32 @@ class Subscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class Watch:
+    """Follow the job topic `topic` from seq `after` on, its events handed to the
+    session's `on_events` as they are, not rendered for the wire: for a session
+    whose messages are per client (coalesced on its own timer, say). History from
+    the store first, then live, nothing missed, repeated or reordered, as for a
+    Subscribe; a second Watch or Subscribe of the topic replaces the first, and
+    `Unsubscribe` ends it. The events are the job's own; with `lines` False its
+    output lines (`Log` events, most of a chatty job's) are left out (see
+    `WatchLines`)."""
+
+    topic: JobTopic
+    after: int
+    lines: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WatchLines:
+    """Hand a watched topic's output lines to the session, or stop: from the next
+    batch on, with no store read (events already waiting for the session keep
+    theirs). Nothing happens when `topic` is not watched."""
+
+    topic: JobTopic
+    lines: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Unsubscribe:
     """Stop following `topic` (nothing happens when it is not followed)."""
 
@@ -196,7 +223,8 @@ class ReadSystem:
 
 
 Need = Authenticate | LookUp | ReadEvents | Submit | CancelJob | ReadSystem
-Action = Message | Close | Accept | Refuse | Subscribe | Unsubscribe | Timer | Need
+Action = (Message | Close | Accept | Refuse | Subscribe | Watch | WatchLines | Unsubscribe
+          | Timer | Need)
 
 
 class Session(Protocol):
@@ -213,6 +241,9 @@ class Session(Protocol):
 
     def on_message(self, message: str | bytes) -> Sequence[Action]:
         """A complete message from the client (WebSocket dialects)."""
+
+    def on_events(self, topic: JobTopic, events: Sequence[Event]) -> Sequence[Action]:
+        """Events of a watched topic (`Watch`), in seq order, each once."""
 
     def on_end(self, topic: Topic) -> Sequence[Action]:
         """A followed topic ended (its renderer said so); it is no longer followed."""
@@ -239,6 +270,9 @@ class BaseSession:
         return ()
 
     def on_message(self, message: str | bytes) -> Sequence[Action]:
+        return ()
+
+    def on_events(self, topic: JobTopic, events: Sequence[Event]) -> Sequence[Action]:
         return ()
 
     def on_end(self, topic: Topic) -> Sequence[Action]:
