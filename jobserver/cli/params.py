@@ -9,13 +9,13 @@ The server checks bounds and required params and names the param in its 422.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core import jsontext
 from .client import EXIT_USAGE, CliError
 
 TRUE_WORDS = ("true", "yes", "on", "1")
@@ -55,8 +55,8 @@ def read_param_file(path: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read --param-file {path}: {exc}", EXIT_USAGE) from None
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
+        doc = jsontext.loads(text)
+    except ValueError as exc:
         raise CliError(f"--param-file {path} is not JSON: {exc}", EXIT_USAGE) from None
     if not isinstance(doc, dict):
         raise CliError(f"--param-file {path} must hold a JSON object", EXIT_USAGE)

@@ -21,12 +21,12 @@ the spec leaves open are written down in docs/dialects/async.md.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..auth import Principal, bearer
 from ..core import events as ev
+from ..core import jsontext
 from ..core.ids import JobId, parse_job_id
 from ..core.job import Job, apply
 from ..core.states import InvalidTransition, Status
@@ -353,7 +353,7 @@ def _message_type(message: str | bytes) -> str | None:
     if text in ("ping", "refresh"):
         return text
     try:
-        data = json.loads(text)
+        data = jsontext.loads(text)
     except ValueError:
         return None
     if isinstance(data, str):
