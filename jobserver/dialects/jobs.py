@@ -3,8 +3,11 @@
 Rules: pure functions of the job record and its events, no I/O. A job's
 `jobId` is its UUID (the spec's `J-...` is a placeholder; `J-<uuid>` is
 accepted on the way in). Statuses are PascalCase: Queued, Running, Succeeded,
-Failed, Cancelled. Times are ISO 8601 UTC whole seconds with `Z`, as the
-spec's examples show. Choices the spec leaves open are in docs/dialects/jobs.md.
+Failed, Canceled (one L: the spelling of the dialect's original client's types,
+in the document, in job-failed and job-cancelled, and as the error code alike).
+Times are ISO 8601 UTC whole seconds with `Z`, as the spec's examples show.
+Words shown to a person (messages, remediations) are a person's, never an API
+call. Choices the spec leaves open are in docs/dialects/jobs.md.
 """
 
 from __future__ import annotations
@@ -49,10 +52,15 @@ STATUS_NAMES = {
     Status.RUNNING: "Running",
     Status.SUCCEEDED: "Succeeded",
     Status.FAILED: "Failed",
-    Status.CANCELLED: "Cancelled",
+    Status.CANCELLED: "Canceled",
 }
-# Event names a client may listen for; the stream ends after a terminal one.
+CANCELED = STATUS_NAMES[Status.CANCELLED]
+# Event names a client may listen for; the stream ends after a terminal one
+# (job-failed ends a cancelled job's stream too, after job-cancelled).
 TERMINAL_EVENTS = ("job-completed", "job-failed")
+# A log line's severity as the original server guessed it from the text.
+_ERROR_WORD = re.compile("error", re.IGNORECASE)
+_WARNING_WORD = re.compile("warn", re.IGNORECASE)
 
 
 def parse_jobs_id(text: str) -> JobId | None:
@@ -106,12 +114,12 @@ def error_view(error: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def errors_of(job: Job) -> list[dict[str, Any]]:
-    """The job's errors; a failed job always has one, a cancelled one ends with Cancelled."""
+    """The job's errors; a failed job always has one, a cancelled one ends with Canceled."""
     errors = [error_view(e) for e in job.errors]
     if not errors and job.status is Status.FAILED:
         errors.append(failed_error(job.error_message))
     if job.status is Status.CANCELLED:
-        errors.append(cancelled_error(job.result_message, job.id))
+        errors.append(cancelled_error(job.result_message))
     return errors
 
 
@@ -230,6 +238,8 @@ class JobsRenderer:
 
     def _render(self, event: ev.Event) -> list[tuple[str, dict[str, Any]]]:
         match event:
+            case ev.Log(stream=stream, line=line):  # first: one per line of output
+                return [("job-log", log_data(event.job_id, event.ts, stream, line))]
             case ev.Queued() | ev.Bounce():
                 self.running = False
                 return [("job-status", {"status": "Queued"})]
@@ -254,13 +264,21 @@ class JobsRenderer:
                 if event.seq > self._base_seq:
                     self.errors.append(error)
                 return [("step-error", {"step": event.step or self.kind, **error})]
+            case ev.Warning(message=message):
+                return [("warning", {"message": message})]
             case ev.Finished(status=status):
                 self.done = True
                 if status == Status.SUCCEEDED:
                     return [("job-completed", {"status": "Succeeded",
                                                "output": _output(self.result)})]
-                return [("job-failed", {"status": STATUS_NAMES[Status(status)],
-                                        "errors": self._final_errors(event)})]
+                errors = self._final_errors(event)
+                failed = ("job-failed", {"status": STATUS_NAMES[Status(status)],
+                                         "errors": errors,
+                                         "errorMessage": errors[-1]["message"]})
+                if status != Status.CANCELLED:
+                    return [failed]
+                return [("job-cancelled", {"status": CANCELED, "jobId": event.job_id,
+                                           "message": errors[-1]["message"]}), failed]
             case ev.Deleted():
                 self.done = True
         return []
@@ -268,13 +286,22 @@ class JobsRenderer:
     def _final_errors(self, event: ev.Finished) -> list[dict[str, Any]]:
         errors = [*self._base_errors, *self.errors]
         if event.status == Status.CANCELLED:
-            return [*errors, cancelled_error(event.message, event.job_id)]
+            return [*errors, cancelled_error(event.message)]
         return errors or [failed_error(event.message)]
 
 
-def cancelled_error(message: str | None, job_id: str) -> dict[str, Any]:
-    return {"code": "Cancelled", "message": message or "Job cancelled.",
-            "remediation": f"Retry the job: POST /api/jobs/{job_id}/retry."}
+def log_data(job_id: str, ts: float, stream: str, line: str) -> dict[str, Any]:
+    """A job-log event's data: one line of output, with the original server's
+    severity (from the text: "error", else "warn", else info)."""
+    severity = ("error" if _ERROR_WORD.search(line) else
+                "warning" if _WARNING_WORD.search(line) else "info")
+    return {"jobId": job_id, "message": line, "stream": stream, "severity": severity,
+            "timestamp": iso_s(ts)}
+
+
+def cancelled_error(message: str | None) -> dict[str, Any]:
+    return {"code": CANCELED, "message": message or "The job was cancelled.",
+            "remediation": "Retry the job to run it again."}
 
 
 def failed_error(message: str | None) -> dict[str, Any]:
