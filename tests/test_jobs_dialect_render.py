@@ -11,7 +11,7 @@ from jobserver.core import events as ev
 from jobserver.core.ids import JobId, UserId
 from jobserver.core.job import Job, StepState, apply
 from jobserver.dataplane.wire import encode_sse
-from jobserver.dialects import Message, SseEvent
+from jobserver.dialects import Message, SseEvent, dumps
 from jobserver.dialects.jobs import Cursor, JobsRenderer, log_data, resume
 
 JID = JobId("6f1c1d3e-51f8-4c4b-9d1e-1f3c1a2b3c4d")
@@ -132,6 +132,22 @@ def test_final_events() -> None:
     assert cancelled[-2].event == "job-cancelled" and _data(cancelled[-2]) == {
         "status": "Canceled", "jobId": JID, "message": "the end", "correlationId": "cid"}
     assert (cancelled[-2].id, cancelled[-1].id) == (f"{len(events)}.0", str(len(events)))
+
+
+@pytest.mark.parametrize("correlation_id", [None, "cid", 'q"u\\ote ü'])
+def test_job_log_data_is_built_by_hand_byte_for_byte(correlation_id: str | None) -> None:
+    renderer = JobsRenderer(correlation_id=correlation_id, kind="video")
+    lines = ["plain", "", 'quote " and \\ back', "tab\tcontrol\x01\x1f", "ünïcode ✓ 𝄞",
+             "\ufffd replaced", "Warning: x", "ERROR y", "line </script>"]
+    for seq, (ts, line) in enumerate(((t, x) for t in (0.0, 1.5, 1.5, 86400.999)
+                                      for x in lines), 1):
+        event = ev.Log(job_id=JID, seq=seq, ts=ts, stream="stderr" if seq % 2 else "stdout",
+                       line=line)
+        [message] = renderer.render(event).messages
+        assert isinstance(message, SseEvent)
+        assert (message.event, message.id) == ("job-log", str(seq))
+        expected = {**log_data(JID, ts, event.stream, line), "correlationId": correlation_id}
+        assert message.data == dumps(expected)
 
 
 @pytest.mark.parametrize(("line", "severity"), [

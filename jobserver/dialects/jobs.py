@@ -44,6 +44,7 @@ from . import (
     StreamRequest,
     Subscribe,
     dumps,
+    json_string,
 )
 
 DIALECT = "jobs"
@@ -180,7 +181,8 @@ class JobsRenderer:
     Progress or errors without a step are the job's `kind`'s.
     """
 
-    __slots__ = ("_base_errors", "_base_seq", "_pre_start_skips", "correlation_id", "done",
+    __slots__ = ("_base_errors", "_base_seq", "_log_head", "_log_stamp", "_pre_start_skips",
+                 "correlation_id", "done",
                  "errors", "kind", "result", "running")
 
     @property
@@ -200,6 +202,8 @@ class JobsRenderer:
         self.errors: list[dict[str, Any]] = []  # reported after the record's last seq
         self.running = False
         self.done = False
+        self._log_head = ""  # '{"jobId":"...","message":' once known
+        self._log_stamp: tuple[float, str] = (-1.0, "")  # lines of one read share a ts
 
     @classmethod
     def for_job(cls, job: Job) -> JobsRenderer:
@@ -228,6 +232,10 @@ class JobsRenderer:
 
     def render(self, event: ev.Event) -> Rendered:
         """The messages for `event`; `end` (and `done`) after the job's last one."""
+        if type(event) is ev.Log:
+            assert isinstance(event, ev.Log)
+            return Rendered((SseEvent(data=self.log_json(event), event="job-log",
+                                      id=str(event.seq)),))
         out = self._render(event)
         last = len(out) - 1
         messages = tuple(
@@ -236,10 +244,23 @@ class JobsRenderer:
             for k, (name, data) in enumerate(out))
         return Rendered(messages, end=self.done)
 
+    def log_json(self, event: ev.Log) -> str:
+        """A job-log event's data, `dumps({**log_data(...), "correlationId": ...})`
+        byte for byte, built by hand: it is the one event made per line of output."""
+        head = self._log_head
+        if not head:
+            head = self._log_head = f'{{"jobId":{json_string(event.job_id)},"message":'
+        ts, stamp = self._log_stamp
+        if ts != event.ts:
+            stamp = dumps(iso_s(event.ts))
+            self._log_stamp = (event.ts, stamp)
+        line = event.line
+        return (f'{head}{json_string(line)},"stream":{json_string(event.stream)},'
+                f'"severity":"{severity_of(line)}","timestamp":{stamp},'
+                f'"correlationId":{dumps(self.correlation_id)}}}')
+
     def _render(self, event: ev.Event) -> list[tuple[str, dict[str, Any]]]:
         match event:
-            case ev.Log(stream=stream, line=line):  # first: one per line of output
-                return [("job-log", log_data(event.job_id, event.ts, stream, line))]
             case ev.Queued() | ev.Bounce():
                 self.running = False
                 return [("job-status", {"status": "Queued"})]
@@ -291,12 +312,16 @@ class JobsRenderer:
 
 
 def log_data(job_id: str, ts: float, stream: str, line: str) -> dict[str, Any]:
-    """A job-log event's data: one line of output, with the original server's
-    severity (from the text: "error", else "warn", else info)."""
-    severity = ("error" if _ERROR_WORD.search(line) else
-                "warning" if _WARNING_WORD.search(line) else "info")
-    return {"jobId": job_id, "message": line, "stream": stream, "severity": severity,
+    """A job-log event's data (`JobsRenderer.log_json` writes it by hand)."""
+    return {"jobId": job_id, "message": line, "stream": stream, "severity": severity_of(line),
             "timestamp": iso_s(ts)}
+
+
+def severity_of(line: str) -> str:
+    """The original server's guess from the text: "error", else "warn", else info."""
+    if _ERROR_WORD.search(line):
+        return "error"
+    return "warning" if _WARNING_WORD.search(line) else "info"
 
 
 def cancelled_error(message: str | None) -> dict[str, Any]:
