@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,20 @@ async def submit_command(h: Harness, argv: Sequence[str]) -> dict[str, Any]:
 async def gated_job(h: Harness, go: Path, count: int, pad: str = "") -> dict[str, Any]:
     job = await submit_command(h, ["python3", "-c", GATED_PRINTER, str(go), str(count), pad])
     await h.wait(job["id"], "RUNNING")
+    return job
+
+
+# What a logs client reads first on a `sleeping_job`: the opening and its history.
+SLEEPING_OPENING = ["system", "info", "status", "log"]
+
+
+async def sleeping_job(h: Harness) -> dict[str, Any]:
+    """A job that printed its one line and sleeps: after its history (queued,
+    started, one log line), its logs stream is quiet."""
+    job = await h.submit("sleep", {"seconds": 30})
+    with trio.fail_after(10):
+        while (await h.job(job["id"]))["last_seq"] < 3:  # queued, started, log
+            await trio.sleep(0.01)
     return job
 
 
@@ -215,6 +229,59 @@ class RawWebSocket:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+async def each_text_frame(port: int, target: str, on_text: Callable[[bytes], None]) -> int:
+    """Open a WebSocket at `target`, hand every text frame's payload to `on_text`
+    until the server's close, and return its code (1006: no close frame).
+
+    A few lines of frame parsing instead of wsproto: a million messages in
+    seconds. Server frames are unmasked and, from this server, unfragmented.
+    """
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        await stream.send_all(
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        buf = bytearray()
+        while b"\r\n\r\n" not in buf:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise Rejected(0, bytes(buf))
+            buf += data
+        head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101 "):
+            raise Rejected(int(head.split()[1]), rest)
+        buf = bytearray(rest)
+        unpack = struct.unpack_from
+        while True:
+            pos, size = 0, len(buf)
+            while size - pos >= 2:
+                opcode, length, start = buf[pos] & 0x0F, buf[pos + 1] & 0x7F, pos + 2
+                if length == 126:
+                    if size - pos < 4:
+                        break
+                    length, start = unpack("!H", buf, pos + 2)[0], pos + 4
+                elif length == 127:
+                    if size - pos < 10:
+                        break
+                    length, start = unpack("!Q", buf, pos + 2)[0], pos + 10
+                if size - start < length:
+                    break
+                if opcode == 1:
+                    on_text(bytes(buf[start:start + length]))
+                elif opcode == 8:
+                    code: int = unpack("!H", buf, start)[0] if length >= 2 else 1005
+                    return code
+                pos = start + length
+            del buf[:pos]
+            data = await stream.receive_some(262144)
+            if not data:
+                return 1006
+            buf += data
+    finally:
+        await stream.aclose()
 
 
 def deflate_offer() -> PerMessageDeflate:

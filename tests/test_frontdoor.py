@@ -26,6 +26,7 @@ from jobserver.dialects.logs import LogsSession
 
 from .conftest import Harness
 from .test_dataplane_helpers import (
+    SLEEPING_OPENING,
     RawWebSocket,
     Rejected,
     deflate_offer,
@@ -33,6 +34,7 @@ from .test_dataplane_helpers import (
     logs_path,
     masked_frame_header,
     running_server,
+    sleeping_job,
 )
 
 HANDSHAKE_TIMEOUT = 0.5
@@ -370,15 +372,6 @@ async def _refused(port: int, data: bytes) -> tuple[Response, bytes]:
         return r, await client.wait_closed()
     finally:
         await client.aclose()
-
-
-async def sleeping_job(h: Harness) -> dict[str, Any]:
-    """A job that printed its one line and sleeps: its logs stream is quiet."""
-    job = await h.submit("sleep", {"seconds": 30})
-    with trio.fail_after(10):
-        while (await h.job(job["id"]))["last_seq"] < 3:  # queued, started, log
-            await trio.sleep(0.01)
-    return job
 
 
 async def test_bad_websocket_handshakes(h: Harness) -> None:
@@ -800,8 +793,10 @@ async def test_fallback_refusals_and_limits(h: Harness) -> None:
     # An oversized message: hypercorn's cap, never all of it held; the session's
     # error, then 1009, as on the raw path.
     ws = await _ws_after_rest(h, job["id"], target)
+    opening = [json.loads(m)["type"] async for m in ws.messages(limit=4)]
+    assert opening == SLEEPING_OPENING
     peak = await _send_oversized([ws])
-    assert [json.loads(m)["type"] async for m in ws.messages()] == ["system", "error"]
+    assert [json.loads(m)["type"] async for m in ws.messages()] == ["error"]
     await ws.aclose()
     assert ws.close_code == 1009
     assert peak < 1024 * 1024, f"{peak} bytes allocated while refusing a 2 MiB frame"
@@ -823,10 +818,12 @@ async def test_bad_frames_on_a_keep_alive_connection_as_on_the_raw_path(h: Harne
         for code, frame in (*bad.items(), (1002, oversized_ping)):
             ws = await (RawWebSocket.connect(h.server.port, target) if raw_path
                         else _ws_after_rest(h, job["id"], target))
+            opening = [json.loads(m)["type"] async for m in ws.messages(limit=4)]
+            assert opening == SLEEPING_OPENING
             await ws.stream.send_all(frame)
             got = [json.loads(m) async for m in ws.messages()]
             await ws.aclose()
-            assert [m["type"] for m in got] == ["system", "error"], (raw_path, code)
+            assert [m["type"] for m in got] == ["error"], (raw_path, code)
             assert ws.close_code == code, (raw_path, code)
     await h.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=h.auth(h.alice))
 
@@ -866,7 +863,8 @@ async def test_oversized_frames_from_many_clients_at_once(h: Harness) -> None:
                for _ in range(6)]
     try:
         for ws in clients:
-            assert [json.loads(m)["type"] async for m in ws.messages(limit=1)] == ["system"]
+            opening = [json.loads(m)["type"] async for m in ws.messages(limit=4)]
+            assert opening == SLEEPING_OPENING
         peak = await _send_oversized(clients)
         for ws in clients:
             with trio.fail_after(10):

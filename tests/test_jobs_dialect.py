@@ -61,7 +61,7 @@ async def finished(h: Harness, job_id: str, *, token: str | None = None,
     with trio.fail_after(timeout):
         while True:
             doc = await document(h, job_id, token=token)
-            if doc["status"] in ("Succeeded", "Failed", "Cancelled"):
+            if doc["status"] in ("Succeeded", "Failed", "Canceled"):
                 return doc
             await trio.sleep(0.02)
 
@@ -341,7 +341,7 @@ async def test_cancel_stops_the_job_and_removes_its_work_dir(harness: Harness) -
     assert r.json() == {"jobId": job_id, "message": "Job cancellation requested",
                         "currentStatus": "Running", "correlationId": "cancel-req"}
     doc = await finished(harness, job_id)
-    assert doc["status"] == "Cancelled" and doc["errors"][-1]["code"] == "Cancelled"
+    assert doc["status"] == "Canceled" and doc["errors"][-1]["code"] == "Canceled"
     assert doc["steps"][0]["status"] == "Failed" and doc["steps"][1]["status"] == "Pending"
     assert not scratch.parent.exists()
 
@@ -356,7 +356,7 @@ async def test_cancel_mid_step_leaves_no_partial_file(harness: Harness) -> None:
     r = await harness.client.post(f"/api/jobs/{job_id}/cancel", headers=harness.auth(
         harness.alice))
     assert r.status_code == 202
-    assert (await finished(harness, job_id))["status"] == "Cancelled"
+    assert (await finished(harness, job_id))["status"] == "Canceled"
     assert not partial.parent.exists()
     left = sorted(p.name for p in (harness.data_dir / "output" / job_id).glob("*"))
     assert not [name for name in left if name.endswith(".part")], left
@@ -368,7 +368,7 @@ async def test_cancel_a_queued_job(nursery: trio.Nursery, data_dir: Path) -> Non
         second = (await client.post("/api/jobs", json={"preset": "jobs-slow"})).json()["jobId"]
         r = await client.post(f"/api/jobs/{second}/cancel")
         assert r.status_code == 202 and r.json()["currentStatus"] == "Queued"
-        assert (await client.get(f"/api/jobs/{second}")).json()["status"] == "Cancelled"
+        assert (await client.get(f"/api/jobs/{second}")).json()["status"] == "Canceled"
         assert (await client.post(f"/api/jobs/{first}/cancel")).status_code == 202
 
 
@@ -420,9 +420,9 @@ async def test_retry_of_a_cancelled_job_by_an_admin_stays_the_owners(harness: Ha
             await trio.sleep(0.02)
     await harness.client.post(f"/api/jobs/{job_id}/cancel", headers=harness.auth(harness.admin))
     cancelled = await finished(harness, job_id)
-    assert cancelled["status"] == "Cancelled"
+    assert cancelled["status"] == "Canceled"
     remediation = cancelled["errors"][-1]["remediation"]
-    assert remediation == f"Retry the job: POST /api/jobs/{job_id}/retry."
+    assert remediation == "Retry the job to run it again."
     r = await harness.client.post(f"/api/jobs/{job_id}/retry",
                                   headers=harness.auth(harness.admin))
     assert r.status_code == 202 and r.json()["strategy"] == "manual"

@@ -11,8 +11,8 @@ from jobserver.core import events as ev
 from jobserver.core.ids import JobId, UserId
 from jobserver.core.job import Job, StepState, apply
 from jobserver.dataplane.wire import encode_sse
-from jobserver.dialects import Message, SseEvent
-from jobserver.dialects.jobs import Cursor, JobsRenderer, resume
+from jobserver.dialects import Message, SseEvent, dumps
+from jobserver.dialects.jobs import Cursor, JobsRenderer, log_data, resume
 
 JID = JobId("6f1c1d3e-51f8-4c4b-9d1e-1f3c1a2b3c4d")
 Make = Callable[[int], ev.Event]
@@ -107,9 +107,15 @@ def test_final_events() -> None:
     events = _history("FAILED")
     full = _render_all(JobsRenderer.for_job(_records(events)[0]), events)
     assert full[-1].event == "job-failed" and _data(full[-1]) == {
-        "status": "Failed", "correlationId": "cid",
+        "status": "Failed", "correlationId": "cid", "errorMessage": "no ffmpeg",
         "errors": [{"code": "Slow", "message": "slow voice", "remediation": "wait"},
                    {"code": "FFmpegNotFound", "message": "no ffmpeg", "remediation": None}]}
+    # The later revision of the original client's events: a line, a warning.
+    assert [(m.event, _data(m)) for m in full if m.event in ("job-log", "warning")] == [
+        ("job-log", {"jobId": JID, "message": "hello", "stream": "stdout",
+                     "severity": "info", "timestamp": "1970-01-01T00:16:40Z",
+                     "correlationId": "cid"}),
+        ("warning", {"message": "odd line", "correlationId": "cid"})]
     assert [_data(m)["step"] for m in full if m.event == "step-progress"] == ["narration",
                                                                             "video"]
     assert [_data(m)["status"] for m in full if m.event == "job-status"] == [
@@ -118,8 +124,37 @@ def test_final_events() -> None:
     assert done.event == "job-completed" and _data(done)["output"] == {"n": 2}
     cancelled = _render_all(JobsRenderer.for_job(_records(events)[0]), _history("CANCELLED"))
     final = _data(cancelled[-1])
-    assert final["status"] == "Cancelled"
-    assert isinstance(final["errors"], list) and final["errors"][-1]["code"] == "Cancelled"
+    assert cancelled[-1].event == "job-failed" and final["status"] == "Canceled"
+    assert isinstance(final["errors"], list) and final["errors"][-1] == {
+        "code": "Canceled", "message": "the end", "remediation": "Retry the job to run it again."}
+    assert final["errorMessage"] == "the end"
+    # job-cancelled first (one seq, two events: `id: SEQ.0`, then `id: SEQ`).
+    assert cancelled[-2].event == "job-cancelled" and _data(cancelled[-2]) == {
+        "status": "Canceled", "jobId": JID, "message": "the end", "correlationId": "cid"}
+    assert (cancelled[-2].id, cancelled[-1].id) == (f"{len(events)}.0", str(len(events)))
+
+
+@pytest.mark.parametrize("correlation_id", [None, "cid", 'q"u\\ote ü'])
+def test_job_log_data_is_built_by_hand_byte_for_byte(correlation_id: str | None) -> None:
+    renderer = JobsRenderer(correlation_id=correlation_id, kind="video")
+    lines = ["plain", "", 'quote " and \\ back', "tab\tcontrol\x01\x1f", "ünïcode ✓ 𝄞",
+             "\ufffd replaced", "Warning: x", "ERROR y", "line </script>"]
+    for seq, (ts, line) in enumerate(((t, x) for t in (0.0, 1.5, 1.5, 86400.999)
+                                      for x in lines), 1):
+        event = ev.Log(job_id=JID, seq=seq, ts=ts, stream="stderr" if seq % 2 else "stdout",
+                       line=line)
+        [message] = renderer.render(event).messages
+        assert isinstance(message, SseEvent)
+        assert (message.event, message.id) == ("job-log", str(seq))
+        expected = {**log_data(JID, ts, event.stream, line), "correlationId": correlation_id}
+        assert message.data == dumps(expected)
+
+
+@pytest.mark.parametrize(("line", "severity"), [
+    ("all good", "info"), ("ERROR: disk full", "error"), ("Warning: slow", "warning"),
+    ("warn and error", "error")])
+def test_job_log_severity_is_the_original_servers_guess(line: str, severity: str) -> None:
+    assert log_data(JID, 0.0, "stderr", line)["severity"] == severity
 
 
 def test_cursor_parsing_and_encoding() -> None:

@@ -21,17 +21,21 @@ from jobserver.auth import Key, KeyRing
 from .conftest import Harness
 from .test_dataplane_helpers import (
     ISO_MS,
+    SLEEPING_OPENING,
     RawWebSocket,
     Rejected,
     deflate_offer,
     logs_path,
     masked_frame_header,
     running_server,
+    sleeping_job,
     submit_command,
     ws_client,
 )
 
 DENIED = "Job not found or access denied."
+# A finished echo job, connected to without `since`: the opening, its history.
+ECHO_AT_CONNECT = ["system", "info", "status", "log", "status"]
 
 
 @pytest.fixture
@@ -97,8 +101,10 @@ async def test_every_message_type_live(h: Harness) -> None:
             assert r.status_code == 202
 
     cancelled, code = results[blockers[0]["id"]]
-    # The sleeper may print a line of progress before the cancel lands.
-    assert code == 1000 and {m["type"] for m in cancelled[:-1]} <= {"log"}
+    # Running when watched: its history first (the start). The sleeper may print
+    # a line of progress before the cancel lands.
+    assert code == 1000 and [m["type"] for m in cancelled[:2]] == ["info", "status"]
+    assert {m["type"] for m in cancelled[2:-1]} <= {"log"}
     assert cancelled[-1]["type"] == "status"
     assert cancelled[-1]["payload"] == {
         "status": "CANCELLED", "ts": cancelled[-1]["payload"]["ts"],
@@ -136,15 +142,22 @@ async def test_every_message_type_live(h: Harness) -> None:
 
 
 async def test_finished_job_at_connect(h: Harness) -> None:
-    for template, params, status in (("echo", {"message": "x"}, "SUCCEEDED"),
-                                     ("exit", {"code": 2}, "FAILED")):
+    """Its whole log, then its final status (the same as the record's), then 1000."""
+    for template, params, status, lines in (("echo", {"message": "x"}, "SUCCEEDED", 1),
+                                            ("exit", {"code": 2}, "FAILED", 2)):
         job = await h.submit(template, params)
-        await h.wait(job["id"])
+        record = await h.wait(job["id"])
         messages, code = await session(ws_url(h, job["id"], h.alice))
-        assert code == 1000 and [m["type"] for m in messages] == ["system", "status"]
+        assert code == 1000 and [m["type"] for m in messages] == [
+            "system", "info", "status", *["log"] * lines, "status"]
         check_system(messages[0], job["id"])
-        final = messages[1]["payload"]
+        assert messages[2]["payload"]["status"] == "RUNNING"
+        final = messages[-1]["payload"]
         assert final["status"] == status and final["ts"] == final["completed_at"]
+        assert all(set(m) == {"type", "payload"} for m in messages)  # no seq
+        # The same as the one rendered from the job record (`since` past the end).
+        from_record, _ = await session(ws_url(h, job["id"], h.alice, "&since=999"))
+        assert from_record[-1]["payload"] == final and record["status"] == status
         if status == "FAILED":
             assert final["exit_code"] == 2 and final["log_snippet"] == "err line"
             assert final["error_message"] == "exited with code 2"
@@ -168,10 +181,14 @@ async def _before_and_after(h: Harness, query: str = "") -> list[dict[str, Any]]
     return messages
 
 
-async def test_running_job_gives_only_new_events(h: Harness) -> None:
+async def test_running_job_gives_its_log_so_far_then_live(h: Harness) -> None:
     messages = await _before_and_after(h)
-    assert [(m["type"], m["payload"].get("message")) for m in messages] == [
-        ("log", "after"), ("status", None)]
+    assert [(m["type"], m["payload"].get("message", m["payload"].get("status")))
+            for m in messages][1:] == [
+        ("status", "RUNNING"), ("log", "before"), ("log", "after"), ("status", "SUCCEEDED")]
+    assert messages[0]["type"] == "info" and "started execution" in messages[0]["payload"][
+        "message"]
+    assert all(set(m) == {"type", "payload"} for m in messages)
 
 
 async def test_since_past_the_last_event_means_from_now(h: Harness) -> None:
@@ -264,7 +281,7 @@ async def test_origin_allowlist(h: Harness) -> None:
                                         headers=[("Origin", origin)] if origin else [])
         messages = await ws.collect()
         await ws.aclose()
-        assert ws.close_code == 1000 and [m["type"] for m in messages] == ["system", "status"]
+        assert ws.close_code == 1000 and [m["type"] for m in messages] == ECHO_AT_CONNECT
 
 
 async def test_permessage_deflate_is_declined(h: Harness) -> None:
@@ -275,7 +292,7 @@ async def test_permessage_deflate_is_declined(h: Harness) -> None:
     assert ws.accepted.extensions == []
     messages = await ws.collect()
     await ws.aclose()
-    assert [m["type"] for m in messages] == ["system", "status"]
+    assert [m["type"] for m in messages] == ECHO_AT_CONNECT
     # And on the wire: no Sec-WebSocket-Extensions in the 101.
     request = (f"GET {logs_path(job['id'], h.alice)} HTTP/1.1\r\nHost: x\r\n"
                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
@@ -291,9 +308,9 @@ async def test_permessage_deflate_is_declined(h: Harness) -> None:
 
 
 async def test_oversized_message_is_refused_with_1009(h: Harness) -> None:
-    job = await h.submit("sleep", {"seconds": 30})
-    await h.wait(job["id"], "RUNNING")
+    job = await sleeping_job(h)
     ws = await RawWebSocket.connect(h.server.port, logs_path(job["id"], h.alice))
+    assert [json.loads(m)["type"] async for m in ws.messages(limit=4)] == SLEEPING_OPENING
     size = 2 * 1024 * 1024
     payload = memoryview(bytes(size))
     tracemalloc.start()
@@ -311,36 +328,41 @@ async def test_oversized_message_is_refused_with_1009(h: Harness) -> None:
     finally:
         tracemalloc.stop()
         await ws.aclose()
-    assert [json.loads(m)["type"] for m in messages] == ["system", "error"]
-    assert json.loads(messages[1])["payload"]["message"] == "Message too big."
+    assert [json.loads(m)["type"] for m in messages] == ["error"]
+    assert json.loads(messages[0])["payload"]["message"] == "Message too big."
     assert ws.close_code == 1009
     assert peak < 1024 * 1024, f"{peak} bytes allocated while refusing a 2 MiB frame"
     await h.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=h.auth(h.alice))
 
 
 async def test_protocol_errors_and_peer_close(h: Harness) -> None:
-    job = await h.submit("sleep", {"seconds": 30})
-    await h.wait(job["id"], "RUNNING")
+    job = await sleeping_job(h)
     target = logs_path(job["id"], h.alice)
+
+    async def opened() -> RawWebSocket:
+        ws = await RawWebSocket.connect(h.server.port, target)
+        assert [json.loads(m)["type"] async for m in ws.messages(limit=4)] == SLEEPING_OPENING
+        return ws
+
     # An unmasked client frame breaks RFC 6455 §5.1: 1002.
-    ws = await RawWebSocket.connect(h.server.port, target)
+    ws = await opened()
     await ws.stream.send_all(b"\x81\x02hi")
     got = [json.loads(m) async for m in ws.messages()]
-    assert [m["type"] for m in got] == ["system", "error"]
-    assert got[1]["payload"]["message"] == "Protocol error."
+    assert [m["type"] for m in got] == ["error"]
+    assert got[0]["payload"]["message"] == "Protocol error."
     assert ws.close_code == 1002
     await ws.aclose()
     # Invalid UTF-8 in a text frame: 1007.
-    ws = await RawWebSocket.connect(h.server.port, target)
+    ws = await opened()
     await ws.stream.send_all(masked_frame_header(1, 2) + b"\xff\xfe")
     got = [json.loads(m) async for m in ws.messages()]
-    assert [m["type"] for m in got] == ["system", "error"] and ws.close_code == 1007
+    assert [m["type"] for m in got] == ["error"] and ws.close_code == 1007
     await ws.aclose()
     # Client messages are ignored; the client's close is echoed.
-    ws = await RawWebSocket.connect(h.server.port, target)
+    ws = await opened()
     await ws.send_text('{"type": "hello"}')
     await ws.close(4000)
-    assert len([m async for m in ws.messages()]) == 1 and ws.close_code == 4000
+    assert [m async for m in ws.messages()] == [] and ws.close_code == 4000
     await ws.aclose()
     await h.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=h.auth(h.alice))
 
@@ -375,10 +397,11 @@ async def test_silent_peer_is_dropped_after_ping_timeout(data_dir: Path) -> None
 
 async def test_shutdown_says_1001(data_dir: Path) -> None:
     async with running_server(data_dir) as h:
-        job = await h.submit("sleep", {"seconds": 30})
-        await h.wait(job["id"], "RUNNING")
+        job = await sleeping_job(h)
         async with ws_client(ws_url(h, job["id"], h.alice)) as ws:
-            check_system(json.loads(await ws.get_message()), job["id"])
+            opening = [json.loads(await ws.get_message()) for _ in SLEEPING_OPENING]
+            assert [m["type"] for m in opening] == SLEEPING_OPENING
+            check_system(opening[0], job["id"])
             h.server.request_shutdown()
             with trio.fail_after(10):
                 messages, code = await read_rest(ws)

@@ -56,7 +56,7 @@ source.onerror = () => {
   document.body.dataset.errors = String(Number(document.body.dataset.errors || 0) + 1);
 };
 for (const name of ["job-status", "step-status", "step-progress", "step-error",
-                    "job-completed", "job-failed"]) {
+                    "job-log", "warning", "job-cancelled", "job-completed", "job-failed"]) {
   source.addEventListener(name, (e) => {
     const li = document.createElement("li");
     li.dataset.id = e.lastEventId;

@@ -3,8 +3,11 @@
 Rules: pure functions of the job record and its events, no I/O. A job's
 `jobId` is its UUID (the spec's `J-...` is a placeholder; `J-<uuid>` is
 accepted on the way in). Statuses are PascalCase: Queued, Running, Succeeded,
-Failed, Cancelled. Times are ISO 8601 UTC whole seconds with `Z`, as the
-spec's examples show. Choices the spec leaves open are in docs/dialects/jobs.md.
+Failed, Canceled (one L: the spelling of the dialect's original client's types,
+in the document, in job-failed and job-cancelled, and as the error code alike).
+Times are ISO 8601 UTC whole seconds with `Z`, as the spec's examples show.
+Words shown to a person (messages, remediations) are a person's, never an API
+call. Choices the spec leaves open are in docs/dialects/jobs.md.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from . import (
     StreamRequest,
     Subscribe,
     dumps,
+    json_string,
 )
 
 DIALECT = "jobs"
@@ -49,10 +53,15 @@ STATUS_NAMES = {
     Status.RUNNING: "Running",
     Status.SUCCEEDED: "Succeeded",
     Status.FAILED: "Failed",
-    Status.CANCELLED: "Cancelled",
+    Status.CANCELLED: "Canceled",
 }
-# Event names a client may listen for; the stream ends after a terminal one.
+CANCELED = STATUS_NAMES[Status.CANCELLED]
+# Event names a client may listen for; the stream ends after a terminal one
+# (job-failed ends a cancelled job's stream too, after job-cancelled).
 TERMINAL_EVENTS = ("job-completed", "job-failed")
+# A log line's severity as the original server guessed it from the text.
+_ERROR_WORD = re.compile("error", re.IGNORECASE)
+_WARNING_WORD = re.compile("warn", re.IGNORECASE)
 
 
 def parse_jobs_id(text: str) -> JobId | None:
@@ -106,12 +115,12 @@ def error_view(error: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def errors_of(job: Job) -> list[dict[str, Any]]:
-    """The job's errors; a failed job always has one, a cancelled one ends with Cancelled."""
+    """The job's errors; a failed job always has one, a cancelled one ends with Canceled."""
     errors = [error_view(e) for e in job.errors]
     if not errors and job.status is Status.FAILED:
         errors.append(failed_error(job.error_message))
     if job.status is Status.CANCELLED:
-        errors.append(cancelled_error(job.result_message, job.id))
+        errors.append(cancelled_error(job.result_message))
     return errors
 
 
@@ -172,7 +181,8 @@ class JobsRenderer:
     Progress or errors without a step are the job's `kind`'s.
     """
 
-    __slots__ = ("_base_errors", "_base_seq", "_pre_start_skips", "correlation_id", "done",
+    __slots__ = ("_base_errors", "_base_seq", "_log_head", "_log_stamp", "_pre_start_skips",
+                 "correlation_id", "done",
                  "errors", "kind", "result", "running")
 
     @property
@@ -192,6 +202,8 @@ class JobsRenderer:
         self.errors: list[dict[str, Any]] = []  # reported after the record's last seq
         self.running = False
         self.done = False
+        self._log_head = ""  # '{"jobId":"...","message":' once known
+        self._log_stamp: tuple[float, str] = (-1.0, "")  # lines of one read share a ts
 
     @classmethod
     def for_job(cls, job: Job) -> JobsRenderer:
@@ -220,6 +232,10 @@ class JobsRenderer:
 
     def render(self, event: ev.Event) -> Rendered:
         """The messages for `event`; `end` (and `done`) after the job's last one."""
+        if type(event) is ev.Log:
+            assert isinstance(event, ev.Log)
+            return Rendered((SseEvent(data=self.log_json(event), event="job-log",
+                                      id=str(event.seq)),))
         out = self._render(event)
         last = len(out) - 1
         messages = tuple(
@@ -227,6 +243,21 @@ class JobsRenderer:
                      id=str(event.seq) if k == last else f"{event.seq}.{k}")
             for k, (name, data) in enumerate(out))
         return Rendered(messages, end=self.done)
+
+    def log_json(self, event: ev.Log) -> str:
+        """A job-log event's data, `dumps({**log_data(...), "correlationId": ...})`
+        byte for byte, built by hand: it is the one event made per line of output."""
+        head = self._log_head
+        if not head:
+            head = self._log_head = f'{{"jobId":{json_string(event.job_id)},"message":'
+        ts, stamp = self._log_stamp
+        if ts != event.ts:
+            stamp = dumps(iso_s(event.ts))
+            self._log_stamp = (event.ts, stamp)
+        line = event.line
+        return (f'{head}{json_string(line)},"stream":{json_string(event.stream)},'
+                f'"severity":"{severity_of(line)}","timestamp":{stamp},'
+                f'"correlationId":{dumps(self.correlation_id)}}}')
 
     def _render(self, event: ev.Event) -> list[tuple[str, dict[str, Any]]]:
         match event:
@@ -254,13 +285,21 @@ class JobsRenderer:
                 if event.seq > self._base_seq:
                     self.errors.append(error)
                 return [("step-error", {"step": event.step or self.kind, **error})]
+            case ev.Warning(message=message):
+                return [("warning", {"message": message})]
             case ev.Finished(status=status):
                 self.done = True
                 if status == Status.SUCCEEDED:
                     return [("job-completed", {"status": "Succeeded",
                                                "output": _output(self.result)})]
-                return [("job-failed", {"status": STATUS_NAMES[Status(status)],
-                                        "errors": self._final_errors(event)})]
+                errors = self._final_errors(event)
+                failed = ("job-failed", {"status": STATUS_NAMES[Status(status)],
+                                         "errors": errors,
+                                         "errorMessage": errors[-1]["message"]})
+                if status != Status.CANCELLED:
+                    return [failed]
+                return [("job-cancelled", {"status": CANCELED, "jobId": event.job_id,
+                                           "message": errors[-1]["message"]}), failed]
             case ev.Deleted():
                 self.done = True
         return []
@@ -268,13 +307,26 @@ class JobsRenderer:
     def _final_errors(self, event: ev.Finished) -> list[dict[str, Any]]:
         errors = [*self._base_errors, *self.errors]
         if event.status == Status.CANCELLED:
-            return [*errors, cancelled_error(event.message, event.job_id)]
+            return [*errors, cancelled_error(event.message)]
         return errors or [failed_error(event.message)]
 
 
-def cancelled_error(message: str | None, job_id: str) -> dict[str, Any]:
-    return {"code": "Cancelled", "message": message or "Job cancelled.",
-            "remediation": f"Retry the job: POST /api/jobs/{job_id}/retry."}
+def log_data(job_id: str, ts: float, stream: str, line: str) -> dict[str, Any]:
+    """A job-log event's data (`JobsRenderer.log_json` writes it by hand)."""
+    return {"jobId": job_id, "message": line, "stream": stream, "severity": severity_of(line),
+            "timestamp": iso_s(ts)}
+
+
+def severity_of(line: str) -> str:
+    """The original server's guess from the text: "error", else "warn", else info."""
+    if _ERROR_WORD.search(line):
+        return "error"
+    return "warning" if _WARNING_WORD.search(line) else "info"
+
+
+def cancelled_error(message: str | None) -> dict[str, Any]:
+    return {"code": CANCELED, "message": message or "The job was cancelled.",
+            "remediation": "Retry the job to run it again."}
 
 
 def failed_error(message: str | None) -> dict[str, Any]:

@@ -4,12 +4,14 @@ Rules: every server message is `{"type", "payload"}` with type `system`, `log`,
 `info`, `status` or `error`; times are ISO 8601 UTC with milliseconds and `Z`.
 The session sends `system` first; a bad token, a malformed or unknown id and
 someone else's job all look the same: `error` "Job not found or access denied."
-then close 1008. A job already finished: `system`, its final `status`, close
-1000. Otherwise the job's new events follow, and the connection closes 1000
-right after the terminal `status`. Opt-in, beyond the spec: `?since=SEQ` (or
-`?replay=1`, i.e. since 0) replays the events after SEQ first, and then every
-message carries the event's `seq` next to `type`. Choices the spec leaves
-open are written down in docs/dialects/logs.md.
+then close 1008. Then the job's history from its first event (what its
+original client, a hook that shows only what arrives on the socket, needs),
+then its live events; the connection closes 1000 right after the terminal
+`status`, so a finished job gets its whole log, its final `status` and the
+close. Opt-in, beyond the spec: `?since=SEQ` (or `?replay=1`, i.e. since 0)
+starts after SEQ instead, and then every message carries the event's `seq`
+next to `type`. Choices the spec leaves open are written down in
+docs/dialects/logs.md.
 """
 
 from __future__ import annotations
@@ -226,12 +228,15 @@ class LogsSession(BaseSession):
         renderer = LogsRenderer(job.id, job.template, with_seq=with_seq,
                                 running=job.status is Status.RUNNING)
         topic = JobTopic(job.id)
-        if self.since is not None and self.since < job.last_seq:
-            # History first; a finished job's history ends with its final status.
-            return (Accept(), system, Subscribe(topic, self.since, renderer))
+        # No `since`: the log so far, then live (the catch-up reads the store a
+        # page at a time, so a long log streams, bounded). A finished job's
+        # history ends with its final status, and the renderer ends there.
+        after = 0 if self.since is None else self.since
+        if after < job.last_seq:
+            return (Accept(), system, Subscribe(topic, after, renderer))
         if job.status.terminal:
             return (Accept(), system, final_status(job, with_seq=with_seq), Close(1000))
-        # No `since` or one at or past the job's last event: what comes next.
+        # A `since` at or past the job's last event: what comes next.
         return (Accept(), system, Subscribe(topic, job.last_seq, renderer))
 
     def on_end(self, topic: Topic) -> Sequence[Action]:
