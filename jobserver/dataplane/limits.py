@@ -1,0 +1,120 @@
+"""What one client may hold: how many connections, and how long a request may take.
+
+Rules (the settings are in config.py, the table in the README):
+
+- Connections: at most `max_connections` at once, and `max_connections_per_client`
+  from one client address. One over the limit is told `503` (with
+  `Connection: close`) and closed at once, without a task or a read; the
+  refusals are logged at most once per `REFUSAL_LOG_SECONDS`, with a count.
+- A request head, the first on a connection or any later one, must arrive
+  whole within `handshake_timeout` of its first byte; its body, whole within
+  `body_timeout` of the head's end (a total per head and per body, so a
+  byte trickled every few seconds does not hold the connection). Past
+  either: `408` with `Connection: close` when no response was begun, else a
+  plain close; and a log line naming the client's address (never a target
+  or a header, which may carry a token).
+- A keep-alive connection waiting for its next request is closed after
+  `keep_alive_timeout` (hypercorn's idle timer); a connection that is sending
+  a response or carrying a WebSocket is not limited here (the stream has its
+  own ping deadline and send stall limit).
+
+`RequestClock` is sans-IO: it is told what the connection is waiting for and
+answers with the deadline; `ConnectionCount` only counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+log = logging.getLogger("jobserver.frontdoor")
+
+# Refusals of connections over the limits are logged at most this often.
+REFUSAL_LOG_SECONDS = 10.0
+
+Waiting = Literal["head", "body"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadLimits:
+    head_seconds: float  # a request head, from its first byte to its blank line
+    body_seconds: float  # a request body, from the head's end to its last byte
+
+    def limit(self, waiting: Waiting) -> float:
+        return self.head_seconds if waiting == "head" else self.body_seconds
+
+
+class RequestClock:
+    """When the request part a connection is waiting for must have arrived.
+
+    `waiting` names the part (None: nothing bounded here) and the request's
+    number on the connection, so two heads in a row are timed apart.
+    """
+
+    __slots__ = ("_key", "_since", "limits")
+
+    def __init__(self, limits: ReadLimits) -> None:
+        self.limits = limits
+        self._key: tuple[Waiting, int] | None = None
+        self._since = 0.0
+
+    def deadline(self, waiting: Waiting | None, request: int, now: float) -> float:
+        if waiting is None:
+            self._key = None
+            return math.inf
+        key = (waiting, request)
+        if key != self._key:
+            self._key, self._since = key, now
+        return self._since + self.limits.limit(waiting)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    open: int  # connections held now
+    clients: int  # distinct client addresses among them
+    refused: int  # connections refused over a limit, since start
+    timed_out: int  # requests whose head or body came too slowly, since start
+
+
+class ConnectionCount:
+    """The connections held, in total and per client address."""
+
+    def __init__(self, *, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self._by_client: dict[str, int] = {}
+        self.open = 0
+        self.refused = 0
+        self.timed_out = 0
+        self._unlogged = 0
+        self._logged_at = -math.inf
+
+    def admit(self, client: str, now: float) -> bool:
+        """Count one more connection from `client`, or refuse it (False)."""
+        held = self._by_client.get(client, 0)
+        if self.open >= self.total or held >= self.per_client:
+            self.refused += 1
+            self._unlogged += 1
+            if now - self._logged_at >= REFUSAL_LOG_SECONDS:
+                which = "in all" if self.open >= self.total else f"from {client}"
+                log.warning("refused %d connection(s) over the limit (%d open %s)",
+                            self._unlogged, self.open if which == "in all" else held, which)
+                self._unlogged, self._logged_at = 0, now
+            return False
+        self._by_client[client] = held + 1
+        self.open += 1
+        return True
+
+    def release(self, client: str) -> None:
+        held = self._by_client.get(client, 0) - 1
+        if held > 0:
+            self._by_client[client] = held
+        else:
+            self._by_client.pop(client, None)
+        self.open -= 1
+
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(open=self.open, clients=len(self._by_client),
+                                    refused=self.refused, timed_out=self.timed_out)
