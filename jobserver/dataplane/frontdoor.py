@@ -14,8 +14,9 @@ Rules: the port is bound with the stdlib socket and connections are accepted
 here, so every data-plane socket is a plain non-blocking socket of ours. A
 connection costs one task; a handshake that fails ends it (after a bounded
 linger) and closes its socket. A connection over `max_connections` (or
-`max_connections_per_client`) is answered 503 and closed before it gets a task. Cancelling `serve_front_door` closes every
-stream with 1001, then stops the app's lifespan.
+`max_connections_per_client`) is answered 503 and closed before it gets a
+task. Cancelling `serve_front_door` closes every stream with 1001, then stops
+the app's lifespan.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from .plane import DataPlane
 from .routes import Answer, Match
 from .sse import open_sse
 from .stream import StreamConnection, answer
-from .wire import http_response
 from .websocket import open_websocket
+from .wire import http_response
 
 log = logging.getLogger("jobserver.frontdoor")
 
@@ -80,7 +81,8 @@ async def serve_front_door(
     listener.setblocking(False)
     count = ConnectionCount(total=config.max_connections,
                             per_client=config.max_connections_per_client)
-    limits = ReadLimits(head_seconds=config.handshake_timeout, body_seconds=config.body_timeout)
+    limits = ReadLimits(head_seconds=config.handshake_timeout, body_seconds=config.body_timeout,
+                        idle_seconds=config.keep_alive_timeout)
     hyper = Hypercorn(asgi_app, hypercorn_config(max_message_bytes=config.ws_max_message_bytes,
                                                  keep_alive_timeout=config.keep_alive_timeout),
                       stall_timeout=plane.stall_timeout, limits=limits, count=count)

@@ -38,7 +38,7 @@ import hypercorn.protocol
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HyperConfig
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import Response
@@ -186,28 +186,46 @@ class BoundedTCPServer(TCPServer):
         requests = protocol.keep_alive_requests
         if connection.their_state is h11.SEND_BODY:
             return "body", requests
-        if connection.their_state is h11.IDLE and connection.trailing_data[0]:
-            return "head", requests
+        if connection.their_state is h11.IDLE and connection.our_state is h11.IDLE:
+            return ("head" if connection.trailing_data[0] else "idle"), requests
         return None, requests
 
     async def _read_data(self) -> None:
-        clock = RequestClock(self.limits)
+        self._clock = RequestClock(self.limits)
+        self._waiting: Waiting | None = None
         while True:
-            waiting, number = self._waiting_for()
-            deadline = clock.deadline(waiting, number, trio.current_time())
+            data: bytes | bytearray | None = None
             try:
-                with trio.move_on_at(deadline) as scope:
+                with trio.CancelScope() as self._read_scope:
+                    self._rearm()
                     data = await self.stream.receive_some(MAX_RECV)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 break
-            if scope.cancelled_caught:
-                assert waiting is not None
-                await self._too_slow(waiting)
+            finally:
+                self._read_scope = None
+            if data is None:  # the deadline passed
+                assert self._waiting is not None
+                if self._waiting != "idle":
+                    await self._too_slow(self._waiting)
                 break
             await self.protocol.handle(RawData(bytes(data)))
             if data == b"":
                 break
         await self.protocol.handle(Closed())
+
+    _read_scope: trio.CancelScope | None = None
+
+    def _rearm(self) -> None:
+        """Set the pending read's deadline from what the connection waits for now."""
+        if self._read_scope is not None:
+            self._waiting, number = self._waiting_for()
+            self._read_scope.deadline = self._clock.deadline(
+                self._waiting, number, trio.current_time())
+
+    async def protocol_send(self, event: Event) -> None:
+        # An answer sent, or the connection idle again: the read's limit changes.
+        self._rearm()
+        await super().protocol_send(event)
 
     async def _too_slow(self, waiting: Waiting) -> None:
         """408 when nothing was answered yet (else just the close), and a log line."""

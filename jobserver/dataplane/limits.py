@@ -14,9 +14,11 @@ Rules (the settings are in config.py, the table in the README):
   plain close; and a log line naming the client's address (never a target
   or a header, which may carry a token).
 - A keep-alive connection waiting for its next request is closed after
-  `keep_alive_timeout` (hypercorn's idle timer); a connection that is sending
-  a response or carrying a WebSocket is not limited here (the stream has its
-  own ping deadline and send stall limit).
+  `keep_alive_timeout`, without a word (hypercorn's own idle timer is not
+  enough: it is restarted from the app's task, which quart-trio has cancelled
+  by then, so it never ran after a connection's first request). A connection
+  that is sending a response or carrying a WebSocket is not limited here (a
+  stream has its own ping deadline and send stall limit).
 
 `RequestClock` is sans-IO: it is told what the connection is waiting for and
 answers with the deadline; `ConnectionCount` only counts.
@@ -34,15 +36,18 @@ log = logging.getLogger("jobserver.frontdoor")
 # Refusals of connections over the limits are logged at most this often.
 REFUSAL_LOG_SECONDS = 10.0
 
-Waiting = Literal["head", "body"]
+Waiting = Literal["idle", "head", "body"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReadLimits:
     head_seconds: float  # a request head, from its first byte to its blank line
     body_seconds: float  # a request body, from the head's end to its last byte
+    idle_seconds: float  # a keep-alive connection, from its last answer to the next head
 
     def limit(self, waiting: Waiting) -> float:
+        if waiting == "idle":
+            return self.idle_seconds
         return self.head_seconds if waiting == "head" else self.body_seconds
 
 
