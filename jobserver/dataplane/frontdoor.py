@@ -85,7 +85,7 @@ async def serve_front_door(
                         idle_seconds=config.keep_alive_timeout)
     hyper = Hypercorn(asgi_app, hypercorn_config(max_message_bytes=config.ws_max_message_bytes,
                                                  keep_alive_timeout=config.keep_alive_timeout),
-                      stall_timeout=plane.stall_timeout, limits=limits, count=count)
+                      stall_timeout=plane.stall_timeout, limits=limits)
     door = FrontDoor(plane, hyper, count)
     try:
         async with hyper.running(), trio.open_nursery() as connections:

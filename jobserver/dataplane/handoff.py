@@ -50,7 +50,7 @@ from hypercorn.typing import ConnectionState, LifespanState
 from wsproto.events import Message
 
 from .http import peer_host
-from .limits import ConnectionCount, ReadLimits, RequestClock, Waiting, log
+from .limits import ReadLimits, RequestClock, Waiting, log
 from .outbox import RECV_SIZE
 from .stream import linger
 from .wire import http_response
@@ -176,7 +176,6 @@ class BoundedTCPServer(TCPServer):
     """hypercorn's TCPServer, whose reads of a request head or body are timed."""
 
     limits: ReadLimits
-    count: ConnectionCount | None
 
     def _waiting_for(self) -> tuple[Waiting | None, int]:
         protocol = self.protocol.protocol
@@ -229,15 +228,13 @@ class BoundedTCPServer(TCPServer):
 
     async def _too_slow(self, waiting: Waiting) -> None:
         """408 when nothing was answered yet (else just the close), and a log line."""
-        if self.count is not None:
-            self.count.timed_out += 1
         stream: ReplayStream = self.stream  # type: ignore[assignment]
         log.info("closed a connection from %s: a request %s took longer than %g s",
                  stream.peer or "?", waiting, self.limits.limit(waiting))
-        connection = self.protocol.protocol.connection
-        if isinstance(connection, h11.Connection) and connection.our_state in (
-                h11.IDLE, h11.SEND_RESPONSE):
-            async with self.send_lock:
+        async with self.send_lock:  # (the app's answer, if it begins now, waits for it)
+            connection = self.protocol.protocol.connection
+            if isinstance(connection, h11.Connection) and connection.our_state in (
+                    h11.IDLE, h11.SEND_RESPONSE):
                 try:
                     await stream.send_all(http_response(408, b"Request timeout.\n"))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -259,12 +256,11 @@ class Hypercorn:
     """hypercorn's per-worker state, once for the front door, and its connections."""
 
     def __init__(self, app: Any, config: HyperConfig, *, stall_timeout: float,
-                 limits: ReadLimits, count: ConnectionCount | None = None) -> None:
+                 limits: ReadLimits) -> None:
         self.app = ASGIWrapper(app)
         self.config = config
         self.stall_timeout = stall_timeout
         self.limits = limits
-        self.count = count
         self.state: LifespanState = {}
         self.context = WorkerContext(None)
         self._lifespan = Lifespan(self.app, config, self.state)
@@ -301,6 +297,6 @@ class Hypercorn:
         server = BoundedTCPServer(self.app, self.config, self.context,
                                   ConnectionState(self.state.copy()),
                                   stream)  # type: ignore[arg-type]
-        server.limits, server.count = self.limits, self.count
+        server.limits = self.limits
         await server.run()
         await linger(sock)

@@ -75,14 +75,6 @@ class RequestClock:
         return self._since + self.limits.limit(waiting)
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionStatistics:
-    open: int  # connections held now
-    clients: int  # distinct client addresses among them
-    refused: int  # connections refused over a limit, since start
-    timed_out: int  # requests whose head or body came too slowly, since start
-
-
 class ConnectionCount:
     """The connections held, in total and per client address."""
 
@@ -91,8 +83,6 @@ class ConnectionCount:
         self.per_client = per_client
         self._by_client: dict[str, int] = {}
         self.open = 0
-        self.refused = 0
-        self.timed_out = 0
         self._unlogged = 0
         self._logged_at = -math.inf
 
@@ -100,7 +90,6 @@ class ConnectionCount:
         """Count one more connection from `client`, or refuse it (False)."""
         held = self._by_client.get(client, 0)
         if self.open >= self.total or held >= self.per_client:
-            self.refused += 1
             self._unlogged += 1
             if now - self._logged_at >= REFUSAL_LOG_SECONDS:
                 which = "in all" if self.open >= self.total else f"from {client}"
@@ -119,7 +108,3 @@ class ConnectionCount:
         else:
             self._by_client.pop(client, None)
         self.open -= 1
-
-    def statistics(self) -> ConnectionStatistics:
-        return ConnectionStatistics(open=self.open, clients=len(self._by_client),
-                                    refused=self.refused, timed_out=self.timed_out)
