@@ -8,7 +8,7 @@ import math
 import pytest
 
 from jobserver.dataplane.limits import (
-    REFUSAL_LOG_SECONDS,
+    LOG_EVERY_SECONDS,
     ConnectionCount,
     ReadLimits,
     RequestClock,
@@ -50,8 +50,8 @@ def test_connections_are_counted_per_client_and_in_all(
     with caplog.at_level(logging.WARNING, logger="jobserver.frontdoor"):
         full = ConnectionCount(total=1, per_client=1)
         assert full.admit("x", 0.0)
-        for t in (0.0, 1.0, 2.0, REFUSAL_LOG_SECONDS + 0.5):
+        for t in (0.0, 1.0, 2.0, LOG_EVERY_SECONDS + 0.5):
             assert not full.admit("y", t)
     assert [r.getMessage() for r in caplog.records] == [
-        "refused 1 connection(s) over the limit (1 open in all)",
-        "refused 3 connection(s) over the limit (1 open in all)"]
+        "refused a connection from y: 1 open in all",
+        "refused a connection from y: 1 open in all (and 2 more since the last such line)"]

@@ -100,6 +100,7 @@ class FrontDoor:
         self.plane = plane
         self.hyper = hyper
         self.count = count
+        self.slow_log = hyper.slow_log  # one throttle for every slow-request line
 
     async def accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         while True:
@@ -129,7 +130,7 @@ class FrontDoor:
         """One accepted connection, from its first byte to its close. A bug met
         while serving it ends this connection, logged, never the server."""
         try:
-            stream = await self._open(sock)
+            stream = await self._open(sock, client)
             if stream is not None:
                 await stream.run()
         except Exception:
@@ -138,12 +139,16 @@ class FrontDoor:
             sock.close()
             self.count.release(client)
 
-    async def _open(self, sock: socket.socket) -> StreamConnection | None:
+    async def _open(self, sock: socket.socket, client: str) -> StreamConnection | None:
         """Read the first head and act on it; the stream it opened, if any. The head
         dies here, so an open stream holds none of its request's bytes."""
         head: Head | BadHead = BadHead(None)
-        with trio.move_on_after(self.plane.config.handshake_timeout):
+        limit = self.plane.config.handshake_timeout
+        with trio.move_on_after(limit) as waited:
             head = await read_head(sock)
+        if waited.cancelled_caught:
+            self.slow_log.log(trio.current_time(), "closed a connection from %s: no whole "
+                              "request head within %g s", client, limit)
         if isinstance(head, BadHead):
             if head.status is not None:
                 await answer(sock, head.status, b"Bad request.\n",

@@ -28,6 +28,7 @@ door closes it after the linger).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,7 +51,7 @@ from hypercorn.typing import ConnectionState, LifespanState
 from wsproto.events import Message
 
 from .http import peer_host
-from .limits import ReadLimits, RequestClock, Waiting, log
+from .limits import ReadLimits, RequestClock, Throttled, Waiting
 from .outbox import RECV_SIZE
 from .stream import linger
 from .wire import http_response
@@ -176,6 +177,7 @@ class BoundedTCPServer(TCPServer):
     """hypercorn's TCPServer, whose reads of a request head or body are timed."""
 
     limits: ReadLimits
+    slow_log: Throttled
 
     def _waiting_for(self) -> tuple[Waiting | None, int]:
         protocol = self.protocol.protocol
@@ -229,8 +231,9 @@ class BoundedTCPServer(TCPServer):
     async def _too_slow(self, waiting: Waiting) -> None:
         """408 when nothing was answered yet (else just the close), and a log line."""
         stream: ReplayStream = self.stream  # type: ignore[assignment]
-        log.info("closed a connection from %s: a request %s took longer than %g s",
-                 stream.peer or "?", waiting, self.limits.limit(waiting))
+        self.slow_log.log(trio.current_time(),
+                          "closed a connection from %s: a request %s took longer than %g s",
+                          stream.peer or "?", waiting, self.limits.limit(waiting))
         async with self.send_lock:  # (the app's answer, if it begins now, waits for it)
             connection = self.protocol.protocol.connection
             if isinstance(connection, h11.Connection) and connection.our_state in (
@@ -261,6 +264,7 @@ class Hypercorn:
         self.config = config
         self.stall_timeout = stall_timeout
         self.limits = limits
+        self.slow_log = Throttled(logging.INFO)
         self.state: LifespanState = {}
         self.context = WorkerContext(None)
         self._lifespan = Lifespan(self.app, config, self.state)
@@ -297,6 +301,6 @@ class Hypercorn:
         server = BoundedTCPServer(self.app, self.config, self.context,
                                   ConnectionState(self.state.copy()),
                                   stream)  # type: ignore[arg-type]
-        server.limits = self.limits
+        server.limits, server.slow_log = self.limits, self.slow_log
         await server.run()
         await linger(sock)
