@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from jobserver.config import ConfigError, load_config
 from jobserver.dataplane.limits import (
     LOG_EVERY_SECONDS,
     ConnectionCount,
@@ -55,3 +56,11 @@ def test_connections_are_counted_per_client_and_in_all(
     assert [r.getMessage() for r in caplog.records] == [
         "refused a connection from y: 1 open in all",
         "refused a connection from y: 1 open in all (and 2 more since the last such line)"]
+
+
+@pytest.mark.parametrize("name", ["handshake_timeout", "body_timeout", "keep_alive_timeout",
+                                  "max_connections", "max_connections_per_client"])
+def test_a_limit_must_be_more_than_zero(name: str) -> None:
+    assert getattr(load_config(environ={f"JOBSERVER_{name.upper()}": "7"}), name) == 7
+    with pytest.raises(ConfigError, match=name):
+        load_config(environ={f"JOBSERVER_{name.upper()}": "0"})
