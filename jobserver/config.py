@@ -44,10 +44,12 @@ class Config:
     # Connections and requests (dataplane/limits.py): every request head must
     # arrive within handshake_timeout of its first byte, its body within
     # body_timeout of the head; an idle keep-alive connection closes after
-    # keep_alive_timeout.
+    # keep_alive_timeout (longer than the pools of common clients keep an idle
+    # connection, httpx's 5 s and aiohttp's 15 s, so they never reuse one just
+    # as it is being closed).
     handshake_timeout: float = 10.0
     body_timeout: float = 30.0
-    keep_alive_timeout: float = 5.0
+    keep_alive_timeout: float = 20.0
     max_connections: int = 10_000
     max_connections_per_client: int = 1_000
     sse_heartbeat: float = 15.0

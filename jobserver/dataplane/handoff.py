@@ -244,7 +244,7 @@ class BoundedTCPServer(TCPServer):
                     pass
 
 
-def hypercorn_config(*, max_message_bytes: int, keep_alive_timeout: float = 5.0,
+def hypercorn_config(*, max_message_bytes: int, keep_alive_timeout: float = 20.0,
                      graceful_timeout: float = 2.0) -> HyperConfig:
     hyper = HyperConfig()
     hyper.keep_alive_timeout = keep_alive_timeout
