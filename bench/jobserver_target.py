@@ -37,6 +37,9 @@ TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 CONFIG = """\
 [server]
 slots = {slots}
+# Every subscriber comes from 127.0.0.1: lift the per-client cap over the counts.
+max_connections = 100000
+max_connections_per_client = 100000
 
 [templates.bench-emit]
 description = "Benchmark: wait for go_file, then print count lines in bursts."

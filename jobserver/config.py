@@ -42,7 +42,17 @@ class Config:
     ws_max_message_bytes: int = 65536
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
+    # Connections and requests (dataplane/limits.py): every request head must
+    # arrive within handshake_timeout of its first byte, its body within
+    # body_timeout of the head; an idle keep-alive connection closes after
+    # keep_alive_timeout (longer than the pools of common clients keep an idle
+    # connection, httpx's 5 s and aiohttp's 15 s, so they never reuse one just
+    # as it is being closed).
     handshake_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: float = 20.0
+    max_connections: int = 10_000
+    max_connections_per_client: int = 1_000
     sse_heartbeat: float = 15.0
     # A subscriber further behind than this many events leaves the live path.
     max_lag_events: int = 100_000  # events; outbox.MAX_BACKLOG_BYTES bounds the bytes
@@ -146,4 +156,8 @@ def load_config(
         raise ConfigError("setting 'port': must be 0..65535")
     if config.slots < 1:
         raise ConfigError("setting 'slots': must be at least 1")
+    for name in ("handshake_timeout", "body_timeout", "keep_alive_timeout",
+                 "max_connections", "max_connections_per_client"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"setting {name!r}: must be more than 0")
     return config

@@ -3,17 +3,20 @@ to hypercorn.
 
     serve_front_door
     └── hypercorn lifespan (the ASGI app's startup/shutdown, once)
-        └── connections nursery: one task per accepted connection
+        └── connections nursery: one task per accepted connection (limits.py's caps)
             ├── read the first request head (h11; 16 KiB cap; handshake timeout)
             ├── stream route → data plane (websocket.py / sse.py), raw socket
             ├── data plane's answer (404/405/426 for WebSocket paths) → close
             └── anything else → hypercorn's TCPServer, bytes already read replayed
+                (every later head and every body timed: limits.py, handoff.py)
 
 Rules: the port is bound with the stdlib socket and connections are accepted
 here, so every data-plane socket is a plain non-blocking socket of ours. A
 connection costs one task; a handshake that fails ends it (after a bounded
-linger) and closes its socket. Cancelling `serve_front_door` closes every
-stream with 1001, then stops the app's lifespan.
+linger) and closes its socket. A connection over `max_connections` (or
+`max_connections_per_client`) is answered 503 and closed before it gets a
+task. Cancelling `serve_front_door` closes every stream with 1001, then stops
+the app's lifespan.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from ..config import Config
 from ..engine import Engine
 from .handoff import Hypercorn, hypercorn_config
 from .http import BadHead, Head, parse_target, read_head
+from .limits import ConnectionCount, ReadLimits
 from .plane import DataPlane
 from .routes import Answer, Match
 from .sse import open_sse
 from .stream import StreamConnection, answer
 from .websocket import open_websocket
+from .wire import http_response
 
 log = logging.getLogger("jobserver.frontdoor")
 
@@ -43,6 +48,8 @@ BACKLOG = 1024
 # this long rather than spin (trio.serve_listeners does the same).
 ACCEPT_PAUSE_SECONDS = 0.1
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# Sent (without waiting) to a connection over the limits, before it is closed.
+OVER_LIMIT = http_response(503, b"Too many connections.\n", headers=[("Retry-After", "1")])
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -72,9 +79,14 @@ async def serve_front_door(
     plane = plane or DataPlane(config=config, engine=engine, keyring=keyring)
     listener = listen_socket or bind_socket(config.host, config.port)
     listener.setblocking(False)
-    hyper = Hypercorn(asgi_app, hypercorn_config(max_message_bytes=config.ws_max_message_bytes),
-                      stall_timeout=plane.stall_timeout)
-    door = FrontDoor(plane, hyper)
+    count = ConnectionCount(total=config.max_connections,
+                            per_client=config.max_connections_per_client)
+    limits = ReadLimits(head_seconds=config.handshake_timeout, body_seconds=config.body_timeout,
+                        idle_seconds=config.keep_alive_timeout)
+    hyper = Hypercorn(asgi_app, hypercorn_config(max_message_bytes=config.ws_max_message_bytes,
+                                                 keep_alive_timeout=config.keep_alive_timeout),
+                      stall_timeout=plane.stall_timeout, limits=limits)
+    door = FrontDoor(plane, hyper, count)
     try:
         async with hyper.running(), trio.open_nursery() as connections:
             task_status.started(listener.getsockname()[1])
@@ -84,16 +96,18 @@ async def serve_front_door(
 
 
 class FrontDoor:
-    def __init__(self, plane: DataPlane, hyper: Hypercorn) -> None:
+    def __init__(self, plane: DataPlane, hyper: Hypercorn, count: ConnectionCount) -> None:
         self.plane = plane
         self.hyper = hyper
+        self.count = count
+        self.slow_log = hyper.slow_log  # one throttle for every slow-request line
 
     async def accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         while True:
             await trio.lowlevel.wait_readable(listener)
             while True:
                 try:
-                    sock, _ = listener.accept()
+                    sock, address = listener.accept()
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
@@ -105,27 +119,36 @@ class FrontDoor:
                         continue
                     raise
                 sock.setblocking(False)
+                client = str(address[0])
+                if not self.count.admit(client, trio.current_time()):
+                    _refuse(sock)
+                    continue
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(self.connection, sock)
+                nursery.start_soon(self.connection, sock, client)
 
-    async def connection(self, sock: socket.socket) -> None:
+    async def connection(self, sock: socket.socket, client: str) -> None:
         """One accepted connection, from its first byte to its close. A bug met
         while serving it ends this connection, logged, never the server."""
         try:
-            stream = await self._open(sock)
+            stream = await self._open(sock, client)
             if stream is not None:
                 await stream.run()
         except Exception:
             log.exception("a connection ended with an error")
         finally:
-            sock.close()  # after hypercorn, a no-op: its stream closed it
+            sock.close()
+            self.count.release(client)
 
-    async def _open(self, sock: socket.socket) -> StreamConnection | None:
+    async def _open(self, sock: socket.socket, client: str) -> StreamConnection | None:
         """Read the first head and act on it; the stream it opened, if any. The head
         dies here, so an open stream holds none of its request's bytes."""
         head: Head | BadHead = BadHead(None)
-        with trio.move_on_after(self.plane.config.handshake_timeout):
+        limit = self.plane.config.handshake_timeout
+        with trio.move_on_after(limit) as waited:
             head = await read_head(sock)
+        if waited.cancelled_caught:
+            self.slow_log.log(trio.current_time(), "closed a connection from %s: no whole "
+                              "request head within %g s", client, limit)
         if isinstance(head, BadHead):
             if head.status is not None:
                 await answer(sock, head.status, b"Bad request.\n",
@@ -156,3 +179,14 @@ class FrontDoor:
             await self.hyper.serve(sock, head.raw)
         finally:
             self.plane.handed_off -= 1
+
+
+def _refuse(sock: socket.socket) -> None:
+    """Answer 503 if the socket takes it at once, and close (no task, no read)."""
+    try:
+        sock.send(OVER_LIMIT)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        sock.close()

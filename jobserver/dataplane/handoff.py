@@ -11,26 +11,50 @@ Its sends give up when the peer leaves its window shut for `stall_timeout`:
 hypercorn shields its sends from cancellation, so nothing else could stop
 one to a client that stopped reading. hypercorn's WebSocket message buffer is
 replaced by one that stops at the cap (`CappedWebsocketBuffer`).
+
+`BoundedTCPServer` is TCPServer with its read loop bounded by limits.py's
+rules (hypercorn's own `read_timeout` would bound every read, a silent
+WebSocket's or SSE client's too). `BoundedH11Protocol` is hypercorn's HTTP/1.1
+protocol that says `Connection: close` on every response after which it
+closes (the request body not read to its end, or the server stopping; RFC
+9112 §9.6), and that never switches to HTTP/2 (an `Upgrade: h2c` is ignored,
+as RFC 9110 §7.8 allows), so every connection is under these bounds. A
+connection it closes lingers (stream.py's `linger`): a close with unread
+input would reset the connection and could destroy the answer (so
+`ReplayStream.aclose` only wakes the tasks using the socket, and the front
+door closes it after the linger).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import h11
+import hypercorn.protocol
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HyperConfig
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol import ws_stream
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import Response
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from wsproto.events import Message
 
+from .http import peer_host
+from .limits import ReadLimits, RequestClock, Throttled, Waiting
 from .outbox import RECV_SIZE
+from .stream import linger
+from .wire import http_response
 
 # A send to hypercorn's peer goes out in pieces of at most this size, each
 # with its own stall deadline.
@@ -40,9 +64,9 @@ LIFESPAN_SHUTDOWN_SECONDS = 5.0
 
 
 class ReplayStream(trio.abc.HalfCloseableStream):
-    def __init__(self, sock: trio.socket.SocketType, prefix: bytes, *,
-                 stall_timeout: float) -> None:
-        self._sock = sock
+    def __init__(self, sock: socket.socket, prefix: bytes, *, stall_timeout: float) -> None:
+        self._stdlib_sock = sock
+        self._sock = trio.socket.from_stdlib_socket(sock)
         self._prefix = prefix
         self._stall_timeout = stall_timeout
         self._closed = False
@@ -98,9 +122,16 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         finally:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
+    @property
+    def peer(self) -> str | None:
+        return peer_host(self._stdlib_sock)
+
     async def aclose(self) -> None:
-        self._closed = True
-        self._sock.close()
+        # The socket is closed by the front door, after `Hypercorn.serve` let it
+        # linger; a task still reading or writing it is woken here.
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self._sock)
         await trio.lowlevel.checkpoint()
 
 
@@ -122,8 +153,101 @@ class CappedWebsocketBuffer(ws_stream.WebsocketBuffer):
 ws_stream.WebsocketBuffer = CappedWebsocketBuffer  # type: ignore[misc]
 
 
-def hypercorn_config(*, max_message_bytes: int, graceful_timeout: float = 2.0) -> HyperConfig:
+class BoundedH11Protocol(H11Protocol):
+    """HTTP/1.1 as hypercorn speaks it, with `Connection: close` said when due."""
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if (isinstance(event, Response) and event.status_code >= 200
+                and isinstance(self.connection, h11.Connection)
+                and (self.connection.their_state is h11.SEND_BODY
+                     or self.context.terminated.is_set())):
+            event = dataclasses.replace(
+                event, headers=[*event.headers, (b"connection", b"close")])
+        await super().stream_send(event)
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        return None  # no h2c upgrade, no HTTP/2 prior knowledge
+
+
+# Every ProtocolWrapper hypercorn makes (in this process: the front door's) uses it.
+hypercorn.protocol.H11Protocol = BoundedH11Protocol  # type: ignore[misc]
+
+
+class BoundedTCPServer(TCPServer):
+    """hypercorn's TCPServer, whose reads of a request head or body are timed."""
+
+    limits: ReadLimits
+    slow_log: Throttled
+
+    def _waiting_for(self) -> tuple[Waiting | None, int]:
+        protocol = self.protocol.protocol
+        connection = protocol.connection
+        if not isinstance(protocol, H11Protocol) or not isinstance(connection, h11.Connection):
+            return None, 0  # a WebSocket now: its own deadlines hold
+        requests = protocol.keep_alive_requests
+        if connection.their_state is h11.SEND_BODY:
+            return "body", requests
+        if connection.their_state is h11.IDLE and connection.our_state is h11.IDLE:
+            return ("head" if connection.trailing_data[0] else "idle"), requests
+        return None, requests
+
+    async def _read_data(self) -> None:
+        self._clock = RequestClock(self.limits)
+        self._waiting: Waiting | None = None
+        while True:
+            data: bytes | bytearray | None = None
+            try:
+                with trio.CancelScope() as self._read_scope:
+                    self._rearm()
+                    data = await self.stream.receive_some(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                break
+            finally:
+                self._read_scope = None
+            if data is None:  # the deadline passed
+                assert self._waiting is not None
+                if self._waiting != "idle":
+                    await self._too_slow(self._waiting)
+                break
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
+
+    _read_scope: trio.CancelScope | None = None
+
+    def _rearm(self) -> None:
+        """Set the pending read's deadline from what the connection waits for now."""
+        if self._read_scope is not None:
+            self._waiting, number = self._waiting_for()
+            self._read_scope.deadline = self._clock.deadline(
+                self._waiting, number, trio.current_time())
+
+    async def protocol_send(self, event: Event) -> None:
+        # An answer sent, or the connection idle again: the read's limit changes.
+        self._rearm()
+        await super().protocol_send(event)
+
+    async def _too_slow(self, waiting: Waiting) -> None:
+        """408 when nothing was answered yet (else just the close), and a log line."""
+        stream: ReplayStream = self.stream  # type: ignore[assignment]
+        self.slow_log.log(trio.current_time(),
+                          "closed a connection from %s: a request %s took longer than %g s",
+                          stream.peer or "?", waiting, self.limits.limit(waiting))
+        async with self.send_lock:  # (the app's answer, if it begins now, waits for it)
+            connection = self.protocol.protocol.connection
+            if isinstance(connection, h11.Connection) and connection.our_state in (
+                    h11.IDLE, h11.SEND_RESPONSE):
+                try:
+                    await stream.send_all(http_response(408, b"Request timeout.\n"))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+
+def hypercorn_config(*, max_message_bytes: int, keep_alive_timeout: float = 20.0,
+                     graceful_timeout: float = 2.0) -> HyperConfig:
     hyper = HyperConfig()
+    hyper.keep_alive_timeout = keep_alive_timeout
     hyper.accesslog = None  # access lines would carry query strings, i.e. tokens
     hyper.graceful_timeout = graceful_timeout
     hyper.websocket_max_message_size = max_message_bytes
@@ -134,10 +258,13 @@ def hypercorn_config(*, max_message_bytes: int, graceful_timeout: float = 2.0) -
 class Hypercorn:
     """hypercorn's per-worker state, once for the front door, and its connections."""
 
-    def __init__(self, app: Any, config: HyperConfig, *, stall_timeout: float) -> None:
+    def __init__(self, app: Any, config: HyperConfig, *, stall_timeout: float,
+                 limits: ReadLimits) -> None:
         self.app = ASGIWrapper(app)
         self.config = config
         self.stall_timeout = stall_timeout
+        self.limits = limits
+        self.slow_log = Throttled(logging.INFO)
         self.state: LifespanState = {}
         self.context = WorkerContext(None)
         self._lifespan = Lifespan(self.app, config, self.state)
@@ -170,8 +297,10 @@ class Hypercorn:
 
     async def serve(self, sock: socket.socket, prefix: bytes) -> None:
         """Serve one connection whose first `prefix` bytes were already read."""
-        stream = ReplayStream(trio.socket.from_stdlib_socket(sock), prefix,
-                              stall_timeout=self.stall_timeout)
-        server = TCPServer(self.app, self.config, self.context,
-                           ConnectionState(self.state.copy()), stream)  # type: ignore[arg-type]
+        stream = ReplayStream(sock, prefix, stall_timeout=self.stall_timeout)
+        server = BoundedTCPServer(self.app, self.config, self.context,
+                                  ConnectionState(self.state.copy()),
+                                  stream)  # type: ignore[arg-type]
+        server.limits, server.slow_log = self.limits, self.slow_log
         await server.run()
+        await linger(sock)
