@@ -132,7 +132,6 @@ async def test_bad_bodies_are_refused_with_the_field_named(
 
 @pytest.mark.parametrize(("route", "body", "field"), [case[1:] for case in HUGE],
                          ids=[case[0] for case in HUGE])
-@pytest.mark.xfail(strict=False, reason="fixed on the firstrun branch")
 async def test_a_huge_integer_is_refused_with_the_field_named(
         h: Harness, route: str, body: bytes, field: str) -> None:
     r = await h.client.post(route, content=body, headers={

@@ -32,7 +32,6 @@ pytestmark = pytest.mark.reliability
 
 CAP = 64 * 1024  # ws_max_message_bytes here
 BIG = 2 * 1024 * 1024
-FALLBACK_XFAIL = pytest.mark.xfail(strict=True, reason="issue 9.6: ASGI fallback")
 
 
 @pytest.fixture
@@ -118,20 +117,18 @@ async def unmasked(ws: RawWebSocket) -> None:
 class Case:
     send: Callable[[RawWebSocket], Awaitable[None]]
     code: int
-    fallback_fails: bool = False  # issue 9.6, the lead's to fix in asgi.py
 
 
 CASES = {
-    "oversized": Case(oversized, 1009, fallback_fails=True),
-    "oversized in fragments": Case(oversized_in_fragments, 1009, fallback_fails=True),
-    "invalid UTF-8": Case(invalid_utf8, 1007, fallback_fails=True),
-    "invalid UTF-8 across fragments": Case(invalid_utf8_across_fragments, 1007,
-                                           fallback_fails=True),
-    "compressed (RSV1)": Case(compressed_rsv1, 1002, fallback_fails=True),
-    "oversized ping": Case(oversized_ping, 1002, fallback_fails=True),
-    "fragmented ping": Case(fragmented_ping, 1002, fallback_fails=True),
-    "continuation first": Case(continuation_first, 1002, fallback_fails=True),
-    "unmasked": Case(unmasked, 1002, fallback_fails=True),
+    "oversized": Case(oversized, 1009),
+    "oversized in fragments": Case(oversized_in_fragments, 1009),
+    "invalid UTF-8": Case(invalid_utf8, 1007),
+    "invalid UTF-8 across fragments": Case(invalid_utf8_across_fragments, 1007),
+    "compressed (RSV1)": Case(compressed_rsv1, 1002),
+    "oversized ping": Case(oversized_ping, 1002),
+    "fragmented ping": Case(fragmented_ping, 1002),
+    "continuation first": Case(continuation_first, 1002),
+    "unmasked": Case(unmasked, 1002),
 }
 
 
@@ -139,8 +136,7 @@ def _params() -> list[object]:
     out: list[object] = []
     for name, case in CASES.items():
         out.append(pytest.param("raw", case, id=f"raw-{name}"))
-        marks = [FALLBACK_XFAIL] if case.fallback_fails else []
-        out.append(pytest.param("fallback", case, id=f"fallback-{name}", marks=marks))
+        out.append(pytest.param("fallback", case, id=f"fallback-{name}"))
     return out
 
 
