@@ -210,7 +210,7 @@ def _native_paths() -> dict[str, Any]:
                  "schema": {"type": "integer", "minimum": 0}},
                 {"name": "until", "in": "query", "description": "Lines up to this seq",
                  "schema": {"type": "integer", "minimum": 0}}],
-                    "responses": _answers("200", {"type": "string"}, 404,
+                    "responses": _answers("200", {"type": "string"}, 404, 422,
                                           media="text/plain; charset=utf-8")}},
         "/api/v1/jobs/{job_id}/stream": {
             "get": {"summary": "The job's events as Server-Sent Events (id = seq), history "
@@ -226,7 +226,11 @@ def _native_paths() -> dict[str, Any]:
                     "opened)", "parameters": [_TOKEN],
                     "responses": {
                         "200": {"description": "text/event-stream", "content": {
-                            "text/event-stream": {"schema": {"type": "string"}}}},
+                            "text/event-stream": {"schema": {
+                                "type": "object", "required": ["event", "data"],
+                                "properties": {"event": {"type": "string"}, "data": {
+                                    "type": "string",
+                                    "contentMediaType": "application/json"}}}}}},
                         "401": _error(401, problem=False, echoed=False)}}},
         "/api/v1/templates": {
             "get": {"summary": "Templates you may run", "responses": _answers(
