@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .api import create_app
+from .api.app import create_app
 from .api.common import Services
 from .auth import KeyRing
 from .config import Config

@@ -1,5 +1,5 @@
-"""The HTTP application (Quart-Trio): native REST API, OpenAPI, metrics, web page."""
+"""The HTTP application (Quart-Trio): native REST API, OpenAPI, metrics, web page.
 
-from .app import create_app
-
-__all__ = ["create_app"]
+`app.create_app` builds it; `jobs_views` is the jobs dialect's pure documents, shared
+with the event stream (importing this package imports no Quart).
+"""

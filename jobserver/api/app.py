@@ -23,10 +23,10 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ..dialects.jobs import problem
 from ..errors import JobserverError
 from .common import Services, services
 from .jobs_dialect import jobs_api
+from .jobs_views import problem
 from .native import native
 from .openapi import openapi_document
 from .page import page

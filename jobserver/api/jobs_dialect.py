@@ -24,9 +24,9 @@ from ..auth import Principal, anonymous, authorize
 from ..core.ids import JobId
 from ..core.job import Job
 from ..core.states import Status
-from ..dialects import jobs as dialect
 from ..engine import Submission
 from ..errors import Conflict, NotFound, ValidationFailed
+from . import jobs_views as views
 from .common import bearer_token, json_body, services
 
 jobs_api = Blueprint("jobs_dialect", __name__)
@@ -92,7 +92,7 @@ def principal() -> Principal:
 
 
 def _job_id(text: str) -> JobId:
-    job_id = dialect.parse_jobs_id(text)
+    job_id = views.parse_jobs_id(text)
     if job_id is None:
         raise NotFound("job not found", code="job_not_found")
     return job_id
@@ -156,14 +156,14 @@ async def create_job() -> tuple[dict[str, Any], int]:
     body = await json_body()
     job = await _submit(who, _submission(body), body)
     return {"jobId": job.id, "correlationId": job.correlation_id, "status": "Queued",
-            "stage": dialect.stage(job)}, 202
+            "stage": views.stage(job)}, 202
 
 
 @jobs_api.get("/api/jobs/<job_id>")
 async def get_job(job_id: str) -> dict[str, Any]:
     engine = services().engine
     job = await engine.get(principal(), _job_id(job_id))
-    return dialect.job_document(job, now=engine.now())
+    return views.job_document(job, now=engine.now())
 
 
 @jobs_api.get("/jobs/<job_id>/watch")
@@ -180,7 +180,7 @@ async def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
     engine = services().engine
     who = principal()
     job = await engine.get(who, _job_id(job_id))
-    before = dialect.STATUS_NAMES[job.status]
+    before = views.STATUS_NAMES[job.status]
     if job.status.terminal:
         raise Conflict(f"Job is already {before}", code="job_finished")
     await engine.cancel(who, job.id)
@@ -199,7 +199,7 @@ async def retry_job(job_id: str) -> tuple[dict[str, Any], int]:
                                field="strategy")
     if job.status not in (Status.FAILED, Status.CANCELLED):
         raise Conflict(f"Only failed or cancelled jobs can be retried; this one is "
-                       f"{dialect.STATUS_NAMES[job.status]}", code="not_retryable")
+                       f"{views.STATUS_NAMES[job.status]}", code="not_retryable")
     resume = 0 if strategy == "restart" else _resume_index(job)
     # The new attempt belongs to the job's owner (an admin may retry it for them).
     owner = Principal(job.owner, who.role)
@@ -209,8 +209,8 @@ async def retry_job(job_id: str) -> tuple[dict[str, Any], int]:
     resumed = f", resuming at step {job.steps[resume].name}" if resume else ""
     return {
         "jobId": job.id,
-        "currentStatus": dialect.STATUS_NAMES[job.status],
-        "currentStage": dialect.stage(job),
+        "currentStatus": views.STATUS_NAMES[job.status],
+        "currentStage": views.stage(job),
         "strategy": strategy,
         "message": f"Retry queued as job {retry.id} (attempt {retry.attempt}{resumed}).",
         "suggestedActions": SUGGESTED_ACTIONS,

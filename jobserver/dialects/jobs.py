@@ -19,10 +19,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..api.jobs_views import (
+    CANCELED,
+    STATUS_NAMES,
+    result_output,
+    cancelled_error,
+    error_view,
+    failed_error,
+    parse_jobs_id,
+    problem,
+)
 from ..auth import Principal, anonymous, bearer
 from ..core import events as ev
-from ..core.ids import JobId, parse_job_id
-from ..core.job import Job, StepState
+from ..core.job import Job
 from ..core.states import Status
 from ..core.timefmt import iso_s
 from ..core.topics import JobTopic
@@ -48,99 +57,12 @@ from . import (
 )
 
 DIALECT = "jobs"
-STATUS_NAMES = {
-    Status.QUEUED: "Queued",
-    Status.RUNNING: "Running",
-    Status.SUCCEEDED: "Succeeded",
-    Status.FAILED: "Failed",
-    Status.CANCELLED: "Canceled",
-}
-CANCELED = STATUS_NAMES[Status.CANCELLED]
 # Event names a client may listen for; the stream ends after a terminal one
 # (job-failed ends a cancelled job's stream too, after job-cancelled).
 TERMINAL_EVENTS = ("job-completed", "job-failed")
 # A log line's severity as the original server guessed it from the text.
 _ERROR_WORD = re.compile("error", re.IGNORECASE)
 _WARNING_WORD = re.compile("warn", re.IGNORECASE)
-
-
-def parse_jobs_id(text: str) -> JobId | None:
-    return parse_job_id(text[2:] if text[:2] in ("J-", "j-") else text)
-
-
-def stage(job: Job) -> str:
-    """The step the job is at (running, else the next pending), else its kind."""
-    for wanted in ("Running", "Failed", "Pending"):
-        for s in job.steps:
-            if s.status == wanted:
-                return s.name
-    if job.steps:
-        return job.steps[-1].name
-    return job.kind
-
-
-def _step_view(s: StepState, now: float) -> dict[str, Any]:
-    end = s.completed_at if s.completed_at is not None else (now if s.started_at else None)
-    out: dict[str, Any] = {
-        "name": s.name,
-        "status": s.status,
-        "progressPct": round(s.progress_pct),
-        "durationMs": int((end - s.started_at) * 1000) if end and s.started_at else 0,
-        "errors": [error_view(e) for e in s.errors],
-    }
-    if s.started_at is not None:
-        out["startedAt"] = iso_s(s.started_at)
-    if s.completed_at is not None:
-        out["completedAt"] = iso_s(s.completed_at)
-    return out
-
-
-def _output(result: Mapping[str, Any] | None) -> Any:
-    """What a job produced: `result.output` when it reported one, else its result."""
-    if result is None:
-        return None
-    if "output" in result:
-        return result["output"]
-    return {k: v for k, v in result.items() if k != "message"} or None
-
-
-def output_of(job: Job) -> Any:
-    return _output(job.result)
-
-
-def error_view(error: Mapping[str, Any]) -> dict[str, Any]:
-    """An error as the spec shows it: code, message, remediation (null when none)."""
-    return {"code": error.get("code"), "message": error.get("message"),
-            "remediation": error.get("remediation")}
-
-
-def errors_of(job: Job) -> list[dict[str, Any]]:
-    """The job's errors; a failed job always has one, a cancelled one ends with Canceled."""
-    errors = [error_view(e) for e in job.errors]
-    if not errors and job.status is Status.FAILED:
-        errors.append(failed_error(job.error_message))
-    if job.status is Status.CANCELLED:
-        errors.append(cancelled_error(job.result_message))
-    return errors
-
-
-def job_document(job: Job, *, now: float) -> dict[str, Any]:
-    return {
-        "jobId": job.id,
-        "status": STATUS_NAMES[job.status],
-        "stage": stage(job),
-        "createdUtc": iso_s(job.created_at),
-        "startedUtc": iso_s(job.started_at),
-        "endedUtc": iso_s(job.completed_at),
-        "correlationId": job.correlation_id,
-        "steps": [_step_view(s, now) for s in job.steps],
-        "output": output_of(job),
-        "warnings": list(job.warnings),
-        "errors": errors_of(job) if job.status.terminal else [error_view(e) for e in job.errors],
-        "progressPct": round(float(job.progress.get("pct", 0))) if job.progress else None,
-        "attempt": job.attempt,
-        "retryOf": job.retry_of,
-    }
 
 
 # One job event can make several SSE events (the first Started makes job-status
@@ -291,7 +213,7 @@ class JobsRenderer:
                 self.done = True
                 if status == Status.SUCCEEDED:
                     return [("job-completed", {"status": "Succeeded",
-                                               "output": _output(self.result)})]
+                                               "output": result_output(self.result)})]
                 errors = self._final_errors(event)
                 failed = ("job-failed", {"status": STATUS_NAMES[Status(status)],
                                          "errors": errors,
@@ -322,16 +244,6 @@ def severity_of(line: str) -> str:
     if _ERROR_WORD.search(line):
         return "error"
     return "warning" if _WARNING_WORD.search(line) else "info"
-
-
-def cancelled_error(message: str | None) -> dict[str, Any]:
-    return {"code": CANCELED, "message": message or "The job was cancelled.",
-            "remediation": "Retry the job to run it again."}
-
-
-def failed_error(message: str | None) -> dict[str, Any]:
-    return {"code": "JobFailed", "message": message or "The job failed.",
-            "remediation": "See the job's log for details."}
 
 
 def resume(renderer: JobsRenderer, cursor: Cursor, events: Sequence[ev.Event]
@@ -440,19 +352,3 @@ class JobsEventsSession(BaseSession):
                        trace_id=self.trace_id, kind=code)
         return Refuse(status, dumps(body).encode(), "application/problem+json",
                       (*headers, ("X-Correlation-ID", self.correlation_id)))
-
-
-def problem(status: int, title: str, detail: str, *, correlation_id: str, trace_id: str,
-            kind: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """An RFC 7807 problem document in the dialect's shape."""
-    body: dict[str, Any] = {
-        "type": f"https://jobserver.dev/errors/{kind or f'E{status}'}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "correlationId": correlation_id,
-        "traceId": trace_id,
-    }
-    if extra:
-        body.update(extra)
-    return body
