@@ -54,10 +54,14 @@ class LiveJob:
     # The hub topics its events go to, made once (publishing runs per read of output).
     topic: JobTopic = field(init=False)
     owner_topic: OwnerTopic = field(init=False)
+    # The last seq handed to the hub: `record` numbers a batch before it writes
+    # and publishes it, so the job's last_seq runs ahead while a write is in flight.
+    published: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.topic = JobTopic(self.job.id)
         self.owner_topic = OwnerTopic(self.job.owner)
+        self.published = self.job.last_seq
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,6 +113,7 @@ class Engine:
         """To the job's topic, then (output lines aside) its owner's, all jobs' and,
         when the counts moved, the system topic."""
         hub = self.hub
+        live.published = events[-1].seq
         hub.publish(live.topic, events)
         summary = [e for e in events if type(e) is not ev.Log]
         if summary:
@@ -118,9 +123,17 @@ class Engine:
                 self.publish_system_status()
 
     def system_status(self) -> SystemStatus:
-        """The system topic's state now (its seq: the hub's position when read)."""
-        running = sum(1 for live in self._live.values() if live.job.status is Status.RUNNING)
-        return SystemStatus(seq=self.hub.position(), ts=self.now(), queued=len(self._queue),
+        """The system topic's state now (its seq: the hub's position when read).
+        Counted from the live jobs' records, which `record` updates before it
+        publishes: a job's Queued event is published before it joins the queue."""
+        running = queued = 0
+        for live in self._live.values():
+            status = live.job.status
+            if status is Status.RUNNING:
+                running += 1
+            elif status is Status.QUEUED:
+                queued += 1
+        return SystemStatus(seq=self.hub.position(), ts=self.now(), queued=queued,
                             running=running, health=dict(self.health))
 
     def publish_system_status(self) -> None:
@@ -146,6 +159,7 @@ class Engine:
             job = dataclasses.replace(job, last_seq=first + len(lines) - 1)
             live.job = job
             await self.store.write(out, job)
+            live.published = out[-1].seq
             self.hub.publish(live.topic, out)
 
     def now(self) -> float:
@@ -260,14 +274,12 @@ class Engine:
 
     def published_seq(self, topic: Topic) -> int:
         """The position up to which `topic`'s events are published now. A job topic:
-        its seq, 0 when unknown (the job is not live, or a write is in flight:
-        `record` publishes after it); an aggregate topic: the hub's position."""
+        the last seq handed to the hub (a write in flight is not counted), 0 when
+        the job is not live; an aggregate topic: the hub's position."""
         if type(topic) is not JobTopic:
             return self.hub.position()
         live = self._live.get(topic.job_id)
-        if live is None or live.lock.locked():
-            return 0
-        return live.job.last_seq
+        return 0 if live is None else live.published
 
     async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[ev.Event]:
         """A job's stored events with seq > `after`, including everything recorded

@@ -367,6 +367,10 @@ class Member:
         self.channel.remove(self)
         self._buffered.set()  # a catch-up waiting for events sees it and stops
 
+    def end_nowait(self) -> None:
+        """End the member now, as if its renderer had said so (nothing will come)."""
+        self._finish()
+
     def _finish(self) -> None:
         self.ended = True
         self.detach()

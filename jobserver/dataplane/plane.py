@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ import trio
 
 from ..auth import KeyRing
 from ..config import Config
+from ..core.topics import JobTopic
 from ..dialects import (
     Accept,
     Action,
@@ -77,6 +78,8 @@ class DataPlane:
         self.cache = FrameCache()
         self.counters = Counters()
         self._channels: dict[ChannelKey, Channel] = {}
+        # Claim keys -> places held; a key leaves with its last place.
+        self._claims: dict[Hashable, int] = {}
         self.connections = 0
         self.handed_off = 0
         self.subscribers = 0
@@ -117,6 +120,24 @@ class DataPlane:
         handler = _HANDLERS[type(need)]
         return await handler(self, need)
 
+    def claim(self, key: Hashable, limit: int) -> bool:
+        """Take one of `limit` places under `key` (dialects.Claim); False when full."""
+        held = self._claims.get(key, 0)
+        if held >= limit:
+            return False
+        self._claims[key] = held + 1
+        return True
+
+    def release(self, key: Hashable) -> None:
+        held = self._claims.get(key, 0) - 1
+        if held > 0:
+            self._claims[key] = held
+        else:
+            self._claims.pop(key, None)
+
+    def claims(self, key: Hashable) -> int:
+        return self._claims.get(key, 0)
+
     # ---- channels --------------------------------------------------------
 
     def join(self, sink: Sink, subscribe: Subscribe, encoding: str) -> Member:
@@ -133,7 +154,13 @@ class DataPlane:
             self._channels[key] = channel
             self.engine.hub.subscribe(subscribe.topic, channel)
         self.subscribers += 1
-        return Member(sink, channel, subscribe, max_lag=self.config.max_lag_events)
+        member = Member(sink, channel, subscribe, max_lag=self.config.max_lag_events)
+        topic = subscribe.topic
+        if subscribe.after is None and type(topic) is JobTopic \
+                and self.engine.live(topic.job_id) is None:
+            # "From now" on a job that is no longer live: it has said everything.
+            member.end_nowait()
+        return member
 
     def leave(self, member: Member) -> None:
         if not member.detached:

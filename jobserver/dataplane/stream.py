@@ -4,8 +4,9 @@ and the ASGI fallback's two).
 A `StreamConnection` owns its outbox, its members (followed topics, by topic)
 and its session, and applies the session's actions (`handle`): messages go to
 the outbox, Subscribe/Unsubscribe join and leave channels, a Timer sets the
-session's one deadline, and needs are fulfilled by the data plane with their
-results fed back to the session, in order. Its main task is the writer: it
+session's one deadline, needs are fulfilled by the data plane with their
+results fed back to the session, in order, and a `Claim` takes a place in the
+plane's server-wide counts that this connection gives back when it ends. Its main task is the writer: it
 flushes backlogs in joined writes, starts a catch-up task for each member that
 needs one (members catch up concurrently, a few store reads at a time), tells
 the session when a followed topic ended or lagged, and runs its timer. A reader
@@ -24,12 +25,21 @@ import logging
 import math
 import socket
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import trio
 
 from ..core.topics import Topic
-from ..dialects import Action, Close, Session, SseEvent, Subscribe, Timer, Unsubscribe
+from ..dialects import (
+    Action,
+    Claim,
+    Close,
+    Session,
+    SseEvent,
+    Subscribe,
+    Timer,
+    Unsubscribe,
+)
 from .fanout import Member, SinkOutbox
 from .outbox import RECV_SIZE, Outbox, PeerGone, Stalled, send_all
 from .plane import DataPlane
@@ -57,8 +67,8 @@ class StreamConnection:
     once, so each holds only what it needs for its life.
     """
 
-    __slots__ = ("_encode", "_lock", "_outbox", "_readers", "_start", "_timer_at", "_wakeup",
-                 "closing", "members", "plane", "session")
+    __slots__ = ("_claimed", "_encode", "_lock", "_outbox", "_readers", "_start", "_timer_at",
+                 "_wakeup", "closing", "members", "plane", "session")
     encoding = "ws"
 
     def __init__(self, plane: DataPlane, session: Session, outbox: SinkOutbox, *,
@@ -74,6 +84,7 @@ class StreamConnection:
         self._lock: trio.Lock | None = None  # made when a need is first awaited
         self._readers: trio.Semaphore | None = None
         self._start: tuple[Sequence[Action], bytes] | None = (actions, trailing)
+        self._claimed: list[Hashable] | None = None  # Claim keys, released at the end
 
     @property
     def outbox(self) -> SinkOutbox:
@@ -137,6 +148,8 @@ class StreamConnection:
                 delay = action.delay  # type: ignore[union-attr]
                 self._timer_at = math.inf if delay is None else trio.current_time() + delay
                 self.wake()
+            elif kind is Claim:
+                pending.extendleft(reversed(self._claim(action)))  # type: ignore[arg-type]
             elif self.plane.can_fulfil(action):
                 if self._lock is None:
                     self._lock = trio.Lock()
@@ -146,6 +159,16 @@ class StreamConnection:
                 pending.extendleft(reversed(more))
             else:
                 log.error("a session asked for %r on an open stream", kind.__name__)
+
+    def _claim(self, claim: Claim) -> Sequence[Action]:
+        if self.closing:
+            return ()
+        held = self.plane.claim(claim.key, claim.limit)
+        if held:
+            if self._claimed is None:
+                self._claimed = []
+            self._claimed.append(claim.key)
+        return self.session.on_result(claim, held)
 
     def _subscribe(self, subscribe: Subscribe) -> None:
         if self.closing:
@@ -191,6 +214,9 @@ class StreamConnection:
             for member in self.members.values():
                 plane.leave(member)
             self.members.clear()  # member.sink is this connection: no cycle left behind
+            for key in self._claimed or ():
+                plane.release(key)
+            self._claimed = None
             self._outbox.close()
             plane.connections -= 1
 

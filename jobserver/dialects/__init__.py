@@ -113,9 +113,11 @@ class Subscribe:
     `renderer` is in the state right after seq `after` as far as the session can
     tell from the job record, and the transport re-derives it with
     `renderer.after(e)` when it reads the event `e` at seq `after` from the store.
-    An aggregate topic (owner, all jobs, system): `after` must be None, "from
-    now", and `renderer` starts as `renderer.after(None)`. A second Subscribe to
-    a topic replaces the first.
+    A job topic with `after` None: "from now", after the last event the hub
+    has published (exact, whatever is in flight); a job no longer live (it
+    finished) ends at once (`on_end`). An aggregate topic (owner, all jobs,
+    system): `after` must be None, "from now", and `renderer` starts as
+    `renderer.after(None)`. A second Subscribe to a topic replaces the first.
     """
 
     topic: Topic
@@ -195,7 +197,18 @@ class ReadSystem:
     """The system topic's state now. Result: a `SystemStatus`."""
 
 
-Need = Authenticate | LookUp | ReadEvents | Submit | CancelJob | ReadSystem
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One of at most `limit` places under `key`, counted across every connection
+    of the server (e.g. a user's connections), held until this connection ends.
+    On an open stream only (after the Accept). Result: True, or False when all
+    `limit` are held already."""
+
+    key: Hashable
+    limit: int
+
+
+Need = Authenticate | LookUp | ReadEvents | Submit | CancelJob | ReadSystem | Claim
 Action = Message | Close | Accept | Refuse | Subscribe | Unsubscribe | Timer | Need
 
 
