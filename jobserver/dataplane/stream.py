@@ -6,10 +6,11 @@ and its session, and applies the session's actions (`handle`): messages go to
 the outbox, Subscribe/Unsubscribe join and leave channels, a Timer sets the
 session's one deadline, needs are fulfilled by the data plane with their
 results fed back to the session, in order, and a `Claim` takes a place in the
-plane's server-wide counts that this connection gives back when it ends. Its main task is the writer: it
-flushes backlogs in joined writes, starts a catch-up task for each member that
-needs one (members catch up concurrently, a few store reads at a time), tells
-the session when a followed topic ended or lagged, and runs its timer. A reader
+plane's server-wide counts that this connection gives back when it ends.
+Its main task is the writer: it flushes backlogs in joined writes, starts a
+catch-up task for each member that needs one (members catch up concurrently,
+a few store reads at a time), tells the session when a followed topic ended
+or lagged, and runs its timer. A reader
 task (the transport's) runs beside it in the connection's own nursery.
 Rules: the publisher only ever calls the sync `wake`; calls into the session
 are serialised (`handle` holds a lock while a need is awaited); a peer that
