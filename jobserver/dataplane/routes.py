@@ -18,6 +18,7 @@ from typing import Literal
 from ..dialects import Session, SessionEnv, StreamRequest
 from ..dialects.jobs import JobsEventsSession
 from ..dialects.logs import LogsSession
+from ..dialects.multiplex import MultiplexSession
 from ..dialects.native import NativeEventsSession
 
 Transport = Literal["ws", "sse"]
@@ -88,4 +89,5 @@ DEFAULT_ROUTES = RouteTable((
           NativeEventsSession),
     Route("jobs-events", "sse", re.compile(rf"/api/jobs/(?P<job_id>{_SEGMENT})/events"),
           JobsEventsSession),
+    Route("multiplex", "ws", re.compile(r"/ws"), MultiplexSession),
 ))
