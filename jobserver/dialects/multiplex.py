@@ -72,7 +72,6 @@ CLOSED_MESSAGES = {
     "connection_limit_exceeded": "Too many connections for this user",
     "rate_limit_exceeded": "Too many messages per minute",
     "subscription_limit_exceeded": "Too many subscriptions on this connection",
-    "session_timeout": "Session timed out after 30 minutes of inactivity",
     "ping_timeout": "No pong in time",
     "server_shutdown": "The server is shutting down",
     "too_slow": "The connection fell too far behind its subscriptions",
@@ -93,6 +92,14 @@ def error(code: str, text: str, request_type: str | None = None,
 def closed(reason: str, text: str | None = None) -> str:
     return message("connection_closed", {"reason": reason,
                                          "message": text or CLOSED_MESSAGES[reason]})
+
+
+def idle_message(seconds: float) -> str:
+    """The spec's words for the default (30 minutes), and the same for others."""
+    if seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"Session timed out after {minutes} minute{'s' * (minutes != 1)} of inactivity"
+    return f"Session timed out after {seconds:g} seconds of inactivity"
 
 
 class Rejected(Exception):
@@ -444,7 +451,9 @@ class MultiplexSession(BaseSession):
 
     def _goodbye(self, reason: str, code: int) -> Sequence[Action]:
         self.ended = True
-        return (closed(reason), Close(code, reason))
+        text = idle_message(self.env.config.multiplex_idle_timeout) \
+            if reason == "session_timeout" else None
+        return (closed(reason, text), Close(code, reason))
 
     def on_protocol_error(self, close: Close, *, now: float) -> Sequence[Action]:
         reason = "message_too_large" if close.code == 1009 else "protocol_error"
