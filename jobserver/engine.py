@@ -54,14 +54,15 @@ class LiveJob:
     # The hub topics its events go to, made once (publishing runs per read of output).
     topic: JobTopic = field(init=False)
     owner_topic: OwnerTopic = field(init=False)
-    # The last seq handed to the hub: `record` numbers a batch before it writes
-    # and publishes it, so the job's last_seq runs ahead while a write is in flight.
-    published: int = field(init=False)
+    # The record as of the last batch handed to the hub: `record` folds a batch
+    # into `job` before it writes and publishes it, so `job` runs ahead while a
+    # write is in flight; this is what subscribers have been told.
+    published: Job = field(init=False)
 
     def __post_init__(self) -> None:
         self.topic = JobTopic(self.job.id)
         self.owner_topic = OwnerTopic(self.job.owner)
-        self.published = self.job.last_seq
+        self.published = self.job
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,7 +114,7 @@ class Engine:
         """To the job's topic, then (output lines aside) its owner's, all jobs' and,
         when the counts moved, the system topic."""
         hub = self.hub
-        live.published = events[-1].seq
+        live.published = live.job
         hub.publish(live.topic, events)
         summary = [e for e in events if type(e) is not ev.Log]
         if summary:
@@ -159,7 +160,7 @@ class Engine:
             job = dataclasses.replace(job, last_seq=first + len(lines) - 1)
             live.job = job
             await self.store.write(out, job)
-            live.published = out[-1].seq
+            live.published = job
             self.hub.publish(live.topic, out)
 
     def now(self) -> float:
@@ -279,7 +280,7 @@ class Engine:
         if type(topic) is not JobTopic:
             return self.hub.position()
         live = self._live.get(topic.job_id)
-        return 0 if live is None else live.published
+        return 0 if live is None else live.published.last_seq
 
     async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[ev.Event]:
         """A job's stored events with seq > `after`, including everything recorded

@@ -31,6 +31,7 @@ from ..dialects import (
     CancelJob,
     LookUp,
     Need,
+    PlacedByRecord,
     ReadEvents,
     ReadSystem,
     Refuse,
@@ -156,10 +157,15 @@ class DataPlane:
         self.subscribers += 1
         member = Member(sink, channel, subscribe, max_lag=self.config.max_lag_events)
         topic = subscribe.topic
-        if subscribe.after is None and type(topic) is JobTopic \
-                and self.engine.live(topic.job_id) is None:
-            # "From now" on a job that is no longer live: it has said everything.
-            member.end_nowait()
+        if subscribe.after is None and type(topic) is JobTopic:
+            live = self.engine.live(topic.job_id)
+            if live is None:
+                # "From now" on a job that is no longer live: it has said everything.
+                member.end_nowait()
+            elif isinstance(subscribe.renderer, PlacedByRecord):
+                # Live now, with nothing to read: what it is told next is what
+                # the hub publishes next.
+                member.go_live_nowait(subscribe.renderer.placed(live.published))
         return member
 
     def leave(self, member: Member) -> None:

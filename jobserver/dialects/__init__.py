@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ..auth import Principal
 from ..config import Config
 from ..core.ids import JobId
+from ..core.job import Job
 from ..core.topics import Topic
 
 
@@ -84,6 +85,16 @@ class Renderer(Protocol):
         dialect documents how."""
 
 
+@runtime_checkable
+class PlacedByRecord(Protocol):
+    """A renderer that can take its state from a job record instead of an event:
+    a job topic followed "from now" with one goes live at once (see Subscribe)."""
+
+    def placed(self, job: Job) -> Renderer:
+        """A renderer of this variant in the state right after the job's last event,
+        `job` being the record as of that event."""
+
+
 # ---- actions: what a session asks of its transport ------------------------
 
 
@@ -115,9 +126,12 @@ class Subscribe:
     `renderer.after(e)` when it reads the event `e` at seq `after` from the store.
     A job topic with `after` None: "from now", after the last event the hub
     has published (exact, whatever is in flight); a job no longer live (it
-    finished) ends at once (`on_end`). An aggregate topic (owner, all jobs,
-    system): `after` must be None, "from now", and `renderer` starts as
-    `renderer.after(None)`. A second Subscribe to a topic replaces the first.
+    finished) ends at once (`on_end`), and with a `PlacedByRecord` renderer the
+    member is live when the Subscribe returns (placed from the record as
+    published), so following and unfollowing topics loses nothing. An
+    aggregate topic (owner, all jobs, system): `after` must be None, "from
+    now", and `renderer` starts as `renderer.after(None)`. A second Subscribe
+    to a topic replaces the first.
     """
 
     topic: Topic
