@@ -225,6 +225,10 @@ class JobRenderer:
     def key(self) -> tuple[str, bool, bool]:
         return (DIALECT, self.task, self.workflow)
 
+    def placed(self, job: Job) -> JobRenderer:
+        return JobRenderer(self.job_id, TaskState.of(job), task=self.task,
+                           workflow=self.workflow)
+
     def after(self, event: ev.Event | None) -> JobRenderer:
         known = self._known if event is None else _state_after(event, self._known)
         return JobRenderer(self.job_id, known, task=self.task, workflow=self.workflow)
