@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-BENCHES = ("fanout", "idle", "logs", "spawn", "rest")
+BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "multiplex")
 TARGETS = ("fastapi", "quart", "c", "jobserver")
 
 
@@ -167,6 +167,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["spawn"] = spawn
     if "rest" in args.only:
         results["rest"] = rest_bench(args, runs, say)
+    if "multiplex" in args.only:
+        from .multiplex import run_multiplex
+        results["multiplex"] = run_multiplex(n=1000, events=300 if args.quick else 1000,
+                                             runs=runs, repeat=repeat, say=say)
     return results
 
 
