@@ -99,7 +99,7 @@ def idle_message(seconds: float) -> str:
     if seconds % 60 == 0:
         minutes = int(seconds // 60)
         return f"Session timed out after {minutes} minute{'s' * (minutes != 1)} of inactivity"
-    return f"Session timed out after {seconds:g} seconds of inactivity"
+    return f"Session timed out after {seconds:g} second{'s' * (seconds != 1)} of inactivity"
 
 
 class Rejected(Exception):
@@ -480,7 +480,7 @@ def _submit_error(exc: JobserverError) -> tuple[str, str]:
     if exc.code == "unknown_template":
         return "agent_not_found", f"No such agent: {exc.message}"
     if exc.code == "invalid_param":
-        return "invalid_parameters", exc.message
+        return "invalid_parameters", f"{exc.field} {exc.message}" if exc.field else exc.message
     if isinstance(exc, Unavailable):
         return "unavailable", exc.message
     return exc.code, exc.message
