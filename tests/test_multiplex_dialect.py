@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 import trio
+from wsproto.events import BytesMessage
+
+from jobserver.dialects.multiplex import idle_message
 
 from .conftest import Harness
 from .multiplex_helpers import ISO_Z, Msg, Mx, of_type, task_messages
@@ -239,8 +242,7 @@ async def test_invalid_request_and_the_connection_stays_open(h: Harness) -> None
         assert got["type"] == "error" and got["data"]["code"] == "invalid_request", (text, got)
         assert got["data"]["message"] == message
         assert got["data"].get("request_type") == request_type
-    await mx.ws.stream.send_all(mx.ws.ws.send(__import__("wsproto").events.BytesMessage(
-        data=b"\xff\xfe")))
+    await mx.ws.stream.send_all(mx.ws.ws.send(BytesMessage(data=b"\xff\xfe")))
     assert (await mx.recv())["data"]["code"] == "invalid_request"
     # Still open and working.
     await mx.send("subscribe", {"channel": "tasks"})
@@ -362,7 +364,6 @@ async def test_idle_connection_times_out(data_dir: Path) -> None:
 
 
 def test_idle_message_of_the_default() -> None:
-    from jobserver.dialects.multiplex import idle_message
     assert idle_message(1800.0) == "Session timed out after 30 minutes of inactivity"
 
 
@@ -394,3 +395,28 @@ async def test_a_plain_request_on_ws_is_426(h: Harness) -> None:
     assert r.status_code == 426
     with pytest.raises(Rejected):
         await RawWebSocket.connect(h.server.port, "/ws/other")
+
+
+async def test_a_broken_frame_and_a_stopping_server(h: Harness) -> None:
+    mx = await Mx.open(h.server.port, h.alice)
+    await mx.ws.stream.send_all(b"\x81\x02hi")  # unmasked: RFC 6455 5.1
+    assert await mx.rest() == [
+        {"type": "error", "data": {"code": "protocol_error",
+                                   "message": "WebSocket protocol error"}},
+        {"type": "connection_closed", "data": {"reason": "protocol_error",
+                                               "message": "WebSocket protocol error"}}]
+    assert mx.close_code == 1002
+    await mx.aclose()
+    # A server that takes no new jobs (as while it stops) says so.
+    mx = await Mx.open(h.server.port, h.alice)
+    h.server.engine.accepting = False
+    try:
+        await mx.send("execute_agent", {"agent_id": "code-agent", "task": "x"})
+        got = await mx.recv()
+    finally:
+        h.server.engine.accepting = True
+    assert got["data"]["code"] == "unavailable"
+    assert got["data"]["message"] == "the server is shutting down"
+    await mx.send("subscribe", {"channel": "tasks"})
+    assert await mx.sync() == []
+    await mx.aclose()
