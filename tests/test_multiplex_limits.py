@@ -95,3 +95,12 @@ async def test_subscriptions_per_connection(data_dir: Path) -> None:
         r = await h.client.get("/api/v1/jobs", headers=h.auth(h.alice))
         assert [j["template"] for j in r.json()["jobs"]] == ["sleep"]
         await h.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=h.auth(h.alice))
+        # A task's subscription ends with the task, also while `tasks` covers it:
+        # one agent after another never reaches the limit.
+        mx = await Mx.open(h.server.port, h.alice)
+        await mx.send("subscribe", {"channel": "tasks"})
+        for _ in range(4):
+            await mx.send("execute_agent", {"agent_id": "code-agent", "task": "x"})
+            await mx.until(lambda m: m["type"] == "task_completion")
+            await mx.sync()
+        await mx.aclose()

@@ -6,10 +6,11 @@ client's *logical* subscriptions (tasks by id, `tasks`, workflows by id,
 `system_status`) and derives the topics it follows from them, so that each
 task's updates reach the client exactly once whatever it subscribed to:
 while `tasks` is on, the owner's topic (every job of the user; `ALL_JOBS` for
-an admin) carries every task message, and a job topic is followed only for a
-workflow (rendered without task messages) — a subscribed task is not followed
-on its own until `tasks` is off again, when it is re-followed "from now" in
-the same step, with nothing published in between. A bad message gets an
+an admin) carries every task message, and a subscribed task's own topic is
+rendered without task messages (only its workflow messages, if subscribed,
+and its end, which ends the subscription) until `tasks` is off again, when it
+is rendered with them "from now", in the same step, with nothing published in
+between. A bad message gets an
 `error` and the connection stays open; a limit (connections per user, messages
 per minute, subscriptions) gets `error`, `connection_closed`, close 1008. The
 one timer multiplexes the ping, the pong deadline, the idle timeout and the
@@ -379,8 +380,8 @@ class MultiplexSession(BaseSession):
         assert self.principal is not None
         wanted: dict[JobTopic, tuple[bool, bool]] = {}
         for job_id in self.tasks:
-            if not self.all_tasks:
-                wanted[JobTopic(job_id)] = (True, job_id in self.workflows)
+            # Under `tasks` still followed, rendering nothing: its end ends it here.
+            wanted[JobTopic(job_id)] = (not self.all_tasks, job_id in self.workflows)
         for job_id in self.workflows:
             wanted.setdefault(JobTopic(job_id), (False, True))
         actions: list[Action] = []
