@@ -282,6 +282,15 @@ class Engine:
         live = self._live.get(topic.job_id)
         return 0 if live is None else live.published.last_seq
 
+    def published_jobs(self, topic: Topic) -> list[Job]:
+        """The records, as published, of the live jobs whose events `topic` carries."""
+        if type(topic) is OwnerTopic:
+            return [live.published for live in self._live.values()
+                    if live.job.owner == topic.owner]
+        if topic is ALL_JOBS:
+            return [live.published for live in self._live.values()]
+        return []
+
     async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[ev.Event]:
         """A job's stored events with seq > `after`, including everything recorded
         before this call (read-your-writes: it waits for the group commit)."""

@@ -32,6 +32,7 @@ from ..dialects import (
     LookUp,
     Need,
     PlacedByRecord,
+    PlacedByRecords,
     ReadEvents,
     ReadSystem,
     Refuse,
@@ -152,6 +153,10 @@ class DataPlane:
             # goes live at once, not at the topic's next event (the hub delivers
             # only what is published after this, in the same step).
             channel.last_seq = self.engine.published_seq(subscribe.topic)
+            if isinstance(subscribe.renderer, PlacedByRecords):
+                # Its state from the records of the jobs it will hear of, as published.
+                channel.renderer = subscribe.renderer.placed_all(
+                    self.engine.published_jobs(subscribe.topic))
             self._channels[key] = channel
             self.engine.hub.subscribe(subscribe.topic, channel)
         self.subscribers += 1

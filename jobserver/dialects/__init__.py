@@ -95,6 +95,15 @@ class PlacedByRecord(Protocol):
         `job` being the record as of that event."""
 
 
+@runtime_checkable
+class PlacedByRecords(Protocol):
+    """An aggregate topic's renderer that can take its state from the records of
+    the topic's live jobs: a channel made for it starts in that state, not empty."""
+
+    def placed_all(self, jobs: Sequence[Job]) -> Renderer:
+        """A renderer of this variant that knows `jobs` (records as published)."""
+
+
 # ---- actions: what a session asks of its transport ------------------------
 
 
@@ -130,8 +139,9 @@ class Subscribe:
     member is live when the Subscribe returns (placed from the record as
     published), so following and unfollowing topics loses nothing. An
     aggregate topic (owner, all jobs, system): `after` must be None, "from
-    now", and `renderer` starts as `renderer.after(None)`. A second Subscribe
-    to a topic replaces the first.
+    now", and `renderer` starts as `renderer.after(None)` (a new channel's as
+    `placed_all` of the topic's live jobs, with a `PlacedByRecords` one). A
+    second Subscribe to a topic replaces the first.
     """
 
     topic: Topic
