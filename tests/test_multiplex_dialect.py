@@ -420,3 +420,19 @@ async def test_a_broken_frame_and_a_stopping_server(h: Harness) -> None:
     await mx.send("subscribe", {"channel": "tasks"})
     assert await mx.sync() == []
     await mx.aclose()
+
+
+async def test_completion_has_the_result_reported_before_tasks_was_followed(
+        h: Harness, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    job = await h.submit("result-then-wait", {"go": str(go)})
+    with trio.fail_after(10):
+        while (await h.job(job["id"]))["result"] is None:
+            await trio.sleep(0.02)
+    mx = await Mx.open(h.server.port, h.alice)  # the user's `tasks` channel is new here
+    await mx.send("subscribe", {"channel": "tasks"})
+    assert await mx.sync() == []
+    go.touch()
+    done = (await mx.until(lambda m: m["type"] == "task_completion"))[-1]["data"]
+    assert (done["result"], done["cost"]) == ({"answer": 42, "cost": 1.5}, 1.5)
+    await mx.aclose()

@@ -20,15 +20,15 @@ running step (`current_step_id`, from `Started`/`Step` of a step) changes.
 Renderers are shared by every subscriber of a channel, so they hold only what
 the topic's history determines: one job's state (`JobRenderer`, inferred by
 `after(e)` from `e` and, for what `e` does not tell, from the job record it
-was made from), or a bounded table of per-job state for an aggregate topic
-(`TasksRenderer`, starting empty: a completion whose result the channel did
-not see carries `result: {}`). Nothing here does I/O.
+was made from, or `placed` from the record as published), or a bounded table
+of per-job state for an aggregate topic (`TasksRenderer`, a new channel's
+placed from the records of the owner's live jobs). Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,6 +273,12 @@ class TasksRenderer:
     @property
     def key(self) -> tuple[str, str]:
         return (DIALECT, "tasks")
+
+    def placed_all(self, jobs: Sequence[Job]) -> TasksRenderer:
+        renderer = TasksRenderer()
+        for job in jobs[-MAX_TRACKED_JOBS:]:
+            renderer._jobs[job.id] = TaskState.of(job)
+        return renderer
 
     def after(self, event: TopicEvent | None) -> TasksRenderer:
         return TasksRenderer()
