@@ -7,8 +7,11 @@ from typing import Any
 
 import trio
 
-from jobserver.core.ids import JobId
+from jobserver.auth import Principal
+from jobserver.core.ids import JobId, UserId
 from jobserver.core.topics import SYSTEM, JobTopic
+from jobserver.dataplane import DataPlane
+from jobserver.dialects import LookUp
 
 from .conftest import Harness
 
@@ -63,3 +66,28 @@ async def test_system_status_counts_a_job_whose_queued_event_it_publishes(
     # (Health verdicts may be published too, with the same counts.)
     counts = [c for i, c in enumerate(seen) if i == 0 or seen[i - 1] != c]
     assert counts[-3:] == [(1, 0), (0, 1), (0, 0)], seen
+
+
+async def test_look_up_gives_the_record_as_published(harness: Harness) -> None:
+    """A LookUp's job agrees with what the hub delivered: its last_seq is never
+    ahead (a batch being written is not in it), so it is a cursor that misses nothing."""
+    server = harness.server
+    engine = server.engine
+    plane = DataPlane(config=server.config, engine=engine, keyring=server.keyring)
+    job = await harness.submit("chatty", {"lines": 20000})
+    job_id = JobId(job["id"])
+    recorder = Recorder()
+    engine.hub.subscribe(JobTopic(job_id), recorder)
+    recorder.last = engine.published_seq(JobTopic(job_id))
+    principal = Principal(UserId("alice"), "user")
+    seen = 0
+    try:
+        with trio.fail_after(30):
+            while engine.live(job_id) is not None:
+                found = await plane.fulfil(LookUp(job_id, principal))
+                assert found.last_seq == recorder.last
+                seen = max(seen, found.last_seq)
+                await trio.lowlevel.checkpoint()  # a live job's look-up does not yield
+    finally:
+        engine.hub.unsubscribe(JobTopic(job_id), recorder)
+    assert seen > 1000

@@ -223,9 +223,13 @@ async def _authenticate(plane: DataPlane, need: Authenticate) -> Any:
 
 async def _look_up(plane: DataPlane, need: LookUp) -> Any:
     try:
-        return await plane.engine.get(need.principal, need.job_id)
+        job = await plane.engine.get(need.principal, need.job_id)
     except NotFound:
         return None
+    # What subscribers have been told: a batch being written is not in it yet,
+    # so a session's cursor (job.last_seq) and its "finished?" agree with the hub.
+    live = plane.engine.live(job.id)
+    return job if live is None else live.published
 
 
 async def _read_events(plane: DataPlane, need: ReadEvents) -> Any:

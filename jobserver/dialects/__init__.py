@@ -178,8 +178,10 @@ class Authenticate:
 
 @dataclass(frozen=True, slots=True)
 class LookUp:
-    """The job `job_id` as `principal` may see it. Result: the `Job`, or None when it
-    does not exist or is not theirs (the same answer for both)."""
+    """The job `job_id` as `principal` may see it. Result: the `Job` as published
+    (a live job's record as of the last event handed to the hub, so its
+    `last_seq` is a cursor that misses nothing), or None when it does not exist
+    or is not theirs (the same answer for both)."""
 
     job_id: JobId
     principal: Principal
