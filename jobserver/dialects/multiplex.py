@@ -363,6 +363,8 @@ class MultiplexSession(BaseSession):
     def _system_read(self, status: SystemStatus, waiting: tuple[str, Any] | None
                      ) -> Sequence[Action]:
         if waiting is not None:  # a subscribe: the snapshot, then the topic from now
+            if self.system:  # subscribed twice before the first answer
+                return ()
             self.system = True
             now = self.env.now()
             self.status_at = now + self.env.config.multiplex_status_interval
