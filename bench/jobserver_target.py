@@ -40,6 +40,7 @@ slots = {slots}
 # Every subscriber comes from 127.0.0.1: lift the per-client cap over the counts.
 max_connections = 100000
 max_connections_per_client = 100000
+{extra_server}
 
 [templates.bench-emit]
 description = "Benchmark: wait for go_file, then print count lines in bursts."
@@ -90,8 +91,11 @@ def _toml_str(value: str) -> str:
 class JobserverServer:
     """One jobserver process in a throw-away data directory."""
 
-    def __init__(self, *, slots: int = 4) -> None:
+    def __init__(self, *, slots: int = 4, extra_server: str = "",
+                 extra_templates: str = "") -> None:
         self.slots = slots
+        self.extra_server = extra_server  # more [server] settings (TOML lines)
+        self.extra_templates = extra_templates  # more templates (TOML tables)
         self.dir = Path(tempfile.mkdtemp(prefix="bench-jobserver-"))
         self.server: ServerProcess | None = None
         self.url = ""
@@ -102,10 +106,10 @@ class JobserverServer:
             raise TargetUnavailable("jobserver is not installed in this environment")
         config = self.dir / "bench.toml"
         config.write_text(CONFIG.format(
-            slots=self.slots, python=_toml_str(sys.executable),
-            emit=_toml_str(str(ROOT / "bench" / "emit.py")), width=MESSAGE_WIDTH))
-        common = ["--data-dir", str(self.dir / "data"), "--config", str(config)]
-        argv = [sys.executable, "-m", "jobserver", "--port", "0", *common]
+            slots=self.slots, python=_toml_str(sys.executable), extra_server=self.extra_server,
+            emit=_toml_str(str(ROOT / "bench" / "emit.py")), width=MESSAGE_WIDTH)
+            + self.extra_templates)
+        argv = [sys.executable, "-m", "jobserver", "--port", "0", *self._common]
         self.server = ServerProcess("jobserver", argv, cwd=self.dir)
         try:
             line = self.server.wait_for_output("listening on ", START_TIMEOUT)
@@ -113,12 +117,20 @@ class JobserverServer:
             last = (self.server.output_tail(1) or "no output").strip()
             raise TargetUnavailable(f"jobserver did not start: {last}") from None
         self.url = line.split("listening on ", 1)[1].split()[0].rstrip("/")
+        self.token = self.make_token("bench", "admin")
+
+    @property
+    def _common(self) -> list[str]:
+        return ["--data-dir", str(self.dir / "data"), "--config", str(self.dir / "bench.toml")]
+
+    def make_token(self, sub: str, role: str) -> str:
         made = subprocess.run(
-            [sys.executable, "-m", "jobserver", "token", "--sub", "bench", "--role", "admin",
-             *common], cwd=self.dir, capture_output=True, text=True, timeout=60, check=False)
+            [sys.executable, "-m", "jobserver", "token", "--sub", sub, "--role", role,
+             *self._common], cwd=self.dir, capture_output=True, text=True, timeout=60,
+            check=False)
         if made.returncode != 0 or not made.stdout.strip():
             raise TargetUnavailable(f"jobserver token failed: {made.stderr.strip()[:300]}")
-        self.token = made.stdout.strip().splitlines()[-1]
+        return made.stdout.strip().splitlines()[-1]
 
     def stop(self) -> None:
         if self.server is not None:
@@ -135,8 +147,8 @@ class JobserverServer:
     def ws_base(self) -> str:
         return "ws" + self.url.removeprefix("http")
 
-    def submit(self, template: str, params: dict[str, Any]) -> str:
-        status, body = http("POST", f"{self.url}/api/v1/jobs", token=self.token,
+    def submit(self, template: str, params: dict[str, Any], *, token: str | None = None) -> str:
+        status, body = http("POST", f"{self.url}/api/v1/jobs", token=token or self.token,
                             body={"template": template, "params": params})
         if status != 201 or not isinstance(body, dict):
             raise TargetUnavailable(f"POST /api/v1/jobs answered {status}: {body!r:.300}")

@@ -99,11 +99,14 @@ class LoadClient:
         deadline = time.monotonic() + timeout
         return [self._read(p, max(deadline - time.monotonic(), 0.1)) for p in self.procs]
 
-    def connect(self, url: str, n: int, *, timeout: float = 60.0) -> Ready:
-        """Open `n` subscribers to `url`; return once each is ready or failed."""
+    def connect(self, url: str, n: int, *, timeout: float = 60.0, send: list[str] | None = None,
+                ready_frames: int = 1) -> Ready:
+        """Open `n` subscribers to `url`; return once each is ready or failed (each
+        sends the `send` texts once open, and is ready after `ready_frames` messages)."""
         share = [n // len(self.procs) + (i < n % len(self.procs)) for i in range(len(self.procs))]
         replies = self._all(
-            [{"op": "connect", "url": url, "n": k, "timeout": timeout} for k in share],
+            [{"op": "connect", "url": url, "n": k, "timeout": timeout, "send": send,
+              "ready_frames": ready_frames} for k in share],
             timeout + REPLY_SLACK)
         return Ready(ready=sum(r["ready"] for r in replies),
                      seconds=max(r["seconds"] for r in replies),

@@ -135,6 +135,8 @@ def rest_table(rest: dict[str, Any]) -> str:
 
 SECTIONS: dict[str, tuple[str, str, tuple[tuple[str, str], ...]]] = {
     "logs": ("Log throughput: lines/s", "lines/s", (("jobserver", "seq | wc -l"),)),
+    "multiplex": ("Multiplex fan-out, 1,000 connections: messages/s", "msgs/s",
+                  (("multiplex tasks", "logs"),)),
     "spawn": ("Spawn rate: jobs/s, submit to finished", "jobs/s",
               (("jobserver", "xargs -P2"), ("jobserver", "tsp"), ("tsp", "xargs -P2"))),
 }

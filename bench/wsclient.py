@@ -3,7 +3,8 @@
 Run as `python -m bench.wsclient`; bench/loadgen.py drives it with one JSON
 command per stdin line and reads one JSON reply per stdout line:
 
-    {"op": "connect", "url": ..., "n": ..., "timeout": s}  -> {"ready": k, ...}
+    {"op": "connect", "url": ..., "n": ..., "timeout": s, "send": text,
+     "ready_frames": k}                                  -> {"ready": k, ...}
     {"op": "go", "expect": K, "latency": bool, "timeout": s, "idle": s, "batch": s,
      "marker": text}
                                                           -> {"going": true}
@@ -14,7 +15,9 @@ Rules: raw non-blocking sockets on one epoll, a minimal RFC 6455 client
 handshake and frame parser; no permessage-deflate; unfragmented server frames
 (each benchmark event is one small frame). A subscriber is ready once it has
 received its first message (the logs dialect's `system` message), so the
-server has registered it. Only messages containing the marker (by default
+server has registered it; with `send`, each subscriber sends those text frames
+(a list) right after the handshake and is ready after `ready_frames` messages
+(a dialect that subscribes in band). Only messages containing the marker (by default
 bench/events.py's) are counted; latency needs bench/events.py's marker.
 Sockets close with SO_LINGER 0 so thousands of rounds leave no TIME_WAIT.
 Nothing but reply lines is written to stdout.
@@ -75,10 +78,15 @@ class Worker:
         self.errors: dict[str, int] = {}
         self.latencies: list[int] | None = None
         self.mark = _MARK
+        self.hello = b""  # frames each subscriber sends once open
+        self.ready_frames = 1
 
     # -- connecting ---------------------------------------------------------
 
-    def connect(self, url: str, n: int, timeout: float) -> dict[str, Any]:
+    def connect(self, url: str, n: int, timeout: float, send: list[str] | None = None,
+                ready_frames: int = 1) -> dict[str, Any]:
+        self.hello = b"".join(client_frame(1, text.encode()) for text in send or ())
+        self.ready_frames = want = ready_frames
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         target = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -94,11 +102,11 @@ class Worker:
                 break
             for fd, _ in self.epoll.poll(0.05):
                 sub = self.subs[fd]
-                was_waiting = sub.state != CLOSED and sub.frames == 0
+                was_waiting = sub.state != CLOSED and sub.frames < want
                 self._advance(sub, request)
-                if was_waiting and (sub.frames > 0 or sub.state == CLOSED):
+                if was_waiting and (sub.frames >= want or sub.state == CLOSED):
                     in_flight -= 1
-        ready = sum(1 for s in self.subs.values() if s.state == OPEN and s.frames > 0)
+        ready = sum(1 for s in self.subs.values() if s.state == OPEN and s.frames >= want)
         if ready < n:
             self._count_error(f"not ready within {timeout:.0f} s", n - ready - sum(
                 1 for s in self.subs.values() if s.state == CLOSED))
@@ -143,6 +151,8 @@ class Worker:
             return
         rest, sub.rest = sub.rest[head_end + 4:], b""
         sub.state = OPEN
+        if self.hello:
+            sub.sock.send(self.hello)
         if rest:
             self.feed(sub, rest, time.time_ns())
 
@@ -238,10 +248,8 @@ class Worker:
         return got
 
     def _send_control(self, sub: Sub, opcode: int, payload: bytes) -> None:
-        # Client frames are masked; an all-zero mask leaves the payload as is.
-        frame = bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload
         try:
-            sub.sock.send(frame)
+            sub.sock.send(client_frame(opcode, payload))
         except OSError:
             pass
 
@@ -328,6 +336,16 @@ class Worker:
         return closed
 
 
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One unfragmented client frame; masked, and an all-zero mask leaves the
+    payload as is."""
+    if len(payload) < 126:
+        head = bytes((0x80 | opcode, 0x80 | len(payload)))
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + len(payload).to_bytes(2, "big")
+    return head + b"\0\0\0\0" + payload
+
+
 def _reply(message: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
@@ -339,7 +357,8 @@ def main() -> int:
         command = json.loads(line)
         op = command["op"]
         if op == "connect":
-            _reply(worker.connect(command["url"], command["n"], command["timeout"]))
+            _reply(worker.connect(command["url"], command["n"], command["timeout"],
+                                  command.get("send"), command.get("ready_frames", 1)))
         elif op == "go":
             worker.mark = command.get("marker", MARKER).encode()
             _reply({"going": True})

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .core.health import HealthCheck, HealthCheckError, parse_health_checks
 from .core.templates import Template, TemplateError, parse_template
 
 
@@ -64,6 +65,18 @@ class Config:
     anonymous_user: str = "local"
     # The async dialect: the smallest `interval_ms` a client gets (the spec's 1000).
     async_min_interval_ms: int = 1000
+    # The multiplex dialect (/ws): its limits and clocks.
+    multiplex_max_connections: int = 10  # per user, across the server
+    multiplex_messages_per_minute: int = 100  # per connection
+    multiplex_max_subscriptions: int = 50  # per connection
+    multiplex_idle_timeout: float = 1800.0  # no client message but pongs for this long
+    multiplex_ping_interval: float = 30.0
+    multiplex_pong_timeout: float = 10.0
+    multiplex_status_interval: float = 30.0  # system_status_update while subscribed
+    # Health checks: the built-in api/database ones, and [health.NAME] tables.
+    health_interval: float = 30.0
+    health_timeout: float = 5.0
+    health_checks: tuple[HealthCheck, ...] = ()
     templates: Mapping[str, Template] = field(default_factory=dict)
 
 
@@ -77,7 +90,8 @@ def default_data_dir(environ: Mapping[str, str]) -> Path:
     return Path(home) / ".local" / "share" / "jobserver"
 
 
-_SERVER_KEYS = {f.name: f for f in dataclasses.fields(Config) if f.name != "templates"}
+_SERVER_KEYS = {f.name: f for f in dataclasses.fields(Config)
+                if f.name not in ("templates", "health_checks")}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -151,7 +165,11 @@ def load_config(
     if config_file is not None:
         settings["config_file"] = Path(config_file)
     settings.setdefault("data_dir", default_data_dir(environ))
-    config = Config(**settings, templates=load_templates(doc))
+    try:
+        checks = parse_health_checks(doc.get("health", {}))
+    except HealthCheckError as exc:
+        raise ConfigError(str(exc)) from None
+    config = Config(**settings, templates=load_templates(doc), health_checks=checks)
     if not 0 <= config.port <= 65535:
         raise ConfigError("setting 'port': must be 0..65535")
     if config.slots < 1:

@@ -54,10 +54,15 @@ class LiveJob:
     # The hub topics its events go to, made once (publishing runs per read of output).
     topic: JobTopic = field(init=False)
     owner_topic: OwnerTopic = field(init=False)
+    # The record as of the last batch handed to the hub: `record` folds a batch
+    # into `job` before it writes and publishes it, so `job` runs ahead while a
+    # write is in flight; this is what subscribers have been told.
+    published: Job = field(init=False)
 
     def __post_init__(self) -> None:
         self.topic = JobTopic(self.job.id)
         self.owner_topic = OwnerTopic(self.job.owner)
+        self.published = self.job
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,6 +114,7 @@ class Engine:
         """To the job's topic, then (output lines aside) its owner's, all jobs' and,
         when the counts moved, the system topic."""
         hub = self.hub
+        live.published = live.job
         hub.publish(live.topic, events)
         summary = [e for e in events if type(e) is not ev.Log]
         if summary:
@@ -118,9 +124,17 @@ class Engine:
                 self.publish_system_status()
 
     def system_status(self) -> SystemStatus:
-        """The system topic's state now (its seq: the hub's position when read)."""
-        running = sum(1 for live in self._live.values() if live.job.status is Status.RUNNING)
-        return SystemStatus(seq=self.hub.position(), ts=self.now(), queued=len(self._queue),
+        """The system topic's state now (its seq: the hub's position when read).
+        Counted from the live jobs' records, which `record` updates before it
+        publishes: a job's Queued event is published before it joins the queue."""
+        running = queued = 0
+        for live in self._live.values():
+            status = live.job.status
+            if status is Status.RUNNING:
+                running += 1
+            elif status is Status.QUEUED:
+                queued += 1
+        return SystemStatus(seq=self.hub.position(), ts=self.now(), queued=queued,
                             running=running, health=dict(self.health))
 
     def publish_system_status(self) -> None:
@@ -146,6 +160,7 @@ class Engine:
             job = dataclasses.replace(job, last_seq=first + len(lines) - 1)
             live.job = job
             await self.store.write(out, job)
+            live.published = job
             self.hub.publish(live.topic, out)
 
     def now(self) -> float:
@@ -260,14 +275,21 @@ class Engine:
 
     def published_seq(self, topic: Topic) -> int:
         """The position up to which `topic`'s events are published now. A job topic:
-        its seq, 0 when unknown (the job is not live, or a write is in flight:
-        `record` publishes after it); an aggregate topic: the hub's position."""
+        the last seq handed to the hub (a write in flight is not counted), 0 when
+        the job is not live; an aggregate topic: the hub's position."""
         if type(topic) is not JobTopic:
             return self.hub.position()
         live = self._live.get(topic.job_id)
-        if live is None or live.lock.locked():
-            return 0
-        return live.job.last_seq
+        return 0 if live is None else live.published.last_seq
+
+    def published_jobs(self, topic: Topic) -> list[Job]:
+        """The records, as published, of the live jobs whose events `topic` carries."""
+        if type(topic) is OwnerTopic:
+            return [live.published for live in self._live.values()
+                    if live.job.owner == topic.owner]
+        if topic is ALL_JOBS:
+            return [live.published for live in self._live.values()]
+        return []
 
     async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[ev.Event]:
         """A job's stored events with seq > `after`, including everything recorded

@@ -4,7 +4,8 @@
     └── store                (outermost: flushes last)
         └── engine nursery
             ├── supervisor   (job runs)
-            └── http         (innermost: stops accepting first)
+            ├── http         (stops accepting first)
+            └── health       (health checks: verdicts to the engine)
 
 Rules: nesting order is shutdown order. `serve` is a service: it calls
 `task_status.started(handle)` once the port is bound; `handle.request_shutdown()`
@@ -29,6 +30,7 @@ from .dataplane import DataPlane, serve_front_door, stream_fallback
 from .dataplane.frontdoor import bind_socket
 from .dataplane.routes import DEFAULT_ROUTES, RouteTable
 from .engine import Engine
+from .health import HealthService
 from .hub import Hub
 from .store.sqlite import SqliteStore
 from .supervisor import Supervisor
@@ -78,6 +80,8 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
             http_scope = trio.CancelScope()
             plane = DataPlane(config=config, engine=engine, keyring=keyring, routes=routes)
             port = await engine_nursery.start(_serve_http, services, plane, http_scope)
+            health = HealthService(engine, config.health_checks, api=(own_host(config.host), port))
+            await engine_nursery.start(health.run)
             server = Server(config, engine, supervisor, keyring, port)
             task_status.started(server)
             await server._shutdown.wait()
@@ -91,6 +95,11 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
             http_scope.cancel()
             engine_nursery.cancel_scope.cancel()
         store_nursery.cancel_scope.cancel()
+
+
+def own_host(host: str) -> str:
+    """Where the server reaches itself: a wildcard address means loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
 async def _serve_http(services: Services, plane: DataPlane, scope: trio.CancelScope, *,

@@ -441,6 +441,18 @@ class Member:
         self.channel.remove(self)
         self._buffered.set()  # a catch-up waiting for events sees it and stops
 
+    def go_live_nowait(self, renderer: Renderer) -> None:
+        """Join the live set now, at the channel's last seq (the caller knows the
+        renderer's state there); the channel's own renderer wins if it has one."""
+        self.needs_catch_up = False
+        self.cursor = self.channel.last_seq
+        self.channel.pending[self] = None
+        self.channel.promote(self, renderer)
+
+    def end_nowait(self) -> None:
+        """End the member now, as if its renderer had said so (nothing will come)."""
+        self._finish()
+
     def _finish(self) -> None:
         self.ended = True
         self.detach()

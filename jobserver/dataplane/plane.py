@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ import trio
 
 from ..auth import KeyRing
 from ..config import Config
+from ..core.topics import JobTopic
 from ..dialects import (
     Accept,
     Action,
@@ -30,6 +31,8 @@ from ..dialects import (
     CancelJob,
     LookUp,
     Need,
+    PlacedByRecord,
+    PlacedByRecords,
     ReadEvents,
     ReadSystem,
     Refuse,
@@ -77,6 +80,8 @@ class DataPlane:
         self.cache = FrameCache()
         self.counters = Counters()
         self._channels: dict[ChannelKey, Channel] = {}
+        # Claim keys -> places held; a key leaves with its last place.
+        self._claims: dict[Hashable, int] = {}
         self.connections = 0
         self.handed_off = 0
         self.subscribers = 0
@@ -117,6 +122,24 @@ class DataPlane:
         handler = _HANDLERS[type(need)]
         return await handler(self, need)
 
+    def claim(self, key: Hashable, limit: int) -> bool:
+        """Take one of `limit` places under `key` (dialects.Claim); False when full."""
+        held = self._claims.get(key, 0)
+        if held >= limit:
+            return False
+        self._claims[key] = held + 1
+        return True
+
+    def release(self, key: Hashable) -> None:
+        held = self._claims.get(key, 0) - 1
+        if held > 0:
+            self._claims[key] = held
+        else:
+            self._claims.pop(key, None)
+
+    def claims(self, key: Hashable) -> int:
+        return self._claims.get(key, 0)
+
     # ---- channels --------------------------------------------------------
 
     def join(self, sink: Sink, subscribe: Subscribe, encoding: str) -> Member:
@@ -130,10 +153,25 @@ class DataPlane:
             # goes live at once, not at the topic's next event (the hub delivers
             # only what is published after this, in the same step).
             channel.last_seq = self.engine.published_seq(subscribe.topic)
+            if isinstance(subscribe.renderer, PlacedByRecords):
+                # Its state from the records of the jobs it will hear of, as published.
+                channel.renderer = subscribe.renderer.placed_all(
+                    self.engine.published_jobs(subscribe.topic))
             self._channels[key] = channel
             self.engine.hub.subscribe(subscribe.topic, channel)
         self.subscribers += 1
-        return Member(sink, channel, subscribe, max_lag=self.config.max_lag_events)
+        member = Member(sink, channel, subscribe, max_lag=self.config.max_lag_events)
+        topic = subscribe.topic
+        if subscribe.after is None and type(topic) is JobTopic:
+            live = self.engine.live(topic.job_id)
+            if live is None:
+                # "From now" on a job that is no longer live: it has said everything.
+                member.end_nowait()
+            elif isinstance(subscribe.renderer, PlacedByRecord):
+                # Live now, with nothing to read: what it is told next is what
+                # the hub publishes next.
+                member.go_live_nowait(subscribe.renderer.placed(live.published))
+        return member
 
     def leave(self, member: Member) -> None:
         if not member.detached:
@@ -185,9 +223,13 @@ async def _authenticate(plane: DataPlane, need: Authenticate) -> Any:
 
 async def _look_up(plane: DataPlane, need: LookUp) -> Any:
     try:
-        return await plane.engine.get(need.principal, need.job_id)
+        job = await plane.engine.get(need.principal, need.job_id)
     except NotFound:
         return None
+    # What subscribers have been told: a batch being written is not in it yet,
+    # so a session's cursor (job.last_seq) and its "finished?" agree with the hub.
+    live = plane.engine.live(job.id)
+    return job if live is None else live.published
 
 
 async def _read_events(plane: DataPlane, need: ReadEvents) -> Any:

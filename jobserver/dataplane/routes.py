@@ -19,6 +19,7 @@ from ..dialects import Session, SessionEnv, StreamRequest
 from ..dialects.async_jobs import UPGRADE_REQUIRED_BODY, AsyncJobSession
 from ..dialects.jobs import JobsEventsSession
 from ..dialects.logs import LogsSession
+from ..dialects.multiplex import MultiplexSession
 from ..dialects.native import NativeEventsSession, NativeJobsSession
 
 Transport = Literal["ws", "sse"]
@@ -94,4 +95,5 @@ DEFAULT_ROUTES = RouteTable((
           JobsEventsSession),
     Route("async", "ws", re.compile(rf"/v1/async/(?P<kind>{_SEGMENT})/(?P<job_id>{_SEGMENT})/ws"),
           AsyncJobSession, plain=ASYNC_UPGRADE_REQUIRED),
+    Route("multiplex", "ws", re.compile(r"/ws"), MultiplexSession),
 ))

@@ -5,11 +5,13 @@ A `StreamConnection` owns its outbox, its members (followed topics, by topic)
 and its session, and applies the session's actions (`handle`): messages go to
 the outbox, Subscribe/Unsubscribe join and leave channels, a Timer sets the
 session's one deadline, a Watch joins a raw channel whose events the writer
-hands to the session (`on_events`), and needs are fulfilled by the data plane with their
-results fed back to the session, in order. Its main task is the writer: it
-flushes backlogs in joined writes, starts a catch-up task for each member that
-needs one (members catch up concurrently, a few store reads at a time), tells
-the session when a followed topic ended or lagged, and runs its timer. A reader
+hands to the session (`on_events`), needs are fulfilled by the data plane with their
+results fed back to the session, in order, and a `Claim` takes a place in the
+plane's server-wide counts that this connection gives back when it ends. Its main
+task is the writer: it flushes backlogs in joined writes, starts a catch-up task
+for each member that needs one (members catch up concurrently, a few store reads
+at a time), tells the session when a followed topic ended or lagged, and runs
+its timer. A reader
 task (the transport's) runs beside it in the connection's own nursery.
 Rules: the publisher only ever calls the sync `wake`; calls into the session
 are serialised (`handle` holds a lock while a need is awaited); a peer that
@@ -25,7 +27,7 @@ import logging
 import math
 import socket
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import trio
 
@@ -33,6 +35,7 @@ from ..core.events import Event
 from ..core.topics import JobTopic, Topic
 from ..dialects import (
     Action,
+    Claim,
     Close,
     Session,
     SseEvent,
@@ -69,8 +72,9 @@ class StreamConnection:
     once, so each holds only what it needs for its life.
     """
 
-    __slots__ = ("_encode", "_inbox", "_inbox_events", "_lock", "_outbox", "_readers", "_start",
-                 "_taken", "_timer_at", "_wakeup", "closing", "members", "plane", "session")
+    __slots__ = ("_claimed", "_encode", "_inbox", "_inbox_events", "_lock", "_outbox",
+                 "_readers", "_start", "_taken", "_timer_at", "_wakeup", "closing", "members",
+                 "plane", "session")
     encoding = "ws"
 
     def __init__(self, plane: DataPlane, session: Session, outbox: SinkOutbox, *,
@@ -90,6 +94,7 @@ class StreamConnection:
         self._inbox_events = 0
         self._taken: trio.lowlevel.ParkingLot | None = None
         self._start: tuple[Sequence[Action], bytes] | None = (actions, trailing)
+        self._claimed: list[Hashable] | None = None  # Claim keys, released at the end
 
     @property
     def outbox(self) -> SinkOutbox:
@@ -177,6 +182,8 @@ class StreamConnection:
                 delay = action.delay  # type: ignore[union-attr]
                 self._timer_at = math.inf if delay is None else trio.current_time() + delay
                 self.wake()
+            elif kind is Claim:
+                pending.extendleft(reversed(self._claim(action)))  # type: ignore[arg-type]
             elif self.plane.can_fulfil(action):
                 if self._lock is None:
                     self._lock = trio.Lock()
@@ -186,6 +193,16 @@ class StreamConnection:
                 pending.extendleft(reversed(more))
             else:
                 log.error("a session asked for %r on an open stream", kind.__name__)
+
+    def _claim(self, claim: Claim) -> Sequence[Action]:
+        if self.closing:
+            return ()
+        held = self.plane.claim(claim.key, claim.limit)
+        if held:
+            if self._claimed is None:
+                self._claimed = []
+            self._claimed.append(claim.key)
+        return self.session.on_result(claim, held)
 
     def _subscribe(self, subscribe: Subscribe, encoding: str | None = None) -> None:
         if self.closing:
@@ -237,6 +254,9 @@ class StreamConnection:
             for member in self.members.values():
                 plane.leave(member)
             self.members.clear()  # member.sink is this connection: no cycle left behind
+            for key in self._claimed or ():
+                plane.release(key)
+            self._claimed = None
             self._outbox.close()
             plane.connections -= 1
 

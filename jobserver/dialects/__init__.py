@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ..auth import Principal
 from ..config import Config
 from ..core.events import Event
 from ..core.ids import JobId
+from ..core.job import Job
 from ..core.topics import JobTopic, Topic
 
 
@@ -85,6 +86,25 @@ class Renderer(Protocol):
         dialect documents how."""
 
 
+@runtime_checkable
+class PlacedByRecord(Protocol):
+    """A renderer that can take its state from a job record instead of an event:
+    a job topic followed "from now" with one goes live at once (see Subscribe)."""
+
+    def placed(self, job: Job) -> Renderer:
+        """A renderer of this variant in the state right after the job's last event,
+        `job` being the record as of that event."""
+
+
+@runtime_checkable
+class PlacedByRecords(Protocol):
+    """An aggregate topic's renderer that can take its state from the records of
+    the topic's live jobs: a channel made for it starts in that state, not empty."""
+
+    def placed_all(self, jobs: Sequence[Job]) -> Renderer:
+        """A renderer of this variant that knows `jobs` (records as published)."""
+
+
 # ---- actions: what a session asks of its transport ------------------------
 
 
@@ -114,9 +134,15 @@ class Subscribe:
     `renderer` is in the state right after seq `after` as far as the session can
     tell from the job record, and the transport re-derives it with
     `renderer.after(e)` when it reads the event `e` at seq `after` from the store.
-    An aggregate topic (owner, all jobs, system): `after` must be None, "from
-    now", and `renderer` starts as `renderer.after(None)`. A second Subscribe to
-    a topic replaces the first.
+    A job topic with `after` None: "from now", after the last event the hub
+    has published (exact, whatever is in flight); a job no longer live (it
+    finished) ends at once (`on_end`), and with a `PlacedByRecord` renderer the
+    member is live when the Subscribe returns (placed from the record as
+    published), so following and unfollowing topics loses nothing. An
+    aggregate topic (owner, all jobs, system): `after` must be None, "from
+    now", and `renderer` starts as `renderer.after(None)` (a new channel's as
+    `placed_all` of the topic's live jobs, with a `PlacedByRecords` one). A
+    second Subscribe to a topic replaces the first.
     """
 
     topic: Topic
@@ -179,8 +205,10 @@ class Authenticate:
 
 @dataclass(frozen=True, slots=True)
 class LookUp:
-    """The job `job_id` as `principal` may see it. Result: the `Job`, or None when it
-    does not exist or is not theirs (the same answer for both)."""
+    """The job `job_id` as `principal` may see it. Result: the `Job` as published
+    (a live job's record as of the last event handed to the hub, so its
+    `last_seq` is a cursor that misses nothing), or None when it does not exist
+    or is not theirs (the same answer for both)."""
 
     job_id: JobId
     principal: Principal
@@ -222,7 +250,18 @@ class ReadSystem:
     """The system topic's state now. Result: a `SystemStatus`."""
 
 
-Need = Authenticate | LookUp | ReadEvents | Submit | CancelJob | ReadSystem
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One of at most `limit` places under `key`, counted across every connection
+    of the server (e.g. a user's connections), held until this connection ends.
+    On an open stream only (after the Accept). Result: True, or False when all
+    `limit` are held already."""
+
+    key: Hashable
+    limit: int
+
+
+Need = Authenticate | LookUp | ReadEvents | Submit | CancelJob | ReadSystem | Claim
 Action = (Message | Close | Accept | Refuse | Subscribe | Watch | WatchLines | Unsubscribe
           | Timer | Need)
 

@@ -22,12 +22,12 @@ from typing import Any
 from ..api.jobs_views import (
     CANCELED,
     STATUS_NAMES,
-    result_output,
     cancelled_error,
     error_view,
     failed_error,
     parse_jobs_id,
     problem,
+    result_output,
 )
 from ..auth import Principal, anonymous, bearer
 from ..core import events as ev
