@@ -1,4 +1,5 @@
-"""Command line: `python -m jobserver [serve] [flags]` and `python -m jobserver token`."""
+"""Command line: `python -m jobserver [serve] [flags]`, `python -m jobserver token` and
+`python -m jobserver progress-token JOB_ID`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Any
 
 import trio
 
-from .auth import ROLES, KeyRing
+from .auth import ROLES, KeyRing, progress_key
 from .config import Config, ConfigError, load_config
+from .core.ids import parse_job_id
+from .core.timefmt import iso_ms
 from .server import Server, serve
 
 FIRST_TOKEN_TTL = 7 * 24 * 3600
@@ -42,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
     tok.add_argument("--data-dir", dest="data_dir")
     tok.add_argument("--config", dest="config_file")
+    prog = sub.add_parser("progress-token", help="print a live-dialect progress JWT for a job")
+    prog.add_argument("job_id", metavar="JOB_ID")
+    prog.add_argument("--data-dir", dest="data_dir")
+    prog.add_argument("--config", dest="config_file")
     return parser
 
 
@@ -54,17 +61,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"jobserver: {exc}", file=sys.stderr)
         return 2
+    if config.progress_jwt_secret is not None:
+        try:
+            progress_key(config.progress_jwt_secret)
+        except ValueError as exc:
+            print(f"jobserver: OSEH_PROGRESS_JWT_SECRET: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "progress-token":
+        return _progress_token(config, args.job_id)
     if args.command == "token":
         if args.ttl <= 0:
             print("jobserver: --ttl must be positive", file=sys.stderr)
             return 2
-        print(KeyRing.load_or_create(config.data_dir).issue(args.sub, args.role, ttl=args.ttl))
+        print(KeyRing.for_config(config).issue(args.sub, args.role, ttl=args.ttl))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     first_start = not (config.data_dir / "signing.key").exists()
     gc.set_threshold(*GC_THRESHOLDS)
     trio.run(_serve_until_signal, config, first_start)
+    return 0
+
+
+def _progress_token(config: Config, raw_id: str) -> int:
+    """The job's id, the token's expiry, then the token (last, for `| tail -1`)."""
+    job_id = parse_job_id(raw_id)
+    if job_id is None:
+        print(f"jobserver: not a job id: {raw_id!r}", file=sys.stderr)
+        return 2
+    token, expires = KeyRing.for_config(config).issue_progress(
+        job_id, ttl=config.progress_token_ttl)
+    print(f"job_uid: {job_id}\nexpires_at: {iso_ms(expires)}\n{token}")
     return 0
 
 

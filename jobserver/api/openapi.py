@@ -87,6 +87,10 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     _ID, {"name": "after", "in": "query", "schema": {"type": "integer"}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
                         "responses": _responses("200", {"type": "object"}, 404, 422)}},
+            "/api/v1/jobs/{job_id}/progress-token": {
+                "get": {"summary": "A progress JWT for the live dialect (/api/2/jobs/live)",
+                        "parameters": [_ID],
+                        "responses": _responses("200", {"type": "object"}, 404)}},
             "/api/v1/jobs/{job_id}/logs": {
                 "get": {"summary": "The log as plain text", "parameters": [_ID],
                         "responses": {"200": {"description": "text/plain log"}}}},
