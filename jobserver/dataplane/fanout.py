@@ -72,8 +72,11 @@ ChannelKey = tuple[Topic, Hashable, str]  # (topic, renderer key, encoding)
 class SinkOutbox(Protocol):
     """A connection's outbox (outbox.Outbox, or the ASGI fallback's QueueOutbox)."""
 
-    pending_bytes: int
-    broken: bool
+    @property
+    def pending_bytes(self) -> int: ...
+
+    @property
+    def broken(self) -> bool: ...
 
     @property
     def idle(self) -> bool: ...
@@ -305,9 +308,11 @@ class Member:
                  "cursor", "detached", "ended", "lagged", "needs_catch_up", "outbox", "sink")
 
     def __init__(self, sink: Sink, channel: Channel, subscribe: Subscribe, *,
-                 max_lag: int) -> None:
+                 max_lag: int, outbox: SinkOutbox | None = None) -> None:
         self.sink = sink
-        self.outbox = sink.outbox  # looked up once: push runs per member per event
+        # Looked up once: push runs per member per event. A batching member's is
+        # its own (batch.BatchOutbox), in front of the connection's.
+        self.outbox = sink.outbox if outbox is None else outbox
         self.channel = channel
         # The last seq written (or queued) for this member; "now" when not given.
         self.cursor = channel.last_seq if subscribe.after is None else subscribe.after

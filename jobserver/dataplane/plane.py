@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from ..auth import KeyRing
+from ..auth import KeyRing, progress_signer
 from ..config import Config
 from ..dialects import (
     Accept,
@@ -41,10 +41,10 @@ from ..dialects import (
 )
 from ..engine import Engine, Submission
 from ..errors import JobserverError, NotFound, Unauthenticated
-from .fanout import Channel, ChannelKey, FrameCache, Member, Sink
+from .fanout import Channel, ChannelKey, FrameCache, Member, Sink, SinkOutbox
 from .outbox import Counters
 from .routes import DEFAULT_ROUTES, Route, RouteTable
-from .wire import ENCODERS
+from .wire import ENCODERS, ITEMS
 
 log = logging.getLogger("jobserver.dataplane")
 
@@ -57,6 +57,7 @@ class DataPlaneStatistics:
     live: int  # ... of which written to directly by the publisher
     catching_up: int  # ... of which reading from the store
     slow_writers: int  # raw connections with a backlog (socket full)
+    pending_batches: int  # batching subscriptions with items waiting for their window
     backlog_bytes: int  # queued in those backlogs, all together
     channels: int  # (topic, dialect variant, encoding) rendered once each
     bytes_sent: int  # by the raw data plane, since start
@@ -73,7 +74,8 @@ class DataPlane:
         self.keyring = keyring
         self.routes = routes
         self.clock = clock
-        self.env = SessionEnv(config=config, clock=clock)
+        self.env = SessionEnv(config=config, clock=clock,
+                              sign_progress=progress_signer(keyring, config.progress_token_ttl))
         self.cache = FrameCache()
         self.counters = Counters()
         self._channels: dict[ChannelKey, Channel] = {}
@@ -119,9 +121,14 @@ class DataPlane:
 
     # ---- channels --------------------------------------------------------
 
-    def join(self, sink: Sink, subscribe: Subscribe, encoding: str) -> Member:
+    def join(self, sink: Sink, subscribe: Subscribe, encoding: str, *,
+             outbox: SinkOutbox | None = None) -> Member:
         """A member of the channel for `subscribe` (a job topic's starts out catching
-        up; an aggregate topic's is live at once)."""
+        up; an aggregate topic's is live at once). A batching subscription's channel
+        encodes items (shared by every transport) and its member writes them to
+        `outbox`, the connection's batch for it."""
+        if subscribe.batch is not None:
+            encoding = ITEMS
         key: ChannelKey = (subscribe.topic, subscribe.renderer.key, encoding)
         channel = self._channels.get(key)
         if channel is None:
@@ -133,7 +140,8 @@ class DataPlane:
             self._channels[key] = channel
             self.engine.hub.subscribe(subscribe.topic, channel)
         self.subscribers += 1
-        return Member(sink, channel, subscribe, max_lag=self.config.max_lag_events)
+        return Member(sink, channel, subscribe, max_lag=self.config.max_lag_events,
+                      outbox=outbox)
 
     def leave(self, member: Member) -> None:
         if not member.detached:
@@ -146,12 +154,13 @@ class DataPlane:
             self.engine.hub.unsubscribe(channel.topic, channel)
 
     async def settle(self) -> None:
-        """Return once every subscriber is live and every socket drained: what was
-        published has been written (the server's last events before it stops).
-        Polls; the caller bounds it."""
+        """Return once every subscriber is live, every batch sent and every socket
+        drained: what was published has been written (the server's last events
+        before it stops). Polls; the caller bounds it."""
         while True:
             stats = self.statistics()
-            if stats.live == stats.subscribers and stats.slow_writers == 0:
+            if stats.live == stats.subscribers and stats.slow_writers == 0 \
+                    and stats.pending_batches == 0:
                 return
             await trio.sleep(0.01)
 
@@ -165,6 +174,7 @@ class DataPlane:
             live=live,
             catching_up=pending,
             slow_writers=self.counters.slow_writers,
+            pending_batches=self.counters.pending_batches,
             backlog_bytes=self.counters.backlog_bytes,
             channels=len(self._channels),
             bytes_sent=self.counters.bytes_sent,

@@ -17,6 +17,7 @@ from typing import Literal
 
 from ..dialects import Session, SessionEnv, StreamRequest
 from ..dialects.jobs import JobsEventsSession
+from ..dialects.live import LiveSession
 from ..dialects.logs import LogsSession
 from ..dialects.native import NativeEventsSession
 
@@ -88,4 +89,5 @@ DEFAULT_ROUTES = RouteTable((
           NativeEventsSession),
     Route("jobs-events", "sse", re.compile(rf"/api/jobs/(?P<job_id>{_SEGMENT})/events"),
           JobsEventsSession),
+    Route("live", "ws", re.compile(r"/api/2/jobs/live"), LiveSession),
 ))
