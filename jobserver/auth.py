@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -214,6 +213,13 @@ class KeyRing:
         if role not in ROLES:
             raise Unauthenticated("invalid token claims")
         return Principal(UserId(sub), role), int(claims["exp"])  # as pyjwt reads it
+
+
+def progress_signer(keyring: KeyRing, ttl: float) -> Callable[[str, float], str]:
+    """`sign(job_id, now)`: a progress token for the job, issued at `now`."""
+    def sign(job_id: str, now: float) -> str:
+        return keyring.issue_progress(job_id, ttl=ttl, now=now)[0]
+    return sign
 
 
 def bearer(header: str) -> str | None:

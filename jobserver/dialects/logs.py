@@ -111,7 +111,7 @@ class LogsRenderer:
 
     def after(self, event: ev.Event | None) -> LogsRenderer:
         return LogsRenderer(self.job_id, self._label, with_seq=self.with_seq,
-                            running=event is not None and _running_after(event))
+                            running=event is not None and running_after(event))
 
     def advance(self, event: ev.Event) -> None:
         kind = type(event)
@@ -170,7 +170,8 @@ class LogsRenderer:
         return Rendered(tuple(out))
 
 
-def _running_after(event: ev.Event) -> bool:
+def running_after(event: ev.Event) -> bool:
+    """Whether the job is RUNNING right after `event` (what a renderer infers from one event)."""
     if isinstance(event, (ev.Queued, ev.Bounce, ev.Finished, ev.Deleted)):
         return False
     return not (isinstance(event, ev.Step) and event.status == "Skipped")
