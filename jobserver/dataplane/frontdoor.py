@@ -77,6 +77,7 @@ async def serve_front_door(
     door = FrontDoor(plane, hyper)
     try:
         async with hyper.running(), trio.open_nursery() as connections:
+            await connections.start(plane.batches.run)
             task_status.started(listener.getsockname()[1])
             await door.accept_loop(listener, connections)
     finally:

@@ -43,7 +43,6 @@ class Counters:
     bytes_sent: int = 0
     slow_writers: int = 0
     backlog_bytes: int = 0
-    pending_batches: int = 0  # batch.BatchOutbox: batches waiting for their window
 
 
 async def recv_some(sock: socket.socket, max_bytes: int = RECV_SIZE) -> bytes:

@@ -8,10 +8,8 @@ session's one deadline, and needs are fulfilled by the data plane with their
 results fed back to the session, in order. Its main task is the writer: it
 flushes backlogs in joined writes, starts a catch-up task for each member that
 needs one (members catch up concurrently, a few store reads at a time), tells
-the session when a followed topic ended or lagged, runs its timer and sends
-batching members' batches when they are due (batch.py; before a member is
-dropped and before a close, too). A reader task (the transport's) runs beside
-it in the connection's own nursery.
+the session when a followed topic ended or lagged, and runs its timer. A reader
+task (the transport's) runs beside it in the connection's own nursery.
 Rules: the publisher only ever calls the sync `wake`; calls into the session
 are serialised (`handle` holds a lock while a need is awaited); a peer that
 leaves its socket full for `plane.stall_timeout` or goes away is dropped; when
@@ -32,12 +30,11 @@ import trio
 
 from ..core.topics import Topic
 from ..dialects import Action, Close, Session, SseEvent, Subscribe, Timer, Unsubscribe
-from .batch import BatchOutbox
 from .fanout import Member, SinkOutbox
 from .outbox import RECV_SIZE, Outbox, PeerGone, Stalled, send_all
 from .plane import DataPlane
 from .wakeup import Wakeup
-from .wire import ENCODERS, FRAMING, http_response
+from .wire import ENCODERS, http_response
 
 log = logging.getLogger("jobserver.dataplane")
 
@@ -154,39 +151,18 @@ class StreamConnection:
         if self.closing:
             return
         self._drop(subscribe.topic)
-        batch = None
-        if subscribe.batch is not None:
-            batch = BatchOutbox(self._outbox, FRAMING[self.encoding], subscribe.batch,
-                                self.plane.counters, wake=self.wake)
-        self.members[subscribe.topic] = self.plane.join(self, subscribe, self.encoding,
-                                                        outbox=batch)
+        self.members[subscribe.topic] = self.plane.join(self, subscribe, self.encoding)
         self.wake()
 
     def _drop(self, topic: Topic) -> None:
         member = self.members.pop(topic, None)
         if member is not None:
-            _flush_batch(member)
             self.plane.leave(member)
 
     def detach_all(self) -> None:
-        """Leave every channel; what batches hold goes out first."""
         for member in self.members.values():
-            _flush_batch(member)
             if not member.detached:
                 member.detach()
-
-    def _send_due_batches(self) -> float:
-        """Flush the batches that are due; the earliest deadline left (trio's clock)."""
-        now = trio.current_time()
-        soonest = math.inf
-        for member in self.members.values():
-            batch = member.outbox
-            if type(batch) is BatchOutbox and batch.pending:
-                if batch.deadline <= now:
-                    batch.flush_nowait()
-                else:
-                    soonest = min(soonest, batch.deadline)
-        return soonest
 
     # ---- running ---------------------------------------------------------
 
@@ -213,8 +189,6 @@ class StreamConnection:
             raise
         finally:
             for member in self.members.values():
-                if type(member.outbox) is BatchOutbox:
-                    member.outbox.close()
                 plane.leave(member)
             self.members.clear()  # member.sink is this connection: no cycle left behind
             self._outbox.close()
@@ -241,11 +215,10 @@ class StreamConnection:
             if self._timer_at <= trio.current_time() and not self.closing:
                 self._timer_at = math.inf
                 await self.handle(self.session.on_tick(trio.current_time()))
-            batches_due = self._send_due_batches()
             if self.closing or not self._outbox.idle or any(
                     m.ended or m.lagged or m.needs_catch_up for m in self.members.values()):
                 continue
-            with trio.move_on_at(min(self._timer_at, batches_due)):
+            with trio.move_on_at(self._timer_at):
                 await self.idle()
 
     async def _catch_up(self, member: Member) -> None:
@@ -283,11 +256,6 @@ class SocketConnection(StreamConnection):
         super().__init__(plane, session, outbox, actions=actions, trailing=trailing)
         self.sock = sock
         outbox.write_nowait(preamble)
-
-
-def _flush_batch(member: Member) -> None:
-    if type(member.outbox) is BatchOutbox:
-        member.outbox.flush_nowait()
 
 
 def cancelled(exc: BaseException) -> bool:
