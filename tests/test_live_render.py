@@ -19,9 +19,11 @@ from jobserver.core import events as ev
 from jobserver.core.ids import JobId, UserId, new_job_id
 from jobserver.core.job import Job
 from jobserver.core.states import Status
-from jobserver.dataplane.batch import BatchOutbox
+from jobserver.core.topics import JobTopic
+from jobserver.dataplane.batch import BatchChannel, BatchClock
+from jobserver.dataplane.fanout import FrameCache, Member
 from jobserver.dataplane.outbox import Counters, Outbox
-from jobserver.dataplane.wire import FRAMING, encode_items
+from jobserver.dataplane.wire import ENCODERS, FRAMING, ITEMS
 from jobserver.dialects import Authenticate, Batch, LookUp, SessionEnv, StreamRequest, Subscribe
 from jobserver.dialects.live import BATCH_HEAD, BATCH_TAIL, LiveRenderer, LiveSession
 
@@ -104,30 +106,75 @@ def test_spawned_tokens_are_deterministic_and_renderers_resume_from_one_event(
     assert KeyRing.load_or_create(tmp_path).verify(token, purpose="progress").job == "c-1"
 
 
+class SocketSink:
+    """A connection's side of a member, as small as it gets: a real outbox on a socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.outbox = Outbox(sock, Counters(), wake=self.wake)
+        self.readers = trio.Semaphore(1)
+        self.woken = 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+def batching_channel(tmp_path: Path, batch: Batch, sink: SocketSink
+                     ) -> tuple[BatchChannel, BatchClock, Member, LiveRenderer]:
+    clock = BatchClock()
+    renderer = LiveRenderer(signer(tmp_path), ttl=3600)
+    subscribe = Subscribe(JobTopic(JOB), 0, renderer, batch)
+    channel = BatchChannel((JobTopic(JOB), "test", "ws"), ENCODERS[ITEMS], FrameCache(),
+                           release=lambda c: None, batch=batch, framing=FRAMING["ws"],
+                           clock=clock)
+    member = Member(sink, channel, subscribe, max_lag=1000)
+    channel.add_pending(member)
+    channel.promote(member, renderer)  # live from the start
+    return channel, clock, member, renderer
+
+
+def progress(seq: int, ts: float) -> ev.Progress:
+    return ev.Progress(job_id=JOB, seq=seq, ts=ts, pct=0.0, at=seq, of=9, message=f"m{seq}")
+
+
+def read_ws_messages(sock: socket.socket) -> list[str]:
+    """The text messages the server side wrote to `sock`, read by a real WebSocket parser."""
+    client = wsproto.connection.Connection(wsproto.ConnectionType.CLIENT)
+    sock.settimeout(2)
+    client.receive_data(sock.recv(1 << 20))
+    return [e.data for e in client.events() if isinstance(e, TextMessage)]
+
+
+def nothing_sent(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except BlockingIOError:
+        return True
+    return False
+
+
 async def test_ties_and_backwards_timestamps_keep_seq_order(tmp_path: Path,
                                                             autojump_clock: Any) -> None:
-    """Batches list events in seq order whatever their clocks said; one message."""
+    """One message per window, the events in seq order whatever their clocks said."""
     stamps = [5.0, 5.0, 4.0, 6.0, 6.0, 1.0]
-    events = [ev.Progress(job_id=JOB, seq=i + 1, ts=ts, pct=0.0, at=i, of=6, message=f"m{i}")
-              for i, ts in enumerate(stamps)]
-    renderer = LiveRenderer(signer(tmp_path), ttl=3600)
     a, b = socket.socketpair()
     try:
-        a.setblocking(False)
-        woken = []
-        outbox = Outbox(a, Counters(), wake=lambda: None)
-        counters = Counters()
-        batch = BatchOutbox(outbox, FRAMING["ws"], Batch(BATCH_HEAD, BATCH_TAIL, 0.05),
-                            counters, wake=lambda: woken.append(1))
+        channel, clock, member, _ = batching_channel(
+            tmp_path, Batch(BATCH_HEAD, BATCH_TAIL, 0.05), SocketSink(a))
         start = trio.current_time()  # the mock clock stands still between awaits
-        for event in events[:3]:  # the publisher's pushes, one event each
-            batch.write_nowait(encode_items(renderer.render(event).messages), 1)
-        batch.write_nowait(encode_items([m for e in events[3:]  # a page of three
-                                         for m in renderer.render(e).messages]), 3)
-        assert woken == [1] and counters.pending_batches == 1
-        assert batch.deadline == start + 0.05
-        batch.flush_nowait()
-        assert counters.pending_batches == 0 and not batch.pending
+        for seq in (1, 2, 3):  # three events published one by one, then three at once
+            channel.deliver([progress(seq, stamps[seq - 1])])
+        channel.deliver([progress(seq, stamps[seq - 1]) for seq in (4, 5, 6)])
+        assert nothing_sent(b) and channel.pending_window and channel.sent_seq == 0
+        assert channel.last_seq == 6 and member.cursor == 0
+        channel.send_due(start + 0.04)  # not yet due
+        assert nothing_sent(b)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(clock.run)
+            await trio.sleep(0.06)  # the clock task sends it at 0.05
+            nursery.cancel_scope.cancel()
+        assert not channel.pending_window and channel.sent_seq == 6 and member.cursor == 6
         [text] = read_ws_messages(b)
     finally:
         a.close()
@@ -135,34 +182,31 @@ async def test_ties_and_backwards_timestamps_keep_seq_order(tmp_path: Path,
     packet = json.loads(text)
     assert packet["type"] == "event_batch" and packet["success"] is True
     got = packet["data"]["events"]
-    assert [e["message"] for e in got] == [f"m{i}" for i in range(6)]
+    assert [e["message"] for e in got] == [f"m{i}" for i in range(1, 7)]
     assert [e["occurred_at"] for e in got] == stamps
 
 
-async def test_a_batch_past_its_size_goes_at_once(tmp_path: Path) -> None:
+async def test_a_batch_goes_at_once_past_its_size_and_at_the_end(tmp_path: Path,
+                                                                 autojump_clock: Any) -> None:
     a, b = socket.socketpair()
     try:
-        a.setblocking(False)
-        counters = Counters()
-        batch = BatchOutbox(Outbox(a, counters, wake=lambda: None), FRAMING["ws"],
-                            Batch("[", "]", 10.0, max_bytes=100), counters, wake=lambda: None)
-        batch.write_nowait(b'"' + b"x" * 60 + b'",', 1)
-        assert batch.pending
-        batch.write_nowait(b'"' + b"y" * 60 + b'",', 1)
-        assert not batch.pending and counters.pending_batches == 0
-        [text] = read_ws_messages(b)
+        channel, _, member, _ = batching_channel(
+            tmp_path, Batch(BATCH_HEAD, BATCH_TAIL, 10.0, max_bytes=300), SocketSink(a))
+        channel.deliver([progress(1, 1.0)])
+        assert nothing_sent(b)
+        channel.deliver([progress(2, 2.0), progress(3, 3.0)])  # past 300 bytes
+        [first] = read_ws_messages(b)
+        channel.deliver([ev.Log(job_id=JOB, seq=4, ts=4.0, stream="stdout", line="x")])
+        assert nothing_sent(b) and not channel.pending_window, "output lines are not sent"
+        channel.deliver([progress(5, 5.0), ev.Finished(job_id=JOB, seq=6, ts=6.0,
+                                                        status="SUCCEEDED", outcome="succeeded")])
+        [last] = read_ws_messages(b)
     finally:
         a.close()
         b.close()
-    assert json.loads(text) == ["x" * 60, "y" * 60]
-
-
-def read_ws_messages(sock: socket.socket) -> list[str]:
-    """The text messages a server wrote to `sock`, read by a real WebSocket parser."""
-    client = wsproto.connection.Connection(wsproto.ConnectionType.CLIENT)
-    sock.settimeout(2)
-    client.receive_data(sock.recv(1 << 20))
-    return [e.data for e in client.events() if isinstance(e, TextMessage)]
+    assert [e["message"] for e in json.loads(first)["data"]["events"]] == ["m1", "m2", "m3"]
+    assert [e["type"] for e in json.loads(last)["data"]["events"]] == ["progress", "succeeded"]
+    assert member.ended and member.cursor == 6
 
 
 def test_the_stream_expires_30_minutes_after_the_last_event() -> None:
