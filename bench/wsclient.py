@@ -3,9 +3,10 @@
 Run as `python -m bench.wsclient`; bench/loadgen.py drives it with one JSON
 command per stdin line and reads one JSON reply per stdout line:
 
-    {"op": "connect", "url": ..., "n": ..., "timeout": s}  -> {"ready": k, ...}
+    {"op": "connect", "url": ..., "n": ..., "timeout": s, "hello": text | null}
+                                                          -> {"ready": k, ...}
     {"op": "go", "expect": K, "latency": bool, "timeout": s, "idle": s, "batch": s,
-     "marker": text}
+     "marker": text, "count_all": bool}
                                                           -> {"going": true}
                                                           -> {"total": ..., ...}
     {"op": "close"} -> {"closed": k}            {"op": "exit"} -> (exits)
@@ -14,8 +15,12 @@ Rules: raw non-blocking sockets on one epoll, a minimal RFC 6455 client
 handshake and frame parser; no permessage-deflate; unfragmented server frames
 (each benchmark event is one small frame). A subscriber is ready once it has
 received its first message (the logs dialect's `system` message), so the
-server has registered it. Only messages containing the marker (by default
-bench/events.py's) are counted; latency needs bench/events.py's marker.
+server has registered it; with `hello`, each subscriber sends that text message
+right after the upgrade (the live dialect's `authorize`). Only messages
+containing the marker (by default bench/events.py's) are counted, or with
+`count_all` every occurrence of it (events inside the live dialect's batches);
+`frames` reports the data frames received while measuring. Latency needs
+bench/events.py's marker.
 Sockets close with SO_LINGER 0 so thousands of rounds leave no TIME_WAIT.
 Nothing but reply lines is written to stdout.
 """
@@ -75,10 +80,14 @@ class Worker:
         self.errors: dict[str, int] = {}
         self.latencies: list[int] | None = None
         self.mark = _MARK
+        self.count_all = False
+        self.hello = b""  # a masked text frame sent right after the upgrade
 
     # -- connecting ---------------------------------------------------------
 
-    def connect(self, url: str, n: int, timeout: float) -> dict[str, Any]:
+    def connect(self, url: str, n: int, timeout: float, hello: str | None = None
+                ) -> dict[str, Any]:
+        self.hello = _client_text_frame(hello.encode()) if hello else b""
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         target = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -143,6 +152,8 @@ class Worker:
             return
         rest, sub.rest = sub.rest[head_end + 4:], b""
         sub.state = OPEN
+        if self.hello:
+            sub.sock.send(self.hello)
         if rest:
             self.feed(sub, rest, time.time_ns())
 
@@ -216,6 +227,10 @@ class Worker:
             opcode = buf[i] & 0x0F
             if opcode <= 2:
                 sub.frames += 1
+                if self.count_all:
+                    got += buf.count(self.mark, start, end)
+                    i = end
+                    continue
                 at = buf.find(self.mark, start, end)
                 if at >= 0:
                     got += 1
@@ -264,6 +279,7 @@ class Worker:
         """
         self.latencies = [] if latency else None
         live = [s for s in self.subs.values() if s.state == OPEN]
+        frames_before = sum(s.frames for s in live)
         for sub in live:
             sub.count, sub.done = 0, expect <= 0
             if latency:
@@ -314,6 +330,7 @@ class Worker:
             "timed_out": remaining > 0,
             "errors": self.errors,
             "latencies_ns": self.latencies or [],
+            "frames": sum(s.frames for s in live) - frames_before,
         }
 
     def close_all(self) -> int:
@@ -328,6 +345,18 @@ class Worker:
         return closed
 
 
+def _client_text_frame(payload: bytes) -> bytes:
+    """A masked (all-zero mask: the payload as it is) client text frame."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+    return head + b"\0\0\0\0" + payload
+
+
 def _reply(message: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
@@ -339,9 +368,11 @@ def main() -> int:
         command = json.loads(line)
         op = command["op"]
         if op == "connect":
-            _reply(worker.connect(command["url"], command["n"], command["timeout"]))
+            _reply(worker.connect(command["url"], command["n"], command["timeout"],
+                                  command.get("hello")))
         elif op == "go":
             worker.mark = command.get("marker", MARKER).encode()
+            worker.count_all = bool(command.get("count_all"))
             _reply({"going": True})
             _reply(worker.measure(command["expect"], command["latency"], command["timeout"],
                                   command["idle"], command["batch"]))
