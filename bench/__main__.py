@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-BENCHES = ("fanout", "idle", "logs", "spawn", "rest")
+BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "live")
 TARGETS = ("fastapi", "quart", "c", "jobserver")
 
 
@@ -167,6 +167,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["spawn"] = spawn
     if "rest" in args.only:
         results["rest"] = rest_bench(args, runs, say)
+    if "live" in args.only:
+        from .live import run_live
+        say("live dialect fan-out: 1,000 subscribers of one chatty job, beside the logs dialect")
+        results["live"] = run_live(n=1000, count=5000 if args.quick else 20_000, runs=runs,
+                                   say=say)
     return results
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,16 @@ def authorize(job_uid: Any, jwt: Any) -> str:
 
 async def connect(h: Harness, *, stream: trio.SocketStream | None = None) -> RawWebSocket:
     return await RawWebSocket.connect(h.server.port, LIVE, stream=stream)
+
+
+async def first_batch(ws: RawWebSocket, job_id: str, jwt: str
+                      ) -> tuple[AsyncIterator[str], dict[str, Any]]:
+    """Authorize on `ws`: its messages (auth_response read), and the first batch."""
+    await ws.send_text(authorize(job_id, jwt))
+    messages = ws.messages()
+    assert json.loads(await messages.__anext__())["type"] == "auth_response"
+    first: dict[str, Any] = json.loads(await messages.__anext__())
+    return messages, first
 
 
 async def follow(h: Harness, job_id: str, jwt: str, *, stream: trio.SocketStream | None = None,

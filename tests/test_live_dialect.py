@@ -17,6 +17,7 @@ from .live_helpers import (
     authorize,
     connect,
     events_of,
+    first_batch,
     follow,
     progress_job,
     progress_token,
@@ -94,10 +95,7 @@ async def test_events_are_batched(h: Harness) -> None:
     await h.wait(job["id"], "RUNNING")
     ws = await connect(h)
     try:
-        await ws.send_text(authorize(job["id"], token))
-        messages = ws.messages()
-        assert json.loads(await messages.__anext__())["type"] == "auth_response"
-        first = json.loads(await messages.__anext__())
+        messages, first = await first_batch(ws, job["id"], token)
         assert [e["type"] for e in first["data"]["events"]] == ["queued", "started"]
         go.touch()
         packets = [first] + [json.loads(m) async for m in messages]
@@ -152,10 +150,7 @@ async def test_bounce_on_graceful_shutdown(data_dir: Path) -> None:
         token = await progress_token(h, job["id"], token=h.alice)
         ws = await connect(h)
         try:
-            await ws.send_text(authorize(job["id"], token))
-            messages = ws.messages()
-            assert json.loads(await messages.__anext__())["type"] == "auth_response"
-            first = json.loads(await messages.__anext__())
+            messages, first = await first_batch(ws, job["id"], token)
             assert [e["type"] for e in first["data"]["events"]] == ["queued", "started"]
             h.server.request_shutdown()
             with trio.fail_after(15):

@@ -99,14 +99,10 @@ class BatchChannel(Channel):
         return bool(self._items)
 
     def deliver(self, events: Sequence[Any]) -> None:
-        if events[-1].seq <= self.last_seq:
-            return
-        if events[0].seq <= self.last_seq:
-            events = [e for e in events if e.seq > self.last_seq]
         before = self.sent_seq
-        self.last_seq = events[-1].seq
-        for member in tuple(self.pending):
-            member.buffer_nowait(events)
+        events = self.take(events)
+        if not events:
+            return
         renderer = self.renderer
         if renderer is None or not self.live:
             # Nobody to send to: members catching up take these from their buffers.
@@ -116,11 +112,7 @@ class BatchChannel(Channel):
                     renderer.advance(event)
             self._reset()
             return
-        parts, used, end = self.encode_parts(renderer, events,
-                                             cached=bool(self.pending or self.behind))
-        for event in events[used:]:
-            renderer.advance(event)
-        self.recent.extend(events, parts, end)
+        parts, used, end = self.render_live(renderer, events)
         fresh = not self._items
         for part in parts:
             if part:

@@ -230,21 +230,36 @@ class Channel:
         self.placing: trio.Event | None = None
 
     def deliver(self, events: Sequence[Any]) -> None:
-        if events[-1].seq <= self.last_seq:
-            return
-        if events[0].seq <= self.last_seq:
-            events = [e for e in events if e.seq > self.last_seq]
-        self.last_seq = events[-1].seq
-        for member in tuple(self.pending):
-            member.buffer_nowait(events)
+        events = self.take(events)
         renderer = self.renderer
-        if renderer is None:
+        if not events or renderer is None:
             return
         if not self.live:
             self.recent.clear()  # no longer contiguous: nothing is encoded now
             for event in events:
                 renderer.advance(event)
             return
+        parts, used, end = self.render_live(renderer, events)
+        data = b"".join(parts)
+        for member in tuple(self.live):
+            member.push(data, used, self.last_seq, end)
+
+    def take(self, events: Sequence[Any]) -> Sequence[Any]:
+        """The events of a delivery after `last_seq` (now moved past them), also
+        buffered for the members catching up."""
+        if events[-1].seq <= self.last_seq:
+            return ()
+        if events[0].seq <= self.last_seq:
+            events = [e for e in events if e.seq > self.last_seq]
+        self.last_seq = events[-1].seq
+        for member in tuple(self.pending):
+            member.buffer_nowait(events)
+        return events
+
+    def render_live(self, renderer: Renderer, events: Sequence[Any]
+                    ) -> tuple[list[bytes], int, bool]:
+        """Encode `events` for the live members (up to an end), the renderer moved
+        past all of them, the recent encodings kept."""
         # While every member is live nobody will read these events again: the
         # cache is for members behind (catching up over the events after theirs).
         parts, used, end = self.encode_parts(renderer, events,
@@ -252,9 +267,7 @@ class Channel:
         for event in events[used:]:
             renderer.advance(event)
         self.recent.extend(events, parts, end)
-        data = b"".join(parts)
-        for member in tuple(self.live):
-            member.push(data, used, self.last_seq, end)
+        return parts, used, end
 
     def encode_events(self, renderer: Renderer, events: Sequence[Any], *,
                       cached: bool = True) -> tuple[bytes, int, bool]:

@@ -66,21 +66,20 @@ def encode_sse(messages: Sequence[Message]) -> bytes:
 def encode_asgi_ws(messages: Sequence[Message]) -> bytes:
     """WebSocket text messages for the ASGI fallback, each UTF-8 and NUL-terminated
     (compact JSON never contains a NUL), split again there into `websocket.send`s."""
-    parts = []
-    for m in messages:
-        if not isinstance(m, str):
-            raise TypeError("a WebSocket dialect sends text messages")
-        parts.append(m.encode("utf-8", _UNPAIRED) + b"\0")
-    return b"".join(parts)
+    return _texts_ending(messages, b"\0")
 
 
 def encode_items(messages: Sequence[Message]) -> bytes:
     """Items of a batch (dialects.Batch), not yet a message: each UTF-8, then a comma."""
+    return _texts_ending(messages, b",")
+
+
+def _texts_ending(messages: Sequence[Message], end: bytes) -> bytes:
     parts = []
     for m in messages:
         if not isinstance(m, str):
-            raise TypeError("a batch's items are text")
-        parts.append(m.encode("utf-8", _UNPAIRED) + b",")
+            raise TypeError("a WebSocket dialect sends text messages")
+        parts.append(m.encode("utf-8", _UNPAIRED) + end)
     return b"".join(parts)
 
 

@@ -51,7 +51,7 @@ from . import (
     Timer,
     dumps,
 )
-from .logs import running_after
+from .logs import running_after, running_next
 
 DIALECT = "live"
 BATCH_HEAD = '{"success":true,"type":"event_batch","data":{"events":['
@@ -111,11 +111,7 @@ class LiveRenderer:
                             running=event is not None and running_after(event))
 
     def advance(self, event: ev.Event) -> None:
-        kind = type(event)
-        if kind is ev.Started:
-            self._running = True
-        elif kind in (ev.Queued, ev.Bounce, ev.Finished):
-            self._running = False
+        self._running = running_next(self._running, event)
 
     def render(self, event: ev.Event) -> Rendered:
         kind = type(event)

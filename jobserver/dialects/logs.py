@@ -114,11 +114,7 @@ class LogsRenderer:
                             running=event is not None and running_after(event))
 
     def advance(self, event: ev.Event) -> None:
-        kind = type(event)
-        if kind is ev.Started:
-            self._running = True
-        elif kind in (ev.Queued, ev.Bounce, ev.Finished):
-            self._running = False
+        self._running = running_next(self._running, event)
 
     def log_message(self, event: ev.Log, seq: int | None) -> str:
         """`message("log", {ts, stream, message}, seq)`, byte for byte, built by hand:
@@ -168,6 +164,16 @@ class LogsRenderer:
             out.append(message("status", {"status": Status.RUNNING.value, "ts": stamp,
                                           "job_id": self.job_id, "started_at": stamp}, seq))
         return Rendered(tuple(out))
+
+
+def running_next(running: bool, event: ev.Event) -> bool:
+    """Whether the job is RUNNING after `event`, given whether it was before."""
+    kind = type(event)
+    if kind is ev.Started:
+        return True
+    if kind in (ev.Queued, ev.Bounce, ev.Finished):
+        return False
+    return running
 
 
 def running_after(event: ev.Event) -> bool:
