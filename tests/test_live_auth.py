@@ -188,6 +188,11 @@ async def test_403_an_api_token(h: Harness, done: dict[str, Any]) -> None:
     await forbidden(h, done["id"], h.admin)
 
 
+async def test_a_progress_token_is_not_an_api_token(h: Harness, done: dict[str, Any]) -> None:
+    r = await h.client.get(f"/api/v1/jobs/{done['id']}", headers=h.auth(done["token"]))
+    assert r.status_code == 401
+
+
 async def test_403_not_a_jwt(h: Harness, done: dict[str, Any]) -> None:
     await forbidden(h, done["id"], "not.a.token")
 

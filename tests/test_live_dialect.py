@@ -11,6 +11,8 @@ import jwt
 import pytest
 import trio
 
+from jobserver.dataplane.outbox import MAX_BACKLOG_BYTES
+
 from .conftest import Harness
 from .live_helpers import (
     after_rest_call,
@@ -22,7 +24,8 @@ from .live_helpers import (
     progress_job,
     progress_token,
 )
-from .test_dataplane_helpers import running_server
+from .test_dataplane_fanout import wait_stats
+from .test_dataplane_helpers import running_server, submit_command
 
 WINDOW = 0.05
 
@@ -193,3 +196,63 @@ async def test_a_silent_client_is_dropped(data_dir: Path) -> None:
         finally:
             await ws.aclose()
     assert got == [] and ws.close_code == 1008
+
+
+# Reports `n` progress steps with long messages once go1 exists, 3 more once go2 does.
+TWO_PROGRESS_BURSTS = (
+    "import json, os, sys, time\n"
+    "c = os.fdopen(int(os.environ['JOBSERVER_CONTROL_FD']), 'w')\n"
+    "def wait(p):\n"
+    "    while not os.path.exists(p): time.sleep(0.005)\n"
+    "def report(i, n):\n"
+    "    c.write(json.dumps({'progress': {'at': i, 'of': n}, 'message': 'step %d %s' % (i, 'y' * 200)}) + '\\n')\n"  # noqa: E501
+    "wait(sys.argv[1])\n"
+    "n = int(sys.argv[3])\n"
+    "for i in range(n): report(i, n)\n"
+    "c.flush()\n"
+    "wait(sys.argv[2])\n"
+    "for i in range(n, n + 3): report(i, n + 3)\n"
+    "c.close()\n"
+)
+
+
+async def test_a_lagging_live_client_catches_up_and_goes_live_again(data_dir: Path) -> None:
+    """A client that stops reading leaves the live path (its backlog bounded), reads
+    on from the store, and joins the window again: every event once, in order."""
+    count = 20_000
+    async with running_server(data_dir, max_lag_events=100, live_batch_window=WINDOW) as h:
+        go1, go2 = h.data_dir / "go1", h.data_dir / "go2"
+        job = await submit_command(h, ["python3", "-c", TWO_PROGRESS_BURSTS, str(go1), str(go2),
+                                       str(count)])
+        await h.wait(job["id"], "RUNNING")
+        token = await progress_token(h, job["id"])
+        fast, slow = await connect(h), await connect(h)
+        try:
+            fast_messages, _ = await first_batch(fast, job["id"], token)
+            slow_messages, _ = await first_batch(slow, job["id"], token)
+            go1.touch()
+            fast_got = await read_progress(fast_messages, count)
+            stats = await wait_stats(h, subscribers=2, live=1)  # the slow one fell behind
+            assert stats["backlog_bytes"] <= MAX_BACKLOG_BYTES + 2 * 512 * 1024
+            slow_got = await read_progress(slow_messages, count)
+            assert fast_got == slow_got == [f"step {i} {'y' * 200}" for i in range(count)]
+            await wait_stats(h, live=2, catching_up=0)  # live again
+            go2.touch()
+            for messages in (fast_messages, slow_messages):
+                rest = [json.loads(m) async for m in messages]
+                events = [e for p in rest for e in p["data"]["events"]]
+                assert [e["message"][:7] for e in events[:3]] == [
+                    f"step {i}"[:7] for i in range(count, count + 3)]
+                assert events[-1]["type"] == "succeeded"
+        finally:
+            await fast.aclose()
+            await slow.aclose()
+    assert fast.close_code == slow.close_code == 1000
+
+
+async def read_progress(messages: AsyncIterator[str], count: int) -> list[str]:
+    got: list[str] = []
+    while len(got) < count:
+        packet = json.loads(await messages.__anext__())
+        got.extend(e["message"] for e in packet["data"]["events"] if e["type"] == "progress")
+    return got

@@ -44,7 +44,6 @@ class BatchClock:
         self._due: list[tuple[float, int, BatchChannel]] = []
         self._order = itertools.count()  # ties in the heap never compare channels
         self._wakeup = Wakeup()
-        self.running = False
 
     def schedule(self, channel: BatchChannel, deadline: float) -> None:
         heapq.heappush(self._due, (deadline, next(self._order), channel))
@@ -53,7 +52,6 @@ class BatchClock:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        self.running = True
         task_status.started()
         try:
             while True:
@@ -64,8 +62,7 @@ class BatchClock:
                 with trio.move_on_at(self._due[0][0] if self._due else math.inf):
                     await self._wakeup.wait()
         finally:
-            self.running = False
-            self._due.clear()
+            self._due.clear()  # no channel is kept alive by a stopped clock
 
 
 class BatchChannel(Channel):
