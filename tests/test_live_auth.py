@@ -183,6 +183,13 @@ async def test_403_alg_none(h: Harness, done: dict[str, Any]) -> None:
     await forbidden(h, done["id"], token)
 
 
+@pytest.mark.parametrize("alg", ["RS512", "PS256"])
+async def test_403_another_rsa_algorithm_with_the_right_key(h: Harness, done: dict[str, Any],
+                                                            alg: str) -> None:
+    token = jwt.encode(claims_for(done["id"]), server_key(h), algorithm=alg)
+    assert "algorithm" in await forbidden(h, done["id"], token)
+
+
 async def test_403_an_api_token(h: Harness, done: dict[str, Any]) -> None:
     """The server's own HS256 tokens are for the API, not for watching progress."""
     await forbidden(h, done["id"], h.admin)
