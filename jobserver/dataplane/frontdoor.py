@@ -3,7 +3,8 @@ to hypercorn.
 
     serve_front_door
     └── hypercorn lifespan (the ASGI app's startup/shutdown, once)
-        └── connections nursery: one task per accepted connection
+        └── connections nursery: the batching channels' clock (batch.py), then
+            one task per accepted connection
             ├── read the first request head (h11; 16 KiB cap; handshake timeout)
             ├── stream route → data plane (websocket.py / sse.py), raw socket
             ├── data plane's answer (404/405/426 for WebSocket paths) → close
