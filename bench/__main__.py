@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "multiplex")
+BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "multiplex", "live")
 TARGETS = ("fastapi", "quart", "c", "jobserver")
 
 
@@ -175,6 +175,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from .multiplex import run_multiplex
         results["multiplex"] = run_multiplex(n=1000, events=300 if args.quick else 1000,
                                              runs=runs, repeat=repeat, say=say)
+    if "live" in args.only:
+        from .live import run_live
+        say("live dialect fan-out: 1,000 subscribers of one chatty job, beside the logs dialect")
+        results["live"] = run_live(n=1000, count=5000 if args.quick else 20_000, runs=runs,
+                                   say=say)
     return results
 
 

@@ -47,6 +47,7 @@ class Delivery:
     timed_out: bool
     errors: dict[str, int]
     latencies_ns: list[int] = field(repr=False)
+    frames: int = 0  # data frames received while measuring
 
 
 def _merge_errors(parts: list[dict[str, Any]]) -> dict[str, int]:
@@ -113,15 +114,16 @@ class LoadClient:
                      errors=_merge_errors(replies))
 
     def go(self, *, expect: int, latency: bool, timeout: float, idle: float = 10.0,
-           batch: float = 0.0, marker: str = MARKER) -> None:
+           batch: float = 0.0, marker: str = MARKER, count_all: bool = False) -> None:
         """Start measuring: each subscriber waits for `expect` marked messages.
 
         `batch` > 0 makes the workers read in batches (see Worker.measure);
-        only messages containing `marker` are counted.
+        only messages containing `marker` are counted (with `count_all`, every
+        occurrence of it in a message).
         """
         self._timeout = timeout
         command = {"op": "go", "expect": expect, "latency": latency, "timeout": timeout,
-                   "idle": idle, "batch": batch, "marker": marker}
+                   "idle": idle, "batch": batch, "marker": marker, "count_all": count_all}
         self._all([command] * len(self.procs), REPLY_SLACK)
 
     def wait(self) -> Delivery:
@@ -142,7 +144,8 @@ class LoadClient:
             last_ns=max(r["last_ns"] for r in replies),
             timed_out=any(r["timed_out"] for r in replies),
             errors=_merge_errors(replies),
-            latencies_ns=latencies)
+            latencies_ns=latencies,
+            frames=sum(r.get("frames", 0) for r in replies))
 
     def close(self) -> None:
         """Close every subscriber (abortively, so no TIME_WAIT is left)."""

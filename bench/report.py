@@ -109,6 +109,9 @@ def render(results: dict[str, Any]) -> str:
             parts.append(measures_table(title, unit, results[key], ratios))
     if "rest" in results:
         parts.append(rest_table(results["rest"]))
+    if "live" in results:
+        from .live import live_table
+        parts.append(live_table(results["live"]))
     return "\n\n".join(parts)
 
 

@@ -6,7 +6,7 @@ command per stdin line and reads one JSON reply per stdout line:
     {"op": "connect", "url": ..., "n": ..., "timeout": s, "send": text,
      "ready_frames": k}                                  -> {"ready": k, ...}
     {"op": "go", "expect": K, "latency": bool, "timeout": s, "idle": s, "batch": s,
-     "marker": text}
+     "marker": text, "count_all": bool}
                                                           -> {"going": true}
                                                           -> {"total": ..., ...}
     {"op": "close"} -> {"closed": k}            {"op": "exit"} -> (exits)
@@ -19,6 +19,8 @@ server has registered it; with `send`, each subscriber sends those text frames
 (a list) right after the handshake and is ready after `ready_frames` messages
 (a dialect that subscribes in band). Only messages containing the marker (by default
 bench/events.py's) are counted; latency needs bench/events.py's marker.
+With `count_all`, every occurrence of the marker is counted (events inside the
+live dialect's batches), and `frames` reports the data frames received.
 Sockets close with SO_LINGER 0 so thousands of rounds leave no TIME_WAIT.
 Nothing but reply lines is written to stdout.
 """
@@ -78,6 +80,7 @@ class Worker:
         self.errors: dict[str, int] = {}
         self.latencies: list[int] | None = None
         self.mark = _MARK
+        self.count_all = False
         self.hello = b""  # frames each subscriber sends once open
         self.ready_frames = 1
 
@@ -226,6 +229,10 @@ class Worker:
             opcode = buf[i] & 0x0F
             if opcode <= 2:
                 sub.frames += 1
+                if self.count_all:
+                    got += buf.count(self.mark, start, end)
+                    i = end
+                    continue
                 at = buf.find(self.mark, start, end)
                 if at >= 0:
                     got += 1
@@ -272,6 +279,7 @@ class Worker:
         """
         self.latencies = [] if latency else None
         live = [s for s in self.subs.values() if s.state == OPEN]
+        frames_before = sum(s.frames for s in live)
         for sub in live:
             sub.count, sub.done = 0, expect <= 0
             if latency:
@@ -322,6 +330,7 @@ class Worker:
             "timed_out": remaining > 0,
             "errors": self.errors,
             "latencies_ns": self.latencies or [],
+            "frames": sum(s.frames for s in live) - frames_before,
         }
 
     def close_all(self) -> int:
@@ -361,6 +370,7 @@ def main() -> int:
                                   command.get("send"), command.get("ready_frames", 1)))
         elif op == "go":
             worker.mark = command.get("marker", MARKER).encode()
+            worker.count_all = bool(command.get("count_all"))
             _reply({"going": True})
             _reply(worker.measure(command["expect"], command["latency"], command["timeout"],
                                   command["idle"], command["batch"]))

@@ -77,6 +77,15 @@ class Config:
     health_interval: float = 30.0
     health_timeout: float = 5.0
     health_checks: tuple[HealthCheck, ...] = ()
+    # The live dialect: progress tokens (RS256). The PEM private key, else a key
+    # file, else `progress.key` made in the data directory; OSEH_PROGRESS_JWT_SECRET
+    # is read as progress_jwt_secret (never printed: repr=False).
+    progress_jwt_secret: str | None = field(default=None, repr=False)
+    progress_key_file: Path | None = None
+    progress_token_ttl: float = 86400.0
+    live_batch_window: float = 0.05  # seconds events wait to be sent together
+    live_auth_timeout: float = 10.0  # a client that sends no `authorize` in time is dropped
+    live_stream_retention: float = 1800.0  # a finished job's stream, after its last event
     templates: Mapping[str, Template] = field(default_factory=dict)
 
 
@@ -97,7 +106,7 @@ _SERVER_KEYS = {f.name: f for f in dataclasses.fields(Config)
 def _coerce(name: str, value: Any) -> Any:
     default = getattr(Config(), name)
     try:
-        if name in ("data_dir", "config_file"):
+        if name in ("data_dir", "config_file", "progress_key_file"):
             return Path(value)
         if isinstance(default, bool):
             if isinstance(value, str):
@@ -145,6 +154,8 @@ def load_config(
         for name in _SERVER_KEYS
         if f"JOBSERVER_{name.upper()}" in environ
     }
+    if "OSEH_PROGRESS_JWT_SECRET" in environ and "progress_jwt_secret" not in env:
+        env["progress_jwt_secret"] = environ["OSEH_PROGRESS_JWT_SECRET"]
     config_file = flags.get("config_file") or env.get("config_file")
     if config_file is not None:
         path = Path(config_file)
@@ -178,4 +189,8 @@ def load_config(
                  "max_connections", "max_connections_per_client"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"setting {name!r}: must be more than 0")
+    for name in ("progress_token_ttl", "live_batch_window", "live_auth_timeout",
+                 "live_stream_retention"):
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"setting {name!r}: must be positive")
     return config

@@ -310,7 +310,7 @@ class Engine:
 
     async def get(self, principal: Principal, job_id: JobId) -> Job:
         job = await self.get_any(job_id)
-        if job is None or not (principal.is_admin or job.owner == principal.sub):
+        if job is None or not may_see(principal, job):
             raise NotFound("job not found", code="job_not_found")
         return job
 
@@ -360,6 +360,13 @@ class Engine:
         self.hub.publish(JobTopic(job_id), gone)
         self.hub.publish_aggregate(OwnerTopic(job.owner), gone)
         self.hub.publish_aggregate(ALL_JOBS, gone)
+
+def may_see(principal: Principal, job: Job) -> bool:
+    """Admins see every job, users their own; a progress token's principal only its job."""
+    if principal.job is not None:
+        return principal.job == job.id
+    return principal.is_admin or job.owner == principal.sub
+
 
 def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
     if (not isinstance(argv, (list, tuple)) or not argv

@@ -66,7 +66,7 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
                 task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
     """The whole server; `routes` are the data plane's stream routes."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    keyring = KeyRing.load_or_create(config.data_dir)
+    keyring = KeyRing.for_config(config)
     store = SqliteStore(config.data_dir / "jobserver.db")
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(store.run)

@@ -20,7 +20,7 @@ def _modules_after(module: str) -> set[str]:
     return set(json.loads(done.stdout))
 
 
-@pytest.mark.parametrize("dialect", ["logs", "jobs", "native", "async_jobs", "multiplex"])
+@pytest.mark.parametrize("dialect", ["logs", "jobs", "native", "async_jobs", "multiplex", "live"])
 def test_a_dialect_is_sans_io(dialect: str) -> None:
     loaded = _modules_after(f"jobserver.dialects.{dialect}")
     assert not {m.split(".")[0] for m in loaded} & set(IO_LIBRARIES)

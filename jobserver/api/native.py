@@ -109,6 +109,16 @@ async def delete_job(job_id: str) -> tuple[str, int]:
     return "", 204
 
 
+@native.get("/api/v1/jobs/<job_id>/progress-token")
+async def progress_token(job_id: str) -> dict[str, Any]:
+    """A token for the live dialect (`/api/2/jobs/live`) that watches this one job."""
+    principal = authenticate()
+    found = services()
+    job = await found.engine.get(principal, job_id_arg(job_id))
+    token, expires = found.keyring.issue_progress(job.id, ttl=found.config.progress_token_ttl)
+    return {"job_uid": job.id, "jwt": token, "expires_at": iso_ms(expires)}
+
+
 @native.get("/api/v1/jobs/<job_id>/events")
 async def job_events(job_id: str) -> dict[str, Any]:
     principal = authenticate()

@@ -189,6 +189,12 @@ def _native_paths() -> dict[str, Any]:
             "delete": {"summary": "Delete a finished job", "parameters": [_ID],
                        "responses": _answers("204", None, 404, 409)},
         },
+        "/api/v1/jobs/{job_id}/progress-token": {
+            "get": {"summary": "A progress JWT for the live dialect (/api/2/jobs/live)",
+                    "parameters": [_ID],
+                    "responses": _answers("200", _obj({
+                        "job_uid": {"type": "string"}, "jwt": {"type": "string"},
+                        "expires_at": {"type": "string"}}), 404)}},
         "/api/v1/jobs/{job_id}/cancel": {
             "post": {"summary": "Cancel a queued or running job", "parameters": [_ID],
                      "responses": _answers("202", _JOB, 404, 409)}},

@@ -40,12 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.params += extra  # name=value words after an option (argparse stops at one)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in (None, "serve", "token"):
+    if args.command in (None, "serve", "token", "progress-token"):
         # The server's modules (quart, hypercorn) load only for the server's
         # commands: a client command starts in a fraction of the time.
-        from .local import serve_command, token_command
+        from .local import LOCAL_COMMANDS
 
-        return token_command(args) if args.command == "token" else serve_command(args)
+        return LOCAL_COMMANDS[args.command](args)
     try:
         return trio.run(_client_command, args)
     except BaseException as raised:

@@ -21,8 +21,10 @@ from typing import Any
 
 import trio
 
-from ..auth import SIGNING_KEY_FILE, KeyRing
+from ..auth import SIGNING_KEY_FILE, KeyRing, progress_key
 from ..config import Config, ConfigError, load_config
+from ..core.ids import parse_job_id
+from ..core.timefmt import iso_ms
 from ..server import Server, serve
 from .client import EXIT_FAILED, EXIT_USAGE
 
@@ -37,10 +39,17 @@ SERVER_FLAGS = ("host", "port", "data_dir", "config_file", "slots")
 def _config(args: argparse.Namespace) -> Config | None:
     flags: dict[str, Any] = {k: getattr(args, k, None) for k in SERVER_FLAGS}
     try:
-        return load_config(flags)
+        config = load_config(flags)
     except ConfigError as exc:
         print(f"jobserver: {exc}", file=sys.stderr)
         return None
+    if config.progress_jwt_secret is not None:
+        try:
+            progress_key(config.progress_jwt_secret)
+        except ValueError as exc:
+            print(f"jobserver: OSEH_PROGRESS_JWT_SECRET: {exc}", file=sys.stderr)
+            return None
+    return config
 
 
 def token_command(args: argparse.Namespace) -> int:
@@ -56,7 +65,22 @@ def token_command(args: argparse.Namespace) -> int:
               "data directory? (--data-dir DIR; the server makes its key on first start; "
               "--new-key makes one here)", file=sys.stderr)
         return EXIT_FAILED
-    print(KeyRing.load_or_create(config.data_dir).issue(args.sub, args.role, ttl=args.ttl))
+    print(KeyRing.for_config(config).issue(args.sub, args.role, ttl=args.ttl))
+    return 0
+
+
+def progress_token_command(args: argparse.Namespace) -> int:
+    """The job's id, the token's expiry, then the token (last, for `| tail -1`)."""
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    job_id = parse_job_id(args.job_id)
+    if job_id is None:
+        print(f"jobserver: not a job id: {args.job_id!r}", file=sys.stderr)
+        return EXIT_USAGE
+    token, expires = KeyRing.for_config(config).issue_progress(
+        job_id, ttl=config.progress_token_ttl)
+    print(f"job_uid: {job_id}\nexpires_at: {iso_ms(expires)}\n{token}")
     return 0
 
 
@@ -119,3 +143,7 @@ def announcement(config: Config, url: str, port: int, *, first_token: str | None
     # Last, so a script reading the output knows the announcement is whole.
     lines.append(f"make a token: {make_token}")
     return lines
+
+
+LOCAL_COMMANDS = {None: serve_command, "serve": serve_command, "token": token_command,
+                  "progress-token": progress_token_command}

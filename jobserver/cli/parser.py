@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--config", dest="config_file")
     tok.add_argument("--new-key", action="store_true", help="make a signing key when the "
                      "data dir has none (a running server keeps using its own)")
+    prog = sub.add_parser("progress-token", help="print a live-dialect progress JWT for a job "
+                          "(signed with the data dir's progress key)")
+    prog.add_argument("job_id", metavar="JOB_ID")
+    prog.add_argument("--data-dir", dest="data_dir")
+    prog.add_argument("--config", dest="config_file")
 
     common = _client_flags()
 

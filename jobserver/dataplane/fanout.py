@@ -43,6 +43,12 @@ still moves past them), and a session flips it at any time, without a read.
 Renderers are deterministic in the topic's history (dialects/__init__.py), so
 `FrameCache` can keep each event's encoding by (channel key, seq), and members
 catching up over the same history share it.
+
+A batching channel (batch.py's `BatchChannel`, for a `Subscribe` with a
+`Batch`) sends its live members one message per window instead of one per
+event; its `sent_seq` is the last seq of what it has sent (events after it
+wait in its window), and a member catching up joins its live set only at
+`sent_seq`, so the next window brings it exactly the events after its cursor.
 """
 
 from __future__ import annotations
@@ -217,16 +223,31 @@ class Recent:
         while len(entries) > RECENT_EVENTS or self._bytes > RECENT_BYTES:
             self._bytes -= len(entries.popleft()[1])
 
-    def after(self, cursor: int, last_seq: int) -> tuple[bytes, int, bool] | None:
-        """(bytes, events, ended) of the events after `cursor` up to `last_seq`, or
-        None when they are not all here."""
+    def prepend(self, entries: Sequence[tuple[int, bytes, bool]]) -> None:
+        """Earlier events (a catch-up's, read from the store) in front of these, when
+        they join up and fit: later joiners need no store read for them."""
+        held = self._entries
+        if not entries or len(entries) + len(held) > RECENT_EVENTS or (
+                held and held[0][0] != entries[-1][0] + 1):
+            return
+        size = sum(len(part) for _, part, _ in entries)
+        if size + self._bytes <= RECENT_BYTES:
+            held.extendleft(reversed(entries))
+            self._bytes += size
+
+    def after(self, cursor: int, last_seq: int, upto: int | None = None
+              ) -> tuple[bytes, int, bool] | None:
+        """(bytes, events, ended) of the events after `cursor` up to `last_seq` (or
+        only up to `upto`), or None when they are not all here."""
         entries = self._entries
-        if cursor == last_seq:
+        if cursor == last_seq or cursor == upto:
             return b"", 0, False
         if not entries or entries[-1][0] != last_seq or entries[0][0] > cursor + 1:
             return None
         parts = []
         for seq, part, end in entries:
+            if upto is not None and seq > upto:
+                break
             if seq > cursor:
                 parts.append(part)
                 if end:
@@ -236,6 +257,8 @@ class Recent:
 
 class Channel:
     """One topic x renderer variant x encoding; the hub subscriber that writes for all."""
+
+    batched = False  # see batch.BatchChannel
 
     def __init__(self, key: ChannelKey, encode: Encoder, cache: FrameCache, *,
                  release: Callable[[Channel], None]) -> None:
@@ -256,13 +279,9 @@ class Channel:
         self.placing: trio.Event | None = None
 
     def deliver(self, events: Sequence[Any]) -> None:
-        if events[-1].seq <= self.last_seq:
+        events = self.take(events)
+        if not events:
             return
-        if events[0].seq <= self.last_seq:
-            events = [e for e in events if e.seq > self.last_seq]
-        self.last_seq = events[-1].seq
-        for member in tuple(self.pending):
-            member.buffer_nowait(events)
         if self.raw:
             without: list[Event] | None = None  # filtered once for all who want no lines
             for member in tuple(self.live):
@@ -274,13 +293,34 @@ class Channel:
                     member.push_events(without, self.last_seq)
             return
         renderer = self.renderer
-        if renderer is None:
+        if not events or renderer is None:
             return
         if not self.live:
             self.recent.clear()  # no longer contiguous: nothing is encoded now
             for event in events:
                 renderer.advance(event)
             return
+        parts, used, end = self.render_live(renderer, events)
+        data = b"".join(parts)
+        for member in tuple(self.live):
+            member.push(data, used, self.last_seq, end)
+
+    def take(self, events: Sequence[Any]) -> Sequence[Any]:
+        """The events of a delivery after `last_seq` (now moved past them), also
+        buffered for the members catching up."""
+        if events[-1].seq <= self.last_seq:
+            return ()
+        if events[0].seq <= self.last_seq:
+            events = [e for e in events if e.seq > self.last_seq]
+        self.last_seq = events[-1].seq
+        for member in tuple(self.pending):
+            member.buffer_nowait(events)
+        return events
+
+    def render_live(self, renderer: Renderer, events: Sequence[Any]
+                    ) -> tuple[list[bytes], int, bool]:
+        """Encode `events` for the live members (up to an end), the renderer moved
+        past all of them, the recent encodings kept."""
         # While every member is live nobody will read these events again: the
         # cache is for members behind (catching up over the events after theirs).
         parts, used, end = self.encode_parts(renderer, events,
@@ -288,9 +328,7 @@ class Channel:
         for event in events[used:]:
             renderer.advance(event)
         self.recent.extend(events, parts, end)
-        data = b"".join(parts)
-        for member in tuple(self.live):
-            member.push(data, used, self.last_seq, end)
+        return parts, used, end
 
     def encode_events(self, renderer: Renderer, events: Sequence[Any], *,
                       cached: bool = True) -> tuple[bytes, int, bool]:
@@ -356,13 +394,23 @@ class Channel:
     def empty(self) -> bool:
         return not self.live and not self.pending and not self.behind
 
+    @property
+    def sent_seq(self) -> int:
+        """The last seq of what live members have been sent (or queued)."""
+        return self.last_seq
+
+    def wrap(self, data: bytes) -> bytes:
+        """What a catch-up writes for the encodings `data` (a batching channel makes
+        them one message)."""
+        return data
+
 
 class Member:
     """One connection's subscription to one channel, from a cursor on."""
 
-    __slots__ = ("_buffer", "_buffered", "_max_lag", "_overflow", "_prototype", "channel",
-                 "cursor", "detached", "ended", "lagged", "lines", "needs_catch_up", "outbox",
-                 "sink")
+    __slots__ = ("_buffer", "_buffered", "_max_lag", "_overflow", "_prototype", "_seed",
+                 "channel", "cursor", "detached", "ended", "lagged", "lines", "needs_catch_up",
+                 "outbox", "sink")
 
     def __init__(self, sink: Sink, channel: Channel, subscribe: Subscribe, *,
                  max_lag: int) -> None:
@@ -385,6 +433,9 @@ class Member:
         self._buffer: list[Event] = []
         self._overflow = False
         self._buffered = Wakeup()
+        # A batching channel's member reading its topic from seq 1 keeps what it
+        # wrote (seq, bytes, end) for the channel's Recent (see _catch_up_from_store).
+        self._seed: list[tuple[int, bytes, bool]] | None = None
 
     @property
     def live(self) -> bool:
@@ -423,6 +474,10 @@ class Member:
             self.channel.demote(self)
             self.needs_catch_up = True
             sink.wake()
+
+    def wake_catch_up(self) -> None:
+        """Let a catch-up waiting for the channel look again (batch.BatchChannel)."""
+        self._buffered.set()
 
     def buffer_nowait(self, events: Sequence[Any]) -> None:
         if not self._overflow:
@@ -482,16 +537,20 @@ class Member:
                 await channel.placing.wait()
             if self.detached:  # the connection closed meanwhile
                 return
-        if channel.renderer is not None and self.cursor > 0:
+        if channel.renderer is not None and (self.cursor > 0 or channel.batched) \
+                and self.cursor <= channel.sent_seq:
             # The channel renders for live members already: a member with
             # nothing to catch up on, or only what the channel has just sent,
             # joins them now, without a store read (a thousand subscribers
             # arriving at once would each wait for one). No await until promoted.
-            recent = channel.recent.after(self.cursor, channel.last_seq)
+            # (A batching channel's Recent goes back to seq 1 while it is short:
+            # a live-dialect client, which always starts from 0, joins so too.)
+            sent = channel.sent_seq
+            recent = channel.recent.after(self.cursor, channel.last_seq, upto=sent)
             if recent is not None:
                 data, count, end = recent
-                self.cursor = channel.last_seq
-                self.outbox.write_nowait(data, count)
+                self.cursor = sent
+                self.outbox.write_nowait(channel.wrap(data), count)
                 if end:
                     self._finish()
                 else:
@@ -515,6 +574,7 @@ class Member:
         job_id = channel.topic.job_id
         renderer = self._prototype
         first = True
+        self._seed = [] if channel.batched and self.cursor == 0 else None
         while True:
             async with self.sink.readers:  # a page at a time per connection, bounded
                 start = self.cursor - 1 if first and self.cursor > 0 else self.cursor
@@ -532,12 +592,21 @@ class Member:
             if more:
                 continue
             while not self._overflow:
-                fresh = [e for e in self._buffer if e.seq > self.cursor]
-                self._buffer.clear()
+                if channel.batched:
+                    # Only what the channel has sent: the rest comes with its next window.
+                    fresh, self._buffer = _split(self._buffer, self.cursor, channel.sent_seq)
+                else:
+                    fresh = [e for e in self._buffer if e.seq > self.cursor]
+                    self._buffer.clear()
                 if fresh:
                     if await self._write(renderer, fresh):
                         return
-                elif channel.last_seq >= self.cursor:
+                elif channel.sent_seq == self.cursor or (
+                        not channel.batched and channel.last_seq >= self.cursor):
+                    if self._seed:
+                        # The whole story so far, for members joining after this one.
+                        channel.recent.prepend(self._seed)
+                    self._seed = None
                     channel.promote(self, renderer)
                     return
                 else:
@@ -566,7 +635,15 @@ class Member:
         # Shared encodings help when the channel encodes these too (it has live
         # members) or others read the same history; alone, caching costs only.
         shared = bool(channel.live) or len(channel.pending) + len(channel.behind) > 1
-        data, used, end = channel.encode_events(renderer, events, cached=shared)
+        parts, used, end = channel.encode_parts(renderer, events, cached=shared)
+        seed = self._seed
+        if seed is not None:
+            if len(seed) + used <= RECENT_EVENTS:
+                seed.extend((events[i].seq, parts[i], end and i == used - 1)
+                            for i in range(used))
+            else:
+                self._seed = None
+        data = channel.wrap(b"".join(parts))
         self.cursor = events[used - 1].seq
         outbox = self.outbox
         outbox.write_nowait(data, used)
@@ -576,3 +653,8 @@ class Member:
         self.sink.wake()
         await outbox.wait_drained(CATCH_UP_LOW_WATER)
         return self.detached
+
+
+def _split(events: list[Any], cursor: int, upto: int) -> tuple[list[Any], list[Any]]:
+    """(the events in (cursor, upto], the events after upto)."""
+    return [e for e in events if cursor < e.seq <= upto], [e for e in events if e.seq > upto]

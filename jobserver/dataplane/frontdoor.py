@@ -3,7 +3,8 @@ to hypercorn.
 
     serve_front_door
     └── hypercorn lifespan (the ASGI app's startup/shutdown, once)
-        └── connections nursery: one task per accepted connection (limits.py's caps)
+        └── connections nursery: the batching channels' clock (batch.py), then
+            one task per accepted connection (limits.py's caps)
             ├── read the first request head (h11; 16 KiB cap; handshake timeout)
             ├── stream route → data plane (websocket.py / sse.py), raw socket
             ├── data plane's answer (404/405/426 for WebSocket paths) → close
@@ -89,6 +90,7 @@ async def serve_front_door(
     door = FrontDoor(plane, hyper, count)
     try:
         async with hyper.running(), trio.open_nursery() as connections:
+            await connections.start(plane.batches.run)
             task_status.started(listener.getsockname()[1])
             await door.accept_loop(listener, connections)
     finally:

@@ -2,12 +2,13 @@
 and the one place a session's needs are fulfilled.
 
 Rules: one `DataPlane` per server, built from the engine and handed to the
-front door and to the ASGI fallback; it starts no task and holds no nursery.
-A channel exists while it has members and is the hub's subscriber for just
-that long. `open_session` runs a session's opening (its needs, then its one
-Accept or Refuse) for every transport; `fulfil` is the table of needs
-(dialects/__init__.py) to the engine and the key ring: add a need, add a row.
-`statistics()` is a frozen snapshot for /metrics.
+front door and to the ASGI fallback; it starts no task and holds no nursery:
+its one task, the batching channels' clock (`batches.run`, batch.py), runs in
+the front door's nursery. A channel exists while it has members and is the
+hub's subscriber for just that long. `open_session` runs a session's opening
+(its needs, then its one Accept or Refuse) for every transport; `fulfil` is
+the table of needs (dialects/__init__.py) to the engine and the key ring: add
+a need, add a row. `statistics()` is a frozen snapshot for /metrics.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import trio
 
-from ..auth import KeyRing
+from ..auth import KeyRing, progress_signer
 from ..config import Config
 from ..core.topics import JobTopic
 from ..dialects import (
@@ -44,10 +45,11 @@ from ..dialects import (
 )
 from ..engine import Engine, Submission
 from ..errors import JobserverError, NotFound, Unauthenticated
+from .batch import BatchChannel, BatchClock
 from .fanout import Channel, ChannelKey, FrameCache, Member, Sink
 from .outbox import Counters
 from .routes import DEFAULT_ROUTES, Route, RouteTable
-from .wire import ENCODERS
+from .wire import ENCODERS, FRAMING, ITEMS
 
 log = logging.getLogger("jobserver.dataplane")
 
@@ -60,6 +62,7 @@ class DataPlaneStatistics:
     live: int  # ... of which written to directly by the publisher
     catching_up: int  # ... of which reading from the store
     slow_writers: int  # raw connections with a backlog (socket full)
+    pending_batches: int  # batching channels with events waiting for their window
     backlog_bytes: int  # queued in those backlogs, all together
     channels: int  # (topic, dialect variant, encoding) rendered once each
     bytes_sent: int  # by the raw data plane, since start
@@ -76,8 +79,10 @@ class DataPlane:
         self.keyring = keyring
         self.routes = routes
         self.clock = clock
-        self.env = SessionEnv(config=config, clock=clock)
+        self.env = SessionEnv(config=config, clock=clock,
+                              sign_progress=progress_signer(keyring, config.progress_token_ttl))
         self.cache = FrameCache()
+        self.batches = BatchClock()  # its task runs in the front door (`run_batches`)
         self.counters = Counters()
         self._channels: dict[ChannelKey, Channel] = {}
         # Claim keys -> places held; a key leaves with its last place.
@@ -144,11 +149,19 @@ class DataPlane:
 
     def join(self, sink: Sink, subscribe: Subscribe, encoding: str) -> Member:
         """A member of the channel for `subscribe` (a job topic's starts out catching
-        up; an aggregate topic's is live at once)."""
-        key: ChannelKey = (subscribe.topic, subscribe.renderer.key, encoding)
+        up; an aggregate topic's is live at once). A subscription with a `Batch` has
+        a batching channel of its own kind (batch.py)."""
+        batch = subscribe.batch
+        key: ChannelKey = (subscribe.topic, subscribe.renderer.key if batch is None
+                           else (subscribe.renderer.key, batch), encoding)
         channel = self._channels.get(key)
         if channel is None:
-            channel = Channel(key, ENCODERS[encoding], self.cache, release=self._release)
+            if batch is None:
+                channel = Channel(key, ENCODERS[encoding], self.cache, release=self._release)
+            else:
+                channel = BatchChannel(key, ENCODERS[ITEMS], self.cache, release=self._release,
+                                       batch=batch, framing=FRAMING[encoding],
+                                       clock=self.batches)
             # Where the hub stands now, so that a member whose catch-up reaches it
             # goes live at once, not at the topic's next event (the hub delivers
             # only what is published after this, in the same step).
@@ -184,12 +197,13 @@ class DataPlane:
             self.engine.hub.unsubscribe(channel.topic, channel)
 
     async def settle(self) -> None:
-        """Return once every subscriber is live and every socket drained: what was
-        published has been written (the server's last events before it stops).
-        Polls; the caller bounds it."""
+        """Return once every subscriber is live, every batch sent and every socket
+        drained: what was published has been written (the server's last events
+        before it stops). Polls; the caller bounds it."""
         while True:
             stats = self.statistics()
-            if stats.live == stats.subscribers and stats.slow_writers == 0:
+            if stats.live == stats.subscribers and stats.slow_writers == 0 \
+                    and stats.pending_batches == 0:
                 return
             await trio.sleep(0.01)
 
@@ -203,6 +217,8 @@ class DataPlane:
             live=live,
             catching_up=pending,
             slow_writers=self.counters.slow_writers,
+            pending_batches=sum(1 for c in self._channels.values()
+                                if isinstance(c, BatchChannel) and c.pending_window),
             backlog_bytes=self.counters.backlog_bytes,
             channels=len(self._channels),
             bytes_sent=self.counters.bytes_sent,

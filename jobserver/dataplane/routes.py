@@ -18,6 +18,7 @@ from typing import Literal
 from ..dialects import Session, SessionEnv, StreamRequest
 from ..dialects.async_jobs import UPGRADE_REQUIRED_BODY, AsyncJobSession
 from ..dialects.jobs import JobsEventsSession
+from ..dialects.live import LiveSession
 from ..dialects.logs import LogsSession
 from ..dialects.multiplex import MultiplexSession
 from ..dialects.native import NativeEventsSession, NativeJobsSession
@@ -96,4 +97,5 @@ DEFAULT_ROUTES = RouteTable((
     Route("async", "ws", re.compile(rf"/v1/async/(?P<kind>{_SEGMENT})/(?P<job_id>{_SEGMENT})/ws"),
           AsyncJobSession, plain=ASYNC_UPGRADE_REQUIRED),
     Route("multiplex", "ws", re.compile(r"/ws"), MultiplexSession),
+    Route("live", "ws", re.compile(r"/api/2/jobs/live"), LiveSession),
 ))

@@ -23,12 +23,16 @@ _UNPAIRED = "replace"
 
 def ws_text_frame(payload: bytes) -> bytes:
     """One unfragmented, unmasked text frame (RFC 6455 §5.2)."""
-    n = len(payload)
+    return ws_text_head(len(payload)) + payload
+
+
+def ws_text_head(n: int) -> bytes:
+    """The header of a text frame of `n` payload bytes."""
     if n < 126:
-        return bytes((_FIN_TEXT, n)) + payload
+        return bytes((_FIN_TEXT, n))
     if n < 65536:
-        return struct.pack("!BBH", _FIN_TEXT, 126, n) + payload
-    return struct.pack("!BBQ", _FIN_TEXT, 127, n) + payload
+        return struct.pack("!BBH", _FIN_TEXT, 126, n)
+    return struct.pack("!BBQ", _FIN_TEXT, 127, n)
 
 
 def encode_ws(messages: Sequence[Message]) -> bytes:
@@ -62,11 +66,20 @@ def encode_sse(messages: Sequence[Message]) -> bytes:
 def encode_asgi_ws(messages: Sequence[Message]) -> bytes:
     """WebSocket text messages for the ASGI fallback, each UTF-8 and NUL-terminated
     (compact JSON never contains a NUL), split again there into `websocket.send`s."""
+    return _texts_ending(messages, b"\0")
+
+
+def encode_items(messages: Sequence[Message]) -> bytes:
+    """Items of a batch (dialects.Batch), not yet a message: each UTF-8, then a comma."""
+    return _texts_ending(messages, b",")
+
+
+def _texts_ending(messages: Sequence[Message], end: bytes) -> bytes:
     parts = []
     for m in messages:
         if not isinstance(m, str):
             raise TypeError("a WebSocket dialect sends text messages")
-        parts.append(m.encode("utf-8", _UNPAIRED) + b"\0")
+        parts.append(m.encode("utf-8", _UNPAIRED) + end)
     return b"".join(parts)
 
 
@@ -77,8 +90,29 @@ def encode_nothing(messages: Sequence[Message]) -> bytes:
     return b""
 
 
+ITEMS = "items"
 ENCODERS: dict[str, Encoder] = {"ws": encode_ws, "sse": encode_sse, "asgi-ws": encode_asgi_ws,
-                                "events": encode_nothing}
+                                ITEMS: encode_items, "events": encode_nothing}
+
+
+# What goes around a message of `n` UTF-8 bytes built in pieces (a batch), per
+# encoding: the same bytes the encoder above would write around it.
+Framing = Callable[[int], tuple[bytes, bytes]]
+
+
+def _ws_around(n: int) -> tuple[bytes, bytes]:
+    return ws_text_head(n), b""
+
+
+def _asgi_ws_around(n: int) -> tuple[bytes, bytes]:
+    return b"", b"\0"
+
+
+def _sse_around(n: int) -> tuple[bytes, bytes]:
+    return b"data: ", b"\n\n"  # compact JSON has no newline: one data line
+
+
+FRAMING: dict[str, Framing] = {"ws": _ws_around, "asgi-ws": _asgi_ws_around, "sse": _sse_around}
 
 SSE_HEARTBEAT = b": keep-alive\n\n"
 SSE_HEADERS = (

@@ -127,8 +127,23 @@ class Accept:
 
 
 @dataclass(frozen=True, slots=True)
+class Batch:
+    """Send a subscription's messages together: each message its renderer gives is
+    one item (a JSON value); what is pending goes out as one message, `head` +
+    the items joined by "," + `tail`, `window` seconds after the first of them
+    arrived, at once when they pass `max_bytes`, and before any close. The
+    channel renders and encodes each item once for every subscriber; only the
+    batches are per connection (dataplane/batch.py)."""
+
+    head: str
+    tail: str
+    window: float
+    max_bytes: int = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Follow `topic` from `after` on, rendered by `renderer`.
+    """Follow `topic` from `after` on, rendered by `renderer` (in batches with `batch`).
 
     A job topic: its events with seq > `after`, history from the store first;
     `renderer` is in the state right after seq `after` as far as the session can
@@ -148,6 +163,7 @@ class Subscribe:
     topic: Topic
     after: int | None
     renderer: Renderer
+    batch: Batch | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,12 +358,19 @@ class StreamRequest:
     peer: str | None = None  # the client's address (a loopback check), when known
 
 
+# Signs a progress token (auth.py) for a job, issued at a time: pure CPU, and
+# deterministic (RS256), so a renderer may call it.
+ProgressSigner = Callable[[str, float], str]
+
+
 @dataclass(frozen=True, slots=True)
 class SessionEnv:
-    """What every session may read: the server's settings and the wall clock."""
+    """What every session may read: the server's settings, the wall clock, and the
+    progress-token signer (the live dialect's `spawned` events carry one)."""
 
     config: Config
     clock: Callable[[], float]
+    sign_progress: ProgressSigner | None = None
 
     def now(self) -> float:
         return self.clock()

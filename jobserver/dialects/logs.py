@@ -113,14 +113,10 @@ class LogsRenderer:
 
     def after(self, event: ev.Event | None) -> LogsRenderer:
         return LogsRenderer(self.job_id, self._label, with_seq=self.with_seq,
-                            running=event is not None and _running_after(event))
+                            running=event is not None and running_after(event))
 
     def advance(self, event: ev.Event) -> None:
-        kind = type(event)
-        if kind is ev.Started:
-            self._running = True
-        elif kind in (ev.Queued, ev.Bounce, ev.Finished):
-            self._running = False
+        self._running = running_next(self._running, event)
 
     def log_message(self, event: ev.Log, seq: int | None) -> str:
         """`message("log", {ts, stream, message}, seq)`, byte for byte, built by hand:
@@ -172,7 +168,18 @@ class LogsRenderer:
         return Rendered(tuple(out))
 
 
-def _running_after(event: ev.Event) -> bool:
+def running_next(running: bool, event: ev.Event) -> bool:
+    """Whether the job is RUNNING after `event`, given whether it was before."""
+    kind = type(event)
+    if kind is ev.Started:
+        return True
+    if kind in (ev.Queued, ev.Bounce, ev.Finished):
+        return False
+    return running
+
+
+def running_after(event: ev.Event) -> bool:
+    """Whether the job is RUNNING right after `event` (what a renderer infers from one event)."""
     if isinstance(event, (ev.Queued, ev.Bounce, ev.Finished, ev.Deleted)):
         return False
     return not (isinstance(event, ev.Step) and event.status == "Skipped")
