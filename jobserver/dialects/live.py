@@ -21,13 +21,13 @@ not sent. Choices the spec leaves open: docs/dialects/live.md.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from ..auth import Principal
 from ..core import events as ev
+from ..core import jsontext
 from ..core.ids import parse_job_id
 from ..core.job import Job
 from ..core.states import Status
@@ -231,7 +231,7 @@ def parse_authorize(message: str | bytes) -> tuple[str, str] | str:
     if isinstance(message, bytes):
         return "expected a text message"
     try:
-        packet = json.loads(message)
+        packet = jsontext.loads(message)
     except (ValueError, RecursionError):
         return "the packet is not JSON"
     if not isinstance(packet, dict):

@@ -19,13 +19,13 @@ periodic system status. Choices the spec leaves open: docs/dialects/multiplex.md
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..auth import Principal
+from ..core import jsontext
 from ..core.ids import JobId, parse_job_id
 from ..core.job import Job
 from ..core.timefmt import iso_ms
@@ -199,7 +199,7 @@ class MultiplexSession(BaseSession):
         recent.append(now)
         try:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-            parsed = json.loads(text)
+            parsed = jsontext.loads(text)
         except (UnicodeDecodeError, ValueError):
             return (error("invalid_request", "Invalid request format: not JSON"),)
         if not isinstance(parsed, dict) or not isinstance(parsed.get("type"), str):
