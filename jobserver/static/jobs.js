@@ -1,0 +1,282 @@
+// The job list: one page of GET /api/v1/jobs, kept live by GET /api/v1/events.
+// Rules: no polling. The events stream is opened first; when it is open the
+// list is read, then every event moves its job on (`applyEvent`, by seq, so an
+// event the list already reflects changes nothing); events that arrive while
+// the list is being read wait for it. A job the page does not know yet is read
+// once. When the stream ends (the server dropped a laggard, or restarted) the
+// browser reconnects and the list is read again. Filters go to the server;
+// "More" follows `next_cursor`.
+
+import {api, session} from "./session.js";
+import {applyEvent, EVENT_TYPES} from "./jobstate.js";
+import {$, el, fmtDuration, fmtTime, jobDuration, progressBar, progressPct, setProgress,
+        shortId, statusBadge, TERMINAL} from "./util.js";
+
+const PAGE = 50;
+const MAX_WAITING = 5000; // events held while the list loads; more means read it again
+
+export class JobList {
+  constructor(root, {onSelect}) {
+    this.root = root;
+    this.onSelect = onSelect;
+    this.jobs = new Map();
+    this.rows = new Map();
+    this.order = [];
+    this.cursor = null;
+    this.waiting = null; // events that arrived while the list was being read
+    this.fetching = new Set();
+    this.selected = null;
+    this.source = null;
+    this.retryDelay = 1000;
+    this.body = $("#job-rows", root);
+    this.state = $("#live-state");
+    this.more = $("#more", root);
+    this.more.addEventListener("click", () => this.loadMore());
+    for (const id of ["#filter-status", "#filter-template"]) {
+      $(id, root).addEventListener("change", () => this.reload());
+    }
+    this.frame = 0;
+    this.dirty = new Set();
+    this.generation = 0;
+  }
+
+  get filters() {
+    return {status: $("#filter-status", this.root).value,
+            template: $("#filter-template", this.root).value};
+  }
+
+  setTemplates(names) {
+    const select = $("#filter-template", this.root);
+    select.replaceChildren(el("option", {value: "", text: "all templates"}),
+                           ...names.map((n) => el("option", {value: n, text: n})));
+  }
+
+  start() {
+    this.root.classList.toggle("admin", session.isAdmin);
+    this.connect();
+  }
+
+  connect() {
+    if (this.source) this.source.close();
+    this.setState("connecting");
+    const source = new EventSource(session.streamUrl("/api/v1/events"));
+    this.source = source;
+    source.onopen = () => {
+      this.retryDelay = 1000;
+      this.setState("live");
+      this.reload();
+    };
+    source.onerror = () => {
+      if (source !== this.source) return;
+      if (source.readyState === EventSource.CLOSED) {
+        // Refused (a bad token, a server that is not ours): check, then try again later.
+        this.setState("offline");
+        api("/api/v1/jobs?limit=1").then(
+          () => this.retry(), (e) => { if (e.status !== 401) this.retry(); });
+      } else {
+        this.setState("reconnecting");
+      }
+    };
+    for (const type of EVENT_TYPES) {
+      source.addEventListener(type, (m) => this.onEvent(JSON.parse(m.data)));
+    }
+  }
+
+  retry() {
+    setTimeout(() => this.connect(), this.retryDelay);
+    this.retryDelay = Math.min(30000, this.retryDelay * 2);
+  }
+
+  stop() {
+    if (this.source) this.source.close();
+    this.source = null;
+  }
+
+  setState(state) {
+    this.state.dataset.state = state;
+    this.state.textContent = state;
+  }
+
+  query(cursor) {
+    const q = new URLSearchParams({limit: String(PAGE)});
+    const {status, template} = this.filters;
+    if (status) q.set("status", status);
+    if (template) q.set("template", template);
+    if (cursor) q.set("cursor", cursor);
+    return `/api/v1/jobs?${q}`;
+  }
+
+  async reload() {
+    this.waiting = this.waiting || [];
+    const generation = ++this.generation;
+    let page;
+    try {
+      page = await api(this.query(null));
+    } catch (e) {
+      if (generation !== this.generation) return;
+      this.waiting = null;
+      this.root.dataset.error = e.message;
+      return;
+    }
+    if (generation !== this.generation) return; // a newer read (other filters) wins
+    delete this.root.dataset.error;
+    this.jobs.clear();
+    this.order = [];
+    this.add(page.jobs);
+    this.cursor = page.next_cursor;
+    const waiting = this.waiting;
+    this.waiting = null;
+    this.render();
+    for (const e of waiting) this.onEvent(e);
+  }
+
+  async loadMore() {
+    if (!this.cursor) return;
+    const page = await api(this.query(this.cursor));
+    this.add(page.jobs);
+    this.cursor = page.next_cursor;
+    this.render();
+  }
+
+  add(jobs) {
+    for (const job of jobs) {
+      if (this.jobs.has(job.id)) continue;
+      this.jobs.set(job.id, job);
+      this.order.push(job.id);
+    }
+  }
+
+  // A job the page just made (the submit answer): shown now, kept live by the stream.
+  upsert(job) {
+    if (!this.jobs.has(job.id) && this.matches(job)) {
+      this.jobs.set(job.id, job);
+      this.order.unshift(job.id);
+      this.render();
+    }
+  }
+
+  matches(job) {
+    const {status, template} = this.filters;
+    return (!status || job.status === status) && (!template || job.template === template);
+  }
+
+  onEvent(e) {
+    if (this.waiting) {
+      this.waiting.push(e);
+      if (this.waiting.length > MAX_WAITING) this.waiting.length = 0;
+      return;
+    }
+    const job = this.jobs.get(e.job_id);
+    if (!job) {
+      if (e.type !== "deleted") this.fetchNew(e.job_id);
+      return;
+    }
+    if (e.type === "deleted") {
+      this.remove(e.job_id);
+      return;
+    }
+    if (applyEvent(job, e)) {
+      if (!this.matches(job)) this.remove(job.id);
+      else this.markDirty(job.id);
+    }
+  }
+
+  async fetchNew(id) {
+    if (this.fetching.has(id)) return;
+    this.fetching.add(id);
+    try {
+      const job = await api(`/api/v1/jobs/${id}`);
+      if (!this.jobs.has(id) && this.matches(job)) {
+        this.jobs.set(id, job);
+        this.order.unshift(id);
+        this.order.sort((a, b) => (this.jobs.get(b).created_at > this.jobs.get(a).created_at ? 1 : -1));
+        this.render();
+      }
+    } catch {
+      // Deleted meanwhile, or not ours after all: nothing to show.
+    } finally {
+      this.fetching.delete(id);
+    }
+  }
+
+  remove(id) {
+    this.jobs.delete(id);
+    this.order = this.order.filter((x) => x !== id);
+    this.render();
+  }
+
+  markDirty(id) {
+    this.dirty.add(id);
+    if (!this.frame) {
+      this.frame = requestAnimationFrame(() => {
+        this.frame = 0;
+        for (const dirty of this.dirty) this.updateRow(dirty);
+        this.dirty.clear();
+      });
+    }
+  }
+
+  select(id) {
+    this.selected = id;
+    for (const [rowId, tr] of this.rows) tr.classList.toggle("selected", rowId === id);
+  }
+
+  render() {
+    this.rows.clear();
+    const rows = this.order.map((id) => {
+      const tr = this.makeRow(this.jobs.get(id));
+      this.rows.set(id, tr);
+      return tr;
+    });
+    this.body.replaceChildren(...rows);
+    if (!rows.length) {
+      this.body.append(el("tr", {class: "empty"}, el("td", {colspan: 8, text: "No jobs yet."})));
+    }
+    this.more.hidden = !this.cursor;
+    this.select(this.selected);
+  }
+
+  makeRow(job) {
+    const tr = el("tr", {dataset: {id: job.id}, tabindex: 0,
+                         onclick: () => this.onSelect(job.id),
+                         onkeydown: (e) => { if (e.key === "Enter") this.onSelect(job.id); }});
+    tr.append(el("td", {class: "status"}), el("td", {class: "template"}),
+              el("td", {class: "id mono"}), el("td", {class: "owner"}),
+              el("td", {class: "created"}), el("td", {class: "started"}),
+              el("td", {class: "duration"}),
+              el("td", {class: "progress"}, progressBar(null, job.status)));
+    this.fill(tr, job);
+    return tr;
+  }
+
+  updateRow(id) {
+    const tr = this.rows.get(id), job = this.jobs.get(id);
+    if (tr && job) this.fill(tr, job);
+  }
+
+  fill(tr, job) {
+    tr.dataset.status = job.status;
+    tr.querySelector(".status").replaceChildren(statusBadge(job.status));
+    tr.querySelector(".template").textContent = job.template;
+    tr.querySelector(".id").textContent = shortId(job.id);
+    tr.querySelector(".id").title = job.id;
+    tr.querySelector(".owner").textContent = job.owner;
+    tr.querySelector(".created").textContent = fmtTime(job.created_at);
+    tr.querySelector(".started").textContent = fmtTime(job.started_at);
+    tr.querySelector(".duration").textContent = fmtDuration(jobDuration(job));
+    const pct = progressPct(job);
+    const bar = tr.querySelector(".bar");
+    setProgress(bar, pct, job.status);
+    bar.title = job.progress && job.progress.message ? job.progress.message : "";
+  }
+
+  // Running jobs' durations move with the clock (no request is made).
+  tick() {
+    for (const [id, tr] of this.rows) {
+      const job = this.jobs.get(id);
+      if (job && job.started_at && !TERMINAL.has(job.status)) {
+        tr.querySelector(".duration").textContent = fmtDuration(jobDuration(job));
+      }
+    }
+  }
+}
