@@ -95,10 +95,13 @@ class Page:
         return result["result"].get("value")
 
     async def wait_for(self, expression: str, *, timeout: float = 10.0) -> Any:
-        """Poll until `expression` is truthy; its value."""
+        """Poll until `expression` is truthy (one that throws counts as false); its value."""
+        # A node is "there" (by value it would come back as an empty, falsy dict).
+        guarded = (f"(() => {{ try {{ const v = ({expression}); return v instanceof Node ? "
+                   f"true : v; }} catch {{ return null; }} }})()")
         with trio.fail_after(timeout):
             while True:
-                value = await self.js(expression)
+                value = await self.js(guarded)
                 if value:
                     return value
                 await trio.sleep(0.05)
@@ -128,7 +131,7 @@ class Page:
         await self.click(selector)
         await self.js(f"(() => {{ const s = document.querySelector({json.dumps(selector)});"
                       f" s.value = {json.dumps(value)};"
-                      " s.dispatchEvent(new Event('change', {bubbles: true})); }})()")
+                      " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
 
     async def wheel(self, selector: str, delta_y: float) -> None:
         x, y = await self._center(selector)
@@ -140,10 +143,11 @@ class Page:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(shot["data"]))
 
-    async def heap_bytes(self) -> int:
+    async def metrics(self) -> dict[str, float]:
+        """Performance.getMetrics after a garbage collection: JSHeapUsedSize, Nodes ..."""
         await self.send("HeapProfiler.collectGarbage")
-        usage = await self.send("Runtime.getHeapUsage")
-        return int(usage["usedSize"])
+        found = await self.send("Performance.getMetrics")
+        return {m["name"]: m["value"] for m in found["metrics"]}
 
 
 async def _messages(ws: WebSocketConnection) -> AsyncIterator[str | bytes]:
@@ -172,7 +176,7 @@ async def open_browser(profile: Path) -> AsyncIterator[Page]:
                 trio.open_nursery() as nursery:
             page = Page(ws)
             nursery.start_soon(page._read)
-            for domain in ("Runtime", "Page", "Log"):
+            for domain in ("Runtime", "Page", "Log", "Performance"):
                 await page.send(f"{domain}.enable")
             await page.send("Emulation.setDeviceMetricsOverride", width=WINDOW[0],
                             height=WINDOW[1], deviceScaleFactor=1, mobile=False)

@@ -58,7 +58,7 @@ export class RunForm {
       input = el("input", {id, type: numeric ? "number" : "text", min: p.min, max: p.max,
                            step: p.type === "int" ? 1 : numeric ? "any" : undefined,
                            maxlength: numeric ? undefined : MAX_STRING,
-                           placeholder: p.pattern ? `matching ${p.pattern}` : ""});
+                           placeholder: p.description || ""});
       if (p.default !== undefined) input.value = String(p.default);
     }
     input.name = p.name;
@@ -70,7 +70,8 @@ export class RunForm {
     input.addEventListener("change", clear);
     const bounds = [p.min !== undefined ? `≥ ${p.min}` : "", p.max !== undefined ? `≤ ${p.max}` : ""]
       .filter(Boolean).join(", ");
-    const hint = [p.type, bounds, p.description].filter(Boolean).join(" · ");
+    const pattern = p.pattern ? `matching ${p.pattern}` : "";
+    const hint = [p.type, bounds, pattern, p.description].filter(Boolean).join(" · ");
     return el("div", {class: `field ${p.type}`, dataset: {param: p.name}},
               el("label", {for: id}, p.name, p.required ? el("span", {class: "req", text: " *"}) : null),
               input, el("div", {class: "hint", text: hint}), message);

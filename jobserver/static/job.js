@@ -185,7 +185,10 @@ export class JobView {
       dl.append(el("dt", {text: "params"}),
                 el("dd", {class: "mono"}, params.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("  ")));
     }
-    if (job.command) dl.append(el("dt", {text: "command"}), el("dd", {class: "mono wrap", text: job.command}));
+    if (job.command) {
+      dl.append(el("dt", {text: "command"}),
+                el("dd", {class: "mono command", title: job.command, text: job.command}));
+    }
     return dl;
   }
 
@@ -235,7 +238,8 @@ export class JobView {
     if (!log || !this.logBar) return;
     const first = log.firstSeq, last = log.lastSeq;
     const range = first !== null ? `lines at seq ${first}–${last}` : "no output yet";
-    const mode = log.atTail ? (log.follow ? "following" : "paused") : `paused · ${log.missed} newer lines`;
+    const mode = log.atTail && log.follow ? "following"
+      : log.missed ? `paused · ${log.missed} newer lines` : "paused";
     this.logBar.replaceChildren(
       el("h3", {text: "Log"}),
       el("span", {class: "dim", text: `${range} · ${mode}`}),

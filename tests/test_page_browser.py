@@ -1,0 +1,257 @@
+"""The web page in headless Chromium, driven as a person would drive it.
+
+Chromium is steered over the DevTools protocol (tests/browser.py): real mouse
+clicks and typing, the page's own EventSources and fetches against a real
+server. Each test ends with a screenshot, written to $JOBSERVER_SCREENSHOTS
+when set (`JOBSERVER_SCREENSHOTS=docs/screenshots ./scripts/test -k browser`
+refreshes the README's), else to the test's tmp dir. Without Chromium
+(scripts/install-browser) these skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from .browser import HAVE_CHROMIUM, CHROMIUM, Page, open_browser
+from .conftest import TEMPLATES, Harness
+from .test_first_run import jobserver, user_env
+
+pytestmark = pytest.mark.skipif(
+    not HAVE_CHROMIUM, reason=f"{CHROMIUM} is missing: run scripts/install-browser")
+
+# What the page keeps of a log at most (jobserver/static/log.js WINDOW), and a
+# generous bound on its JS heap with a 1,000,000-line job open and scrolled.
+LOG_WINDOW = 3000
+PAGE_EVENTS = 1000
+HEAP_LIMIT = 64 * 2**20
+NODES_LIMIT = 4 * LOG_WINDOW + 2000  # a line is at most a few nodes (its text, colour spans)
+ROWS = "#job-rows tr[data-id]"
+
+
+def shot_path(tmp_path: Path, name: str) -> Path:
+    where = os.environ.get("JOBSERVER_SCREENSHOTS")
+    return (Path(where) if where else tmp_path) / name
+
+
+async def signed_in(page: Page, url: str) -> None:
+    await page.goto(url)
+    await page.wait_for("document.body.dataset.session === 'open' && "
+                        "document.querySelector('#live-state').dataset.state === 'live' && "
+                        "document.querySelector('#run-template').options.length > 0")
+
+
+async def row_status(page: Page, job_id: str) -> str | None:
+    status: str | None = await page.js(
+        f"document.querySelector('{ROWS}[data-id=\"{job_id}\"]')?.dataset.status ?? null")
+    return status
+
+
+async def test_the_printed_link_opens_a_session_and_runs_a_job_live(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(parents=True)
+    home.mkdir()
+    env = {**user_env(home), "JOBSERVER_CONFIG_FILE": str(TEMPLATES)}
+    async with jobserver(cwd, env, "server") as server, \
+            open_browser(tmp_path / "profile") as page:
+        link = server.line("web page: ") or ""
+        token = server.line("admin token (valid 7 days): ") or ""
+        assert link == f"{server.url}/#token={token}"
+        await signed_in(page, link)
+        # The token left the address bar at once and stays with this tab only.
+        assert await page.js("location.href") == server.url + "/"
+        assert await page.js("sessionStorage.getItem('jobserver-token')") == token
+        assert await page.js("document.querySelector('#who').textContent") == "admin (admin)"
+
+        await page.choose("#run-template", "ticker")
+        await page.type("#param-steps", "40")
+        await page.type("#param-pace", "0.08")
+        await page.click("#run button[type=submit]")
+        job_id = await page.wait_for("document.querySelector('#job').dataset.job")
+        assert await page.wait_for("location.hash") == f"#job={job_id}"
+
+        # The progress bar moves with the job's own reports, the log streams in.
+        seen: list[int] = []
+        with trio.fail_after(15):
+            while len(seen) < 4:
+                value = await page.js("document.querySelector('#job .job-progress .bar')"
+                                      "?.getAttribute('aria-valuenow')")
+                if value is not None and (not seen or int(value) > seen[-1]):
+                    seen.append(int(value))
+                await trio.sleep(0.05)
+        assert seen == sorted(seen) and seen[-1] < 100
+        assert await page.js("document.querySelector('#job .progress-text').textContent"
+                             ".includes('/ 40')")
+        await page.wait_for("document.querySelectorAll('#job .ln.err').length > 0")
+        # ANSI colours rendered (green "tick", bold blue), stderr told apart.
+        assert await page.js("[...document.querySelectorAll('#job .ln.out span')]"
+                             ".some(s => s.style.color === 'rgb(13, 188, 121)')")
+        assert await page.js("document.querySelector('#job .ln.out span.b') !== null")
+        assert await page.js("document.querySelector('#job .ln.err').textContent"
+                             ".startsWith('note 5 on stderr')")
+        # The list got the job from the events stream and follows it there too.
+        assert await row_status(page, job_id) == "RUNNING"
+        await page.screenshot(shot_path(tmp_path, "job-running.png"))
+
+        await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{job_id}\"]')"
+                            "?.dataset.status === 'SUCCEEDED'", timeout=20)
+        await page.wait_for("document.querySelector('#job').dataset.status === 'SUCCEEDED'")
+        lines = await page.js("[...document.querySelectorAll('#job .ln')].map(l => l.textContent)")
+        assert lines[-1] == "done" and sum(line.startswith("tick") for line in lines) == 40
+        assert await page.js("document.querySelector('#job .fact-exit-code').textContent") == "0"
+        # One read of the list, then only the stream: no polling.
+        reads = await page.js("performance.getEntriesByType('resource')"
+                              ".filter(r => /\\/api\\/v1\\/jobs\\?/.test(r.name)).length")
+        assert reads == 1
+        assert page.problems == []
+    assert token not in server.stderr.read_text()
+
+
+async def test_cancel_retry_and_delete_from_the_job_view(harness: Harness,
+                                                         tmp_path: Path) -> None:
+    h = harness
+    job = await h.submit("sleep", {"seconds": 30}, token=h.alice)
+    async with open_browser(tmp_path / "profile") as page:
+        await signed_in(page, f"{h.url}/#token={h.alice}")
+        await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{job['id']}\"]')")
+        assert await page.js("getComputedStyle(document.querySelector('th.owner')).display") \
+            == "none"  # a user sees no owner column
+        await page.click(f"{ROWS}[data-id=\"{job['id']}\"]")
+        await page.wait_for("document.querySelector('#job').dataset.status === 'RUNNING'")
+        await page.wait_for("document.querySelector('#job .ln')?.textContent === 'sleeping'")
+        assert await page.js("document.querySelector('#job .retry')") is None
+        await page.click("#job .actions .cancel")
+        await page.wait_for("document.querySelector('#job').dataset.status === 'CANCELLED'")
+        assert (await h.job(job["id"]))["status"] == "CANCELLED"
+        await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{job['id']}\"]')"
+                            ".dataset.status === 'CANCELLED'")
+        assert await page.js("document.querySelector('#job .cancel')") is None
+
+        # A job submitted elsewhere shows up in the list by itself.
+        other = await h.submit("echo", {"message": "from elsewhere"}, token=h.alice)
+        await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{other['id']}\"]')"
+                            "?.dataset.status === 'SUCCEEDED'")
+        # Bob's do not.
+        bobs = await h.submit("echo", {"message": "bob's"}, token=h.bob)
+        await h.wait(bobs["id"])
+
+        await page.click("#job .actions .retry")
+        retry_id = await page.wait_for(
+            f"(() => {{ const id = document.querySelector('#job').dataset.job;"
+            f" return id && id !== '{job['id']}' ? id : null; }})()")
+        retried = await h.job(retry_id)
+        assert retried["retry_of"] == job["id"] and retried["owner"] == "alice"
+        await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{retry_id}\"]')")
+        await page.click("#job .actions .cancel")
+        await page.wait_for("document.querySelector('#job').dataset.status === 'CANCELLED'")
+        await page.screenshot(shot_path(tmp_path, "job-cancelled.png"))
+
+        await page.click("#job .actions .delete")
+        assert await page.js("document.querySelector('#job .delete').textContent") \
+            == "Really delete?"
+        await page.click("#job .actions .delete")
+        await page.wait_for(f"!document.querySelector('{ROWS}[data-id=\"{retry_id}\"]')")
+        assert await page.js("document.querySelector('#job').dataset.job") == ""
+        r = await h.client.get(f"/api/v1/jobs/{retry_id}", headers=h.auth(h.alice))
+        assert r.status_code == 404
+        ids = await page.js(f"[...document.querySelectorAll('{ROWS}')].map(r => r.dataset.id)")
+        assert bobs["id"] not in ids and set(ids) == {job["id"], other["id"]}
+
+        # Filters go to the server.
+        await page.choose("#filter-status", "CANCELLED")
+        await page.wait_for(f"document.querySelectorAll('{ROWS}').length === 1")
+        await page.choose("#filter-status", "")
+        await page.choose("#filter-template", "echo")
+        await page.wait_for(f"[...document.querySelectorAll('{ROWS}')].map(r => r.dataset.id)"
+                            f".join() === '{other['id']}'")
+        assert page.problems == []
+
+
+async def test_a_refused_param_lands_on_its_field(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    async with open_browser(tmp_path / "profile") as page:
+        await signed_in(page, f"{h.url}/#token={h.alice}")
+        await page.choose("#run-template", "greet")
+        error = "document.querySelector('[data-param={}] .field-error').textContent"
+        # Checked in the page: nothing is sent.
+        await page.click("#run button[type=submit]")
+        assert await page.wait_for(error.format("name")) == "is required"
+        await page.type("#param-name", "bob")
+        assert await page.js(error.format("name")) == ""  # typing clears it
+        await page.type("#param-times", "9")
+        await page.click("#run button[type=submit]")
+        assert await page.wait_for(error.format("times")) == "must be at most 3"
+        r = await h.client.get("/api/v1/jobs", headers=h.auth(h.alice))
+        assert r.json()["jobs"] == []
+        # The pattern is the server's to check: its 422 names params.name.
+        await page.type("#param-times", "2")
+        await page.type("#param-name", "Bob!")
+        await page.click("#run button[type=submit]")
+        message = await page.wait_for(error.format("name"))
+        assert "must match" in message
+        assert await page.js("document.querySelector('[data-param=name]').dataset.server") == "1"
+        assert await page.js("document.activeElement.id") == "param-name"
+        await page.screenshot(shot_path(tmp_path, "form-error.png"))
+        # It stays while the user does other things (the list moves live) ...
+        other = await h.submit("echo", {"message": "meanwhile"}, token=h.alice)
+        await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{other['id']}\"]')")
+        assert await page.js(error.format("name")) == message
+        # ... until that field is changed; then a good value runs.
+        await page.type("#param-name", "bob")
+        assert await page.js(error.format("name")) == ""
+        await page.click("#run button[type=submit]")
+        job_id = await page.wait_for("document.querySelector('#job').dataset.job")
+        done = await h.wait(job_id)
+        assert done["template"] == "greet" and done["params"] == {"name": "bob", "times": 2}
+        await page.wait_for("document.querySelector('#job .ln')?.textContent === 'hello bob'")
+        assert page.problems == []
+
+
+async def test_a_million_line_log_stays_a_window(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    job = await h.submit("chatty", {"lines": 1_000_000}, token=h.alice)
+    done = await h.wait(job["id"], timeout=40)
+    assert done["status"] == "SUCCEEDED" and done["last_seq"] > 1_000_000
+    count = "document.querySelectorAll('#job .ln').length"
+    first = "Number(document.querySelector('#job .ln').dataset.seq)"
+    async with open_browser(tmp_path / "profile") as page:
+        await signed_in(page, f"{h.url}/#token={h.alice}&job={job['id']}")
+        await page.wait_for("document.querySelector('#job .ln:last-child')?.textContent"
+                            " === 'line 999999'")
+        assert await page.js(count) <= PAGE_EVENTS
+        assert await page.js("document.querySelector('#job').dataset.follow") == "1"
+        start = await page.js(first)
+        opened = await page.metrics()
+        # Scroll up, as with a mouse wheel: older pages come in by seq, the window keeps its size.
+        with trio.fail_after(30):
+            for _ in range(8):
+                before = await page.js(first)
+                while await page.js(first) >= before:
+                    await page.wheel("#job .log", -6000)
+                    await trio.sleep(0.02)
+        assert await page.js("document.querySelector('#job').dataset.follow") == "0"
+        assert await page.js(count) <= LOG_WINDOW
+        top = await page.js(first)
+        assert top < start - 4 * PAGE_EVENTS
+        # The lines shown are the job's own, in order, with no gap.
+        texts = await page.js("[...document.querySelectorAll('#job .ln')].slice(0, 50)"
+                              ".map(l => [Number(l.dataset.seq), l.textContent])")
+        line0 = int(texts[0][1].split()[1])
+        assert [t for _, t in texts] == [f"line {line0 + i}" for i in range(50)]
+        scrolled = await page.metrics()
+        await page.screenshot(shot_path(tmp_path, "log-million.png"))
+        # Back to the end: the newest lines again, following.
+        await page.click("#job .log-bar .jump")
+        await page.wait_for("document.querySelector('#job .ln:last-child')?.textContent"
+                            " === 'line 999999' && document.querySelector('#job')"
+                            ".dataset.follow === '1'")
+        assert await page.js(count) <= LOG_WINDOW
+        assert page.problems == []
+    for name, m in (("opened", opened), ("scrolled back", scrolled)):
+        print(f"\n1,000,000-line log, {name}: JS heap {m['JSHeapUsedSize'] / 2**20:.1f} MiB, "
+              f"{m['Nodes']:.0f} DOM nodes")
+        assert m["JSHeapUsedSize"] < HEAP_LIMIT and m["Nodes"] < NODES_LIMIT
