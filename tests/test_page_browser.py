@@ -255,3 +255,37 @@ async def test_a_million_line_log_stays_a_window(harness: Harness, tmp_path: Pat
         print(f"\n1,000,000-line log, {name}: JS heap {m['JSHeapUsedSize'] / 2**20:.1f} MiB, "
               f"{m['Nodes']:.0f} DOM nodes")
         assert m["JSHeapUsedSize"] < HEAP_LIMIT and m["Nodes"] < NODES_LIMIT
+
+
+async def test_the_watch_page_shows_steps_and_progress(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    r = await h.client.post("/api/jobs", json={"preset": "sample-hello-youtube",
+                                               "inputs": {"seconds": 2, "pace": 0.08}},
+                            headers=h.auth(h.alice))
+    assert r.status_code == 202, r.text
+    job_id = r.json()["jobId"]
+    async with open_browser(tmp_path / "profile") as page:
+        await page.goto(f"{h.url}/jobs/{job_id}/watch?token={h.alice}")
+        # The steps are there from the start, in order, before any has run.
+        names = await page.wait_for("[...document.querySelectorAll('#steps .name')]"
+                                    ".map(e => e.textContent)")
+        assert names == ["preflight", "narration", "broll", "subtitles", "mux"]
+        overall: list[int] = []
+        with trio.fail_after(20):
+            while await page.js("document.body.dataset.state") != "done":
+                pct = await page.js("parseInt(document.querySelector('#pct').textContent)")
+                if isinstance(pct, int) and (not overall or pct > overall[-1]):
+                    overall.append(pct)
+                if len(overall) == 3:
+                    await page.screenshot(shot_path(tmp_path, "watch.png"))
+                await trio.sleep(0.05)
+        assert len(overall) >= 3 and overall == sorted(overall)
+        states = await page.js("[...document.querySelectorAll('#steps li')]"
+                               ".map(e => e.querySelector('.state').textContent)")
+        assert states == ["Succeeded"] * 5
+        assert await page.js("document.querySelector('#pct').textContent") == "100%"
+        assert await page.js("document.querySelector('#status').textContent") == "Succeeded"
+        # The output, as a table, and the raw events folded away.
+        assert await page.js("document.querySelector('#output th')?.textContent")
+        assert await page.js("document.querySelector('details').open") is False
+        assert page.problems == []

@@ -182,12 +182,12 @@ export class JobView {
     if (job.parent_id) dl.append(el("dt", {text: "spawned by"}), el("dd", {}, this.link(job.parent_id)));
     const params = Object.entries(job.params || {});
     if (params.length) {
-      dl.append(el("dt", {text: "params"}),
-                el("dd", {class: "mono"}, params.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("  ")));
+      dl.append(el("dt", {class: "wide", text: "params"}),
+                el("dd", {class: "mono wide"}, params.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("  ")));
     }
     if (job.command) {
-      dl.append(el("dt", {text: "command"}),
-                el("dd", {class: "mono command", title: job.command, text: job.command}));
+      dl.append(el("dt", {class: "wide", text: "command"}),
+                el("dd", {class: "mono wide command", title: job.command, text: job.command}));
     }
     return dl;
   }
