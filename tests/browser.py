@@ -140,8 +140,8 @@ class Page:
 
     async def screenshot(self, path: Path) -> None:
         shot = await self.send("Page.captureScreenshot", format="png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(shot["data"]))
+        await trio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+        await trio.Path(path).write_bytes(base64.b64decode(shot["data"]))
 
     async def metrics(self) -> dict[str, float]:
         """Performance.getMetrics after a garbage collection: JSHeapUsedSize, Nodes ..."""
@@ -160,7 +160,7 @@ async def _messages(ws: WebSocketConnection) -> AsyncIterator[str | bytes]:
 
 @asynccontextmanager
 async def open_browser(profile: Path) -> AsyncIterator[Page]:
-    profile.mkdir(parents=True, exist_ok=True)
+    await trio.Path(profile).mkdir(parents=True, exist_ok=True)
     log = profile.parent / f"{profile.name}.stderr"
     with log.open("wb") as stderr:
         process = await trio.lowlevel.open_process(
@@ -196,12 +196,13 @@ async def open_browser(profile: Path) -> AsyncIterator[Page]:
 
 
 async def _devtools_port(profile: Path, process: trio.Process, log: Path) -> int:
-    active = profile / "DevToolsActivePort"
+    active = trio.Path(profile / "DevToolsActivePort")
     with trio.fail_after(START_TIMEOUT):
         while True:
             if process.poll() is not None:
-                raise PageError(f"chromium exited: {log.read_text(errors='replace')[-2000:]}")
-            text = active.read_text() if active.exists() else ""
+                output = await trio.Path(log).read_text(errors="replace")
+                raise PageError(f"chromium exited: {output[-2000:]}")
+            text = await active.read_text() if await active.exists() else ""
             if "\n" in text:
                 return int(text.split("\n", 1)[0])
             await trio.sleep(0.05)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from .browser import HAVE_CHROMIUM, CHROMIUM, Page, open_browser
+from .browser import CHROMIUM, HAVE_CHROMIUM, Page, open_browser
 from .conftest import TEMPLATES, Harness
 from .test_first_run import jobserver, user_env
 

@@ -77,7 +77,8 @@ function output(value) {
   const rows = typeof value === "object" ? Object.entries(value) : [["output", value]];
   for (const [k, v] of rows) {
     const tr = make("tr");
-    tr.append(make("th", "", k), make("td", "", typeof v === "object" ? JSON.stringify(v) : String(v)));
+    const text = typeof v === "object" ? JSON.stringify(v) : String(v);
+    tr.append(make("th", "", k), make("td", "", text));
     $("output").append(tr);
   }
 }
@@ -119,7 +120,7 @@ fetch(base + query).then((r) => (r.ok ? r.json() : null)).catch(() => null).then
   if (doc) {
     setStatus(doc.status);
     for (const s of doc.steps || []) setStep(s.name, s.status, s.progressPct);
-    if (doc.progressPct !== null && doc.progressPct !== undefined && !steps.size) overall(doc.progressPct);
+    if (typeof doc.progressPct === "number" && !steps.size) overall(doc.progressPct);
   }
   follow();
 });
@@ -136,15 +137,18 @@ h1{font-size:18px;display:flex;gap:10px;align-items:center}
 .bar{height:10px;background:#e5e7eb;border-radius:5px;overflow:hidden;flex:1}
 .fill{height:100%;width:0;background:#2563eb;transition:width .3s}
 ol.steps{list-style:none;padding:0}
-.step{display:grid;grid-template-columns:20px 140px 90px 1fr 48px;gap:8px;align-items:center;padding:3px 0}
+.step{display:grid;grid-template-columns:20px 140px 90px 1fr 48px;gap:8px;align-items:center;
+padding:3px 0}
 .step .mark::before{content:"\\25CB"}.step.Running .mark::before{content:"\\25D0";color:#2563eb}
 .step.Succeeded .mark::before{content:"\\2713";color:#15803d}
-.step.Failed .mark::before{content:"\\2717";color:#b91c1c}.step.Skipped .mark::before{content:"\\21B7"}
+.step.Failed .mark::before{content:"\\2717";color:#b91c1c}
+.step.Skipped .mark::before{content:"\\21B7"}
 .step.Succeeded .fill{background:#22c55e}.step.Failed .fill{background:#ef4444}
 .step.Pending,.step.Skipped{color:#6b7280}.pct{text-align:right;font-size:12px;color:#6b7280}
 .errors{grid-column:2/-1;color:#b91c1c;font-size:12px}.remedy{color:#6b7280}
 #problems{color:#b91c1c}th{text-align:left;color:#6b7280;font-weight:500;padding-right:12px}
-details{margin-top:2em;color:#6b7280}#events li{font:12px ui-monospace,monospace;word-break:break-all}
+details{margin-top:2em;color:#6b7280}
+#events li{font:12px ui-monospace,monospace;word-break:break-all}
 """
 
 WATCH_PAGE = ("""<!doctype html>
@@ -153,9 +157,11 @@ WATCH_PAGE = ("""<!doctype html>
 <style>""" + WATCH_STYLE + """</style>
 </head><body data-state="connecting">
 <h1><span id="title">job</span><span id="status" class="badge">connecting</span></h1>
-<div class="overall"><div class="bar"><div class="fill" id="fill"></div></div><span id="pct"></span></div>
+<div class="overall"><div class="bar"><div class="fill" id="fill"></div></div>
+<span id="pct"></span></div>
 <ol class="steps" id="steps"></ol><ul id="problems"></ul><table id="output"></table>
-<details><summary>Events received (<span id="count">0</span>)</summary><ol id="events"></ol></details>
+<details><summary>Events received (<span id="count">0</span>)</summary>
+<ol id="events"></ol></details>
 <script>""" + WATCH_SCRIPT + "</script></body></html>\n")
 
 # Only the page's own script runs (allowed by its hash); it may talk to this origin.
