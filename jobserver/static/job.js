@@ -73,6 +73,7 @@ export class JobView {
     this.log.live(e);
     if (applyEvent(this.job, e)) this.schedule();
     if (e.type === "finished" || e.type === "deleted") {
+      this.flashText = "";
       source.close();
       this.root.dataset.stream = "closed";
       if (e.type === "deleted") this.onGone(this.job.id);
