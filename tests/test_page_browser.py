@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -30,6 +31,9 @@ PAGE_EVENTS = 1000
 HEAP_LIMIT = 64 * 2**20
 NODES_LIMIT = 4 * LOG_WINDOW + 2000  # a line is at most a few nodes (its text, colour spans)
 ROWS = "#job-rows tr[data-id]"
+# How often the page has read the job list (GET /api/v1/jobs?...).
+reads_js = ("performance.getEntriesByType('resource')"
+            ".filter(r => /\\/api\\/v1\\/jobs\\?/.test(r.name)).length")
 
 
 def shot_path(tmp_path: Path, name: str) -> Path:
@@ -56,59 +60,77 @@ async def test_the_printed_link_opens_a_session_and_runs_a_job_live(tmp_path: Pa
     cwd.mkdir(parents=True)
     home.mkdir()
     env = {**user_env(home), "JOBSERVER_CONFIG_FILE": str(TEMPLATES)}
-    async with jobserver(cwd, env, "server") as server, \
-            open_browser(tmp_path / "profile") as page:
-        link = server.line("web page: ") or ""
-        token = server.line("admin token (valid 7 days): ") or ""
-        assert link == f"{server.url}/#token={token}"
-        await signed_in(page, link)
-        # The token left the address bar at once and stays with this tab only.
-        assert await page.js("location.href") == server.url + "/"
-        assert await page.js("sessionStorage.getItem('jobserver-token')") == token
-        assert await page.js("document.querySelector('#who').textContent") == "admin (admin)"
+    async with open_browser(tmp_path / "profile") as page:
+        async with jobserver(cwd, env, "first") as server:
+            link = server.line("web page: ") or ""
+            token = server.line("admin token (valid 7 days): ") or ""
+            assert link == f"{server.url}/#token={token}"
+            await signed_in(page, link)
+            # The token left the address bar at once and stays with this tab only.
+            assert await page.js("location.href") == server.url + "/"
+            assert await page.js("sessionStorage.getItem('jobserver-token')") == token
+            assert await page.js("document.querySelector('#who').textContent") == "admin (admin)"
 
-        await page.choose("#run-template", "ticker")
-        await page.type("#param-steps", "40")
-        await page.type("#param-pace", "0.08")
-        await page.click("#run button[type=submit]")
-        job_id = await page.wait_for("document.querySelector('#job').dataset.job")
-        assert await page.wait_for("location.hash") == f"#job={job_id}"
+            await page.choose("#run-template", "ticker")
+            await page.type("#param-steps", "40")
+            await page.type("#param-pace", "0.08")
+            await page.click("#run button[type=submit]")
+            job_id = await page.wait_for("document.querySelector('#job').dataset.job")
+            assert await page.wait_for("location.hash") == f"#job={job_id}"
 
-        # The progress bar moves with the job's own reports, the log streams in.
-        seen: list[int] = []
-        with trio.fail_after(15):
-            while len(seen) < 4:
-                value = await page.js("document.querySelector('#job .job-progress .bar')"
-                                      "?.getAttribute('aria-valuenow')")
-                if value is not None and (not seen or int(value) > seen[-1]):
-                    seen.append(int(value))
-                await trio.sleep(0.05)
-        assert seen == sorted(seen) and seen[-1] < 100
-        assert await page.js("document.querySelector('#job .progress-text').textContent"
-                             ".includes('/ 40')")
-        await page.wait_for("document.querySelectorAll('#job .ln.err').length > 0")
-        # ANSI colours rendered (green "tick", bold blue), stderr told apart.
-        assert await page.js("[...document.querySelectorAll('#job .ln.out span')]"
-                             ".some(s => s.style.color === 'rgb(13, 188, 121)')")
-        assert await page.js("document.querySelector('#job .ln.out span.b') !== null")
-        assert await page.js("document.querySelector('#job .ln.err').textContent"
-                             ".startsWith('note 5 on stderr')")
-        # The list got the job from the events stream and follows it there too.
-        assert await row_status(page, job_id) == "RUNNING"
-        await page.screenshot(shot_path(tmp_path, "job-running.png"))
+            # The progress bar moves with the job's own reports, the log streams in.
+            seen: list[int] = []
+            with trio.fail_after(15):
+                while len(seen) < 4:
+                    value = await page.js("document.querySelector('#job .job-progress .bar')"
+                                          "?.getAttribute('aria-valuenow')")
+                    if value is not None and (not seen or int(value) > seen[-1]):
+                        seen.append(int(value))
+                    await trio.sleep(0.05)
+            assert seen == sorted(seen) and seen[-1] < 100
+            assert await page.js("document.querySelector('#job .progress-text').textContent"
+                                 ".includes('/ 40')")
+            await page.wait_for("document.querySelectorAll('#job .ln.err').length > 0")
+            # ANSI colours rendered (green "tick", bold blue), stderr told apart.
+            assert await page.js("[...document.querySelectorAll('#job .ln.out span')]"
+                                 ".some(s => s.style.color === 'rgb(13, 188, 121)')")
+            assert await page.js("document.querySelector('#job .ln.out span.b') !== null")
+            assert await page.js("document.querySelector('#job .ln.err').textContent"
+                                 ".startsWith('note 5 on stderr')")
+            # The list got the job from the events stream and follows it there too.
+            assert await row_status(page, job_id) == "RUNNING"
+            await page.screenshot(shot_path(tmp_path, "job-running.png"))
 
-        await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{job_id}\"]')"
-                            "?.dataset.status === 'SUCCEEDED'", timeout=20)
-        await page.wait_for("document.querySelector('#job').dataset.status === 'SUCCEEDED'")
-        lines = await page.js("[...document.querySelectorAll('#job .ln')].map(l => l.textContent)")
-        assert lines[-1] == "done" and sum(line.startswith("tick") for line in lines) == 40
-        assert await page.js("document.querySelector('#job .fact-exit-code').textContent") == "0"
-        # One read of the list, then only the stream: no polling.
-        reads = await page.js("performance.getEntriesByType('resource')"
-                              ".filter(r => /\\/api\\/v1\\/jobs\\?/.test(r.name)).length")
-        assert reads == 1
+            await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{job_id}\"]')"
+                                "?.dataset.status === 'SUCCEEDED'", timeout=20)
+            await page.wait_for("document.querySelector('#job').dataset.status === 'SUCCEEDED'")
+            lines = await page.js("[...document.querySelectorAll('#job .ln')]"
+                                  ".map(l => l.textContent)")
+            assert lines[-1] == "done" and sum(line.startswith("tick") for line in lines) == 40
+            assert await page.js("document.querySelector('#job .fact-exit-code')"
+                                 ".textContent") == "0"
+            # One read of the list, then only the stream: no polling.
+            reads = await page.js(reads_js)
+            assert reads == 1
+        port = int(server.url.rsplit(":", 1)[1])
+        stopped = server
+
+        # The server restarts: the page reconnects its stream and reads the list again.
+        async with jobserver(cwd, env, "again", port=port) as again:
+            await page.wait_for("document.querySelector('#live-state').dataset.state === 'live'"
+                                f" && {reads_js} === 2", timeout=20)
+            async with httpx.AsyncClient(base_url=again.url, timeout=10) as client:
+                r = await client.post("/api/v1/jobs", json={"template": "echo",
+                                                            "params": {"message": "back"}},
+                                      headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == 201
+            back = r.json()["id"]
+            await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{back}\"]')"
+                                "?.dataset.status === 'SUCCEEDED'")
+            assert await page.js(f"document.querySelectorAll('{ROWS}').length") == 2
         assert page.problems == []
-    assert token not in server.stderr.read_text()
+    for run in (stopped, again):  # the logs
+        assert token not in run.stderr.read_text()
 
 
 async def test_cancel_retry_and_delete_from_the_job_view(harness: Harness,
@@ -214,12 +236,15 @@ async def test_a_refused_param_lands_on_its_field(harness: Harness, tmp_path: Pa
 async def test_a_million_line_log_stays_a_window(harness: Harness, tmp_path: Path) -> None:
     h = harness
     job = await h.submit("chatty", {"lines": 1_000_000}, token=h.alice)
-    done = await h.wait(job["id"], timeout=40)
-    assert done["status"] == "SUCCEEDED" and done["last_seq"] > 1_000_000
     count = "document.querySelectorAll('#job .ln').length"
     first = "Number(document.querySelector('#job .ln').dataset.seq)"
     async with open_browser(tmp_path / "profile") as page:
-        await signed_in(page, f"{h.url}/#token={h.alice}&job={job['id']}")
+        await signed_in(page, f"{h.url}/#token={h.alice}")
+        done = await h.wait(job["id"], timeout=40)
+        assert done["status"] == "SUCCEEDED" and done["last_seq"] > 1_000_000
+        await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{job['id']}\"]')"
+                            "?.dataset.status === 'SUCCEEDED'")
+        await page.click(f"{ROWS}[data-id=\"{job['id']}\"]")
         await page.wait_for("document.querySelector('#job .ln:last-child')?.textContent"
                             " === 'line 999999'")
         assert await page.js(count) <= PAGE_EVENTS

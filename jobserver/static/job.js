@@ -7,7 +7,7 @@
 // is closed on `finished` / `deleted` and whenever another job is shown.
 
 import {api, session} from "./session.js";
-import {applyEvent, EVENT_TYPES} from "./jobstate.js";
+import {applyEvent, listen} from "./jobstate.js";
 import {LogView, PAGE} from "./log.js";
 import {$, el, fmtDuration, fmtTime, jobDuration, parseTime, progressBar, progressPct,
         shortId, statusBadge, TERMINAL} from "./util.js";
@@ -58,13 +58,10 @@ export class JobView {
     this.render();
     const source = new EventSource(session.streamUrl(`/api/v1/jobs/${id}/stream`, {after: String(after)}));
     this.source = source;
-    for (const type of EVENT_TYPES) {
-      source.addEventListener(type, (m) => this.onEvent(source, JSON.parse(m.data)));
-    }
-    source.onerror = () => {
+    listen(source, (e) => this.onEvent(source, e), () => {
       // A finished job with nothing new is a 204: the browser stops; otherwise it resumes.
       this.root.dataset.stream = source.readyState === EventSource.CLOSED ? "closed" : "reconnecting";
-    };
+    });
     source.onopen = () => { this.root.dataset.stream = "open"; };
   }
 

@@ -8,7 +8,7 @@
 // "More" follows `next_cursor`.
 
 import {api, session} from "./session.js";
-import {applyEvent, EVENT_TYPES} from "./jobstate.js";
+import {applyEvent, listen} from "./jobstate.js";
 import {$, el, fmtDuration, fmtTime, jobDuration, progressBar, progressPct, setProgress,
         shortId, statusBadge, TERMINAL} from "./util.js";
 
@@ -24,7 +24,7 @@ export class JobList {
     this.order = [];
     this.cursor = null;
     this.waiting = null; // events that arrived while the list was being read
-    this.fetching = new Set();
+    this.fetching = new Map(); // job id -> its events that came while it was read
     this.selected = null;
     this.source = null;
     this.retryDelay = 1000;
@@ -66,7 +66,7 @@ export class JobList {
       this.setState("live");
       this.reload();
     };
-    source.onerror = () => {
+    listen(source, (e) => this.onEvent(e), () => {
       if (source !== this.source) return;
       if (source.readyState === EventSource.CLOSED) {
         // Refused (a bad token, a server that is not ours): check, then try again later.
@@ -76,10 +76,7 @@ export class JobList {
       } else {
         this.setState("reconnecting");
       }
-    };
-    for (const type of EVENT_TYPES) {
-      source.addEventListener(type, (m) => this.onEvent(JSON.parse(m.data)));
-    }
+    });
   }
 
   retry() {
@@ -148,11 +145,24 @@ export class JobList {
 
   // A job the page just made (the submit answer): shown now, kept live by the stream.
   upsert(job) {
-    if (!this.jobs.has(job.id) && this.matches(job)) {
-      this.jobs.set(job.id, job);
-      this.order.unshift(job.id);
-      this.render();
+    if (this.merge(job)) this.render();
+  }
+
+  // Keep the newer of two readings of a job (the higher last_seq); true if shown anew.
+  merge(job) {
+    const known = this.jobs.get(job.id);
+    if (known) {
+      if (job.last_seq > known.last_seq) {
+        this.jobs.set(job.id, job);
+        this.markDirty(job.id);
+      }
+      return false;
     }
+    if (!this.matches(job)) return false;
+    this.jobs.set(job.id, job);
+    this.order.unshift(job.id);
+    this.order.sort((a, b) => (this.jobs.get(b).created_at > this.jobs.get(a).created_at ? 1 : -1));
+    return true;
   }
 
   matches(job) {
@@ -166,9 +176,14 @@ export class JobList {
       if (this.waiting.length > MAX_WAITING) this.waiting.length = 0;
       return;
     }
+    const early = this.fetching.get(e.job_id);
+    if (early) {
+      if (early.length < MAX_WAITING) early.push(e);
+      return;
+    }
     const job = this.jobs.get(e.job_id);
     if (!job) {
-      if (e.type !== "deleted") this.fetchNew(e.job_id);
+      if (e.type !== "deleted") this.fetchNew(e.job_id, e);
       return;
     }
     if (e.type === "deleted") {
@@ -181,22 +196,20 @@ export class JobList {
     }
   }
 
-  async fetchNew(id) {
-    if (this.fetching.has(id)) return;
-    this.fetching.add(id);
+  // Read a job the list does not have; its events that arrive meanwhile wait for it.
+  async fetchNew(id, first) {
+    const early = [first];
+    this.fetching.set(id, early);
+    let job = null;
     try {
-      const job = await api(`/api/v1/jobs/${id}`);
-      if (!this.jobs.has(id) && this.matches(job)) {
-        this.jobs.set(id, job);
-        this.order.unshift(id);
-        this.order.sort((a, b) => (this.jobs.get(b).created_at > this.jobs.get(a).created_at ? 1 : -1));
-        this.render();
-      }
+      job = await api(`/api/v1/jobs/${id}`);
     } catch {
       // Deleted meanwhile, or not ours after all: nothing to show.
     } finally {
       this.fetching.delete(id);
     }
+    if (job && this.merge(job)) this.render();
+    for (const e of early) if (this.jobs.has(id)) this.onEvent(e);
   }
 
   remove(id) {
