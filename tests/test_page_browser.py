@@ -71,9 +71,11 @@ async def test_the_printed_link_opens_a_session_and_runs_a_job_live(tmp_path: Pa
             assert await page.js("sessionStorage.getItem('jobserver-token')") == token
             assert await page.js("document.querySelector('#who').textContent") == "admin (admin)"
 
+            assert await page.js("getComputedStyle(document.querySelector('th.owner'))"
+                                 ".display") != "none"  # an admin sees whose jobs they are
             await page.choose("#run-template", "ticker")
-            await page.type("#param-steps", "40")
-            await page.type("#param-pace", "0.08")
+            await page.type("#param-steps", "60")
+            await page.type("#param-pace", "0.06")
             await page.click("#run button[type=submit]")
             job_id = await page.wait_for("document.querySelector('#job').dataset.job")
             assert await page.wait_for("location.hash") == f"#job={job_id}"
@@ -89,7 +91,7 @@ async def test_the_printed_link_opens_a_session_and_runs_a_job_live(tmp_path: Pa
                     await trio.sleep(0.05)
             assert seen == sorted(seen) and seen[-1] < 100
             assert await page.js("document.querySelector('#job .progress-text').textContent"
-                                 ".includes('/ 40')")
+                                 ".includes('/ 60')")
             await page.wait_for("document.querySelectorAll('#job .ln.err').length > 0")
             # ANSI colours rendered (green "tick", bold blue), stderr told apart.
             assert await page.js("[...document.querySelectorAll('#job .ln.out span')]"
@@ -101,12 +103,37 @@ async def test_the_printed_link_opens_a_session_and_runs_a_job_live(tmp_path: Pa
             assert await row_status(page, job_id) == "RUNNING"
             await page.screenshot(shot_path(tmp_path, "job-running.png"))
 
+            # Scrolling up pauses the tail: new lines come in below, the view stays put.
+            lines_now = "document.querySelectorAll('#job .ln').length"
+            await page.wait_for(f"{lines_now} >= 45", timeout=15)
+            await page.wheel("#job .log", -200)
+            await page.wait_for("document.querySelector('#job').dataset.follow === '0'")
+            top = await page.js("document.querySelector('#job .log').scrollTop")
+            shown = await page.js(lines_now)
+            await page.wait_for(f"{lines_now} >= {shown + 5}")
+            assert await page.js("document.querySelector('#job .log').scrollTop") == top
+            await page.click("#job .log-bar .jump")
+            await page.wait_for("document.querySelector('#job').dataset.follow === '1'")
+
             await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{job_id}\"]')"
                                 "?.dataset.status === 'SUCCEEDED'", timeout=20)
             await page.wait_for("document.querySelector('#job').dataset.status === 'SUCCEEDED'")
             lines = await page.js("[...document.querySelectorAll('#job .ln')]"
                                   ".map(l => l.textContent)")
-            assert lines[-1] == "done" and sum(line.startswith("tick") for line in lines) == 40
+            assert lines[-1] == "done" and sum(line.startswith("tick") for line in lines) == 60
+            # "Download log" saves the whole log, as the server has it.
+            downloads = tmp_path / "downloads"
+            await page.send("Page.setDownloadBehavior", behavior="allow",
+                            downloadPath=str(downloads))
+            await page.click("#job .log-bar .download")
+            saved = downloads / f"job-{job_id[:8]}.log"
+            with trio.fail_after(10):
+                while not saved.exists():
+                    await trio.sleep(0.05)
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                whole = await client.get(f"/api/v1/jobs/{job_id}/logs?streams=1",
+                                         headers={"Authorization": f"Bearer {token}"})
+            assert saved.read_text() == whole.text and "[stderr] note 5 on stderr" in whole.text
             assert await page.js("document.querySelector('#job .fact-exit-code')"
                                  ".textContent") == "0"
             # One read of the list, then only the stream: no polling.
@@ -313,4 +340,18 @@ async def test_the_watch_page_shows_steps_and_progress(harness: Harness, tmp_pat
         # The output, as a table, and the raw events folded away.
         assert await page.js("document.querySelector('#output th')?.textContent")
         assert await page.js("document.querySelector('details').open") is False
+        assert page.problems == []
+
+
+async def test_the_list_pages_beyond_fifty(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    ids = [(await h.submit("echo", {"message": f"n{i}"}, token=h.bob))["id"] for i in range(56)]
+    async with open_browser(tmp_path / "profile") as page:
+        await signed_in(page, f"{h.url}/#token={h.bob}")
+        shown = f"[...document.querySelectorAll('{ROWS}')].map(r => r.dataset.id)"
+        first = await page.wait_for(f"{shown}.length === 50 && {shown}")
+        assert first == ids[::-1][:50]  # newest first
+        await page.click("#more")
+        assert await page.wait_for(f"{shown}.length === 56 && {shown}") == ids[::-1]
+        assert await page.js("document.querySelector('#more').hidden") is True
         assert page.problems == []
