@@ -5,8 +5,9 @@ reads the port it picked from `DevToolsActivePort` in its profile, and talks
 to its one page over a WebSocket (trio-websocket): navigate, evaluate, click
 and type (real input events, as a user's), wheel-scroll, screenshots, heap
 size. Every exception the page throws and every console error (a CSP refusal
-is one) is kept in `Page.problems` for the test to assert on. The browser is
-closed (Browser.close, then killed if it lingers) when the block ends.
+is one) is kept in `Page.problems` for the test to assert on. When the block ends the
+WebSocket is closed first (cleanly, from our side), then the browser is
+stopped with SIGTERM (SIGKILL if it lingers).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import os
 import shutil
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -181,12 +182,11 @@ async def open_browser(profile: Path) -> AsyncIterator[Page]:
             await page.send("Emulation.setDeviceMetricsOverride", width=WINDOW[0],
                             height=WINDOW[1], deviceScaleFactor=1, mobile=False)
             yield page
-            with trio.move_on_after(5):
-                # The browser may close the socket before it answers.
-                with suppress(ConnectionClosed, PageError):
-                    await page.send("Browser.close")
             nursery.cancel_scope.cancel()
+        # The socket is closed by us, cleanly, while the browser still runs.
     finally:
+        if process.poll() is None:
+            process.terminate()
         with trio.move_on_after(5):
             await process.wait()
         if process.poll() is None:

@@ -28,6 +28,7 @@ export class LogView {
     this.follow = true;
     this.olderDone = after === 0;
     this.pending = [];
+    this.restartAt = null; // set when pending lines were dropped: the window starts again
     this.missed = 0; // live lines not kept while away from the tail
     this.busy = false;
     this.frame = 0;
@@ -53,29 +54,36 @@ export class LogView {
     if (this.pending.length > 2 * WINDOW) {
       // Frames are not running (a hidden tab) and the stream is fast: keep the newest.
       this.pending = this.pending.slice(-WINDOW);
-      this.clear();
-      this.end = this.pending[0].seq - 1;
-      this.olderDone = false;
+      this.restartAt = this.pending[0].seq - 1;
     }
-    if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
+    this.schedule();
+  }
+
+  schedule() {
+    if (!this.frame && this.pending.length) this.frame = requestAnimationFrame(() => this.flush());
   }
 
   flush() {
     this.frame = 0;
-    if (!this.atTail || this.busy) { this.pending = []; return; }
-    const batch = this.pending;
+    if (this.busy) return; // the page being fetched comes first; its end flushes again
+    if (this.restartAt !== null) {
+      this.clear();
+      this.end = this.restartAt;
+      this.restartAt = null;
+      this.olderDone = false;
+    }
+    const fresh = this.pending.filter((e) => e.seq > this.end);
     this.pending = [];
-    const fresh = batch.filter((e) => e.seq > this.end);
     if (!fresh.length) return;
-    this.end = fresh[fresh.length - 1].seq;
     const lines = fresh.filter((e) => e.type === "log");
-    if (!this.follow && this.lineCount + lines.length > WINDOW) {
-      this.atTail = false; // the user is reading: stop adding, count instead
+    if (!this.atTail || (!this.follow && this.lineCount + lines.length > WINDOW)) {
+      // Away from the tail, or the user is reading a full window: count, do not add.
+      this.atTail = false;
       this.missed += lines.length;
-      this.end = fresh[0].seq - 1;
       this.onChange();
       return;
     }
+    this.end = fresh[fresh.length - 1].seq;
     this.list.append(...lines.map(row));
     if (this.follow) {
       this.trimTop(this.lineCount - WINDOW);
@@ -116,6 +124,7 @@ export class LogView {
       }
     } finally {
       this.busy = false;
+      this.schedule();
       this.onChange();
     }
   }
@@ -140,6 +149,7 @@ export class LogView {
       if (this.follow && this.atTail) this.pane.scrollTop = this.pane.scrollHeight;
     } finally {
       this.busy = false;
+      this.schedule();
       this.onChange();
     }
   }
