@@ -101,6 +101,8 @@ async def test_the_printed_link_opens_a_session_and_runs_a_job_live(tmp_path: Pa
                                  ".startsWith('note 5 on stderr')")
             # The list got the job from the events stream and follows it there too.
             assert await row_status(page, job_id) == "RUNNING"
+            await page.wait_for("document.querySelector('#job .job-progress .bar')"
+                                ".getAttribute('aria-valuenow') >= 50")
             await page.screenshot(shot_path(tmp_path, "job-running.png"))
 
             # Scrolling up pauses the tail: new lines come in below, the view stays put.
@@ -340,6 +342,16 @@ async def test_the_watch_page_shows_steps_and_progress(harness: Harness, tmp_pat
         # The output, as a table, and the raw events folded away.
         assert await page.js("document.querySelector('#output th')?.textContent")
         assert await page.js("document.querySelector('details').open") is False
+        assert page.problems == []
+
+        # The same job in the main page's job view: its steps with their states.
+        await signed_in(page, f"{h.url}/#token={h.alice}&job={job_id}")
+        steps = await page.wait_for(
+            "document.querySelector('#job').dataset.status === 'SUCCEEDED' &&"
+            " [...document.querySelectorAll('#job .step')].map(e => e.dataset.status)")
+        assert steps == ["Succeeded"] * 5
+        assert await page.js("document.querySelector('#job .outcome table.kv th')?.textContent")
+        await page.screenshot(shot_path(tmp_path, "job-steps.png"))
         assert page.problems == []
 
 
