@@ -355,11 +355,22 @@ async def test_the_watch_page_shows_steps_and_progress(harness: Harness, tmp_pat
         assert page.problems == []
 
 
-async def test_the_list_pages_beyond_fifty(harness: Harness, tmp_path: Path) -> None:
+async def test_sign_in_and_a_list_that_pages_beyond_fifty(harness: Harness, tmp_path: Path) -> None:
     h = harness
     ids = [(await h.submit("echo", {"message": f"n{i}"}, token=h.bob))["id"] for i in range(56)]
     async with open_browser(tmp_path / "profile") as page:
-        await signed_in(page, f"{h.url}/#token={h.bob}")
+        # A link with a token the server refuses ends on the sign-in box, saying why ...
+        await page.goto(f"{h.url}/#token=not.a.token")
+        message = await page.wait_for("document.body.dataset.session === 'none' &&"
+                                      " document.querySelector('#signin-message').textContent")
+        assert "refused the token" in message and "jobserver token" in message
+        assert await page.js("sessionStorage.getItem('jobserver-token')") is None
+        # ... where a good one can be pasted.
+        await page.type("#signin-token", h.bob)
+        await page.click("#signin button[type=submit]")
+        await page.wait_for("document.body.dataset.session === 'open' && "
+                            "document.querySelector('#live-state').dataset.state === 'live'")
+        assert await page.js("sessionStorage.getItem('jobserver-token')") == h.bob
         shown = f"[...document.querySelectorAll('{ROWS}')].map(r => r.dataset.id)"
         first = await page.wait_for(f"{shown}.length === 50 && {shown}")
         assert first == ids[::-1][:50]  # newest first

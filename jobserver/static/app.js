@@ -54,6 +54,8 @@ $("#signin").addEventListener("submit", (e) => {
 });
 $("#signout").addEventListener("click", () => { session.set(null); view.close(); signIn(""); });
 window.addEventListener("jobserver:unauthorized", () => {
+  session.set(null);
+  view.close();
   signIn("The server refused the token (missing, expired or revoked). Make a new one with " +
          "`python -m jobserver token --sub NAME`, or open the link the server printed.");
 });
