@@ -378,3 +378,31 @@ async def test_sign_in_and_a_list_that_pages_beyond_fifty(harness: Harness, tmp_
         assert await page.wait_for(f"{shown}.length === 56 && {shown}") == ids[::-1]
         assert await page.js("document.querySelector('#more').hidden") is True
         assert page.problems == []
+
+
+async def test_a_failed_pipeline_shows_where_it_failed(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    job = await h.submit("pipeline", {"fail_at": "build"}, token=h.alice)
+    done = await h.wait(job["id"])
+    assert done["status"] == "FAILED"
+    async with open_browser(tmp_path / "profile") as page:
+        await signed_in(page, f"{h.url}/#token={h.alice}&job={job['id']}")
+        steps = await page.wait_for(
+            "document.querySelector('#job').dataset.status === 'FAILED' &&"
+            " [...document.querySelectorAll('#job .step')].map(e => e.dataset.status)")
+        assert steps == ["Succeeded", "Failed", "Pending"]
+        assert await page.js("document.querySelector('#job .outcome .error').textContent") \
+            == done["error_message"]
+        assert await page.js("document.querySelector('#job .fact-exit-code').textContent") \
+            == str(done["exit_code"])
+        assert await page.js("!!document.querySelector('#job .retry')"
+                             " && !document.querySelector('#job .cancel')")
+        # The watch page says the same, in words.
+        await page.goto(f"{h.url}/jobs/{job['id']}/watch?token={h.alice}")
+        await page.wait_for("document.body.dataset.state === 'done'")
+        states = await page.js("[...document.querySelectorAll('#steps .state')]"
+                               ".map(e => e.textContent)")
+        assert states == ["Succeeded", "Failed", "Pending"]
+        assert await page.js("document.querySelector('#status').textContent") == "Failed"
+        assert await page.js("document.querySelector('#problems li')?.textContent")
+        assert page.problems == []
