@@ -75,7 +75,7 @@ async def test_the_printed_link_opens_a_session_and_runs_a_job_live(tmp_path: Pa
                                  ".display") != "none"  # an admin sees whose jobs they are
             await page.choose("#run-template", "ticker")
             await page.type("#param-steps", "60")
-            await page.type("#param-pace", "0.06")
+            await page.type("#param-pace", "0.04")
             await page.click("#run button[type=submit]")
             job_id = await page.wait_for("document.querySelector('#job').dataset.job")
             assert await page.wait_for("location.hash") == f"#job={job_id}"
@@ -406,3 +406,34 @@ async def test_a_failed_pipeline_shows_where_it_failed(harness: Harness, tmp_pat
         assert await page.js("document.querySelector('#status').textContent") == "Failed"
         assert await page.js("document.querySelector('#problems li')?.textContent")
         assert page.problems == []
+
+
+async def test_a_flooding_job_skips_ahead_instead_of_freezing(harness: Harness,
+                                                              tmp_path: Path) -> None:
+    """A job printing far faster than a page can draw, opened while it runs: the
+    page shows its newest lines, keeps its window, and reaches the last line.
+    JOBSERVER_FLOOD_LINES makes it longer (the figures printed are the measure)."""
+    h = harness
+    lines = int(os.environ.get("JOBSERVER_FLOOD_LINES", "100000"))
+    async with open_browser(tmp_path / "profile") as page:
+        await signed_in(page, f"{h.url}/#token={h.alice}")
+        job = await h.submit("chatty", {"lines": lines}, token=h.alice)
+        await page.wait_for(f"document.querySelector('{ROWS}[data-id=\"{job['id']}\"]')")
+        await page.click(f"{ROWS}[data-id=\"{job['id']}\"]")
+        started, worst, most = trio.current_time(), 0.0, 0
+        with trio.fail_after(60):
+            while True:
+                asked = trio.current_time()
+                last, count = await page.js(
+                    "[document.querySelector('#job .ln:last-child')?.textContent,"
+                    " document.querySelectorAll('#job .ln').length]")
+                worst, most = max(worst, trio.current_time() - asked), max(most, count)
+                if last == f"line {lines - 1}":
+                    break
+                await trio.sleep(0.1)
+        took = trio.current_time() - started
+        assert most <= LOG_WINDOW
+        assert await page.js("document.querySelector('#job').dataset.follow") == "1"
+        assert page.problems == []
+    print(f"\n{lines:,}-line flood opened live: last line shown after {took:.1f} s, slowest "
+          f"page answer {worst * 1000:.0f} ms, at most {most} lines in the DOM")

@@ -1,14 +1,22 @@
 // The job view: one job's record, moved on live by its own stream
-// (GET /api/v1/jobs/{id}/stream, SSE, resumed by the browser with
+// (GET /api/v1/jobs/{id}/stream, SSE read by sse.js, resumed with
 // Last-Event-ID), its steps, result and errors, the actions its state allows,
 // and its log (log.js). Rules: the record is read first; the stream starts
 // PAGE events before the record's last seq, so the log opens on its newest
-// lines and the record only takes events past what it reflects. The stream
-// is closed on `finished` / `deleted` and whenever another job is shown.
+// lines and the record only takes events past what it reflects. What the
+// stream brings is applied once per animation frame, decoding at most
+// LINES_KEPT log lines: a job that prints faster than a page can show skips
+// ahead instead of freezing the tab. The stream is closed on `finished` /
+// `deleted` and whenever another job is shown.
 
 import {api, session} from "./session.js";
-import {applyEvent, listen} from "./jobstate.js";
+import {applyEvent} from "./jobstate.js";
 import {LogView, PAGE} from "./log.js";
+import {SseStream} from "./sse.js";
+
+// Log lines drawn per frame at most: more than a screenful, far less than a
+// flood. When more came since the last frame the log skips ahead to the newest.
+const LINES_KEPT = 500;
 import {$, el, fmtDuration, fmtTime, jobDuration, parseTime, progressBar, progressPct,
         shortId, statusBadge, TERMINAL} from "./util.js";
 
@@ -21,15 +29,17 @@ export class JobView {
     this.onOpen = onOpen;
     this.onGone = onGone;
     this.job = null;
-    this.source = null;
+    this.stream = null;
+    this.incoming = null;
     this.log = null;
     this.frame = 0;
     this.confirmDelete = false;
   }
 
   close() {
-    if (this.source) this.source.close();
-    this.source = null;
+    if (this.stream) this.stream.close();
+    this.stream = null;
+    this.incoming = null;
     this.job = null;
     this.log = null;
     this.root.replaceChildren(el("div", {class: "placeholder"},
@@ -56,29 +66,59 @@ export class JobView {
     this.log = new LogView(id, {after, onChange: () => this.renderLogBar()});
     this.layout();
     this.render();
-    const source = new EventSource(session.streamUrl(`/api/v1/jobs/${id}/stream`, {after: String(after)}));
-    this.source = source;
-    listen(source, (e) => this.onEvent(source, e), () => {
-      // A finished job with nothing new is a 204: the browser stops; otherwise it resumes.
-      this.root.dataset.stream = source.readyState === EventSource.CLOSED ? "closed" : "reconnecting";
+    this.incoming = {lines: [], others: [], lastSeq: after, gap: false};
+    this.stream = new SseStream(`/api/v1/jobs/${id}/stream?after=${after}`, {
+      onOpen: () => { this.root.dataset.stream = "open"; },
+      onEvents: (events) => this.receive(events),
+      onEnd: (why) => { this.root.dataset.stream = why === "dropped" ? "reconnecting" : "closed"; },
     });
-    source.onopen = () => { this.root.dataset.stream = "open"; };
   }
 
-  onEvent(source, e) {
-    if (source !== this.source) return;
-    this.log.live(e);
-    if (applyEvent(this.job, e)) this.schedule();
-    if (e.type === "finished" || e.type === "deleted") {
-      this.flashText = "";
-      source.close();
-      this.root.dataset.stream = "closed";
-      if (e.type === "deleted") this.onGone(this.job.id);
+  // Raw events as they come, kept undecoded until the next frame; of the log lines
+  // only the newest LINES_KEPT (a job printing faster than the page can show skips
+  // ahead; the skipped lines are a scroll away, fetched by seq).
+  receive(events) {
+    const q = this.incoming;
+    for (const e of events) {
+      q.lastSeq = Number(e.id);
+      const last = q.others[q.others.length - 1];
+      if (e.type === "log") q.lines.push(e);
+      else if (e.type === "progress" && last && last.type === "progress") q.others[q.others.length - 1] = e;
+      else q.others.push(e);
     }
+    if (q.lines.length > 2 * LINES_KEPT) {
+      q.lines = q.lines.slice(-LINES_KEPT);
+      q.gap = true;
+    }
+    this.schedule();
   }
 
   schedule() {
-    if (!this.frame) this.frame = requestAnimationFrame(() => { this.frame = 0; this.render(); });
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.drain());
+  }
+
+  // Once a frame: the record moves on, the log takes its lines, the view is drawn.
+  drain() {
+    this.frame = 0;
+    if (!this.job || !this.incoming) return;
+    const q = this.incoming;
+    this.incoming = {lines: [], others: [], lastSeq: q.lastSeq, gap: false};
+    let ended = null, changed = this.ticked;
+    this.ticked = false;
+    for (const raw of q.others) {
+      const e = JSON.parse(raw.data);
+      if (applyEvent(this.job, e)) changed = true;
+      if (e.type === "finished" || e.type === "deleted") ended = e.type;
+    }
+    const lines = q.lines.slice(-LINES_KEPT).map((raw) => JSON.parse(raw.data));
+    this.log.take(lines, q.lastSeq, q.gap || q.lines.length > LINES_KEPT);
+    if (ended) {
+      this.stream.close();
+      this.root.dataset.stream = "closed";
+      this.flashText = "";
+    }
+    if (changed || ended) this.render();
+    if (ended === "deleted") this.onGone(this.job.id);
   }
 
   layout() {
@@ -263,7 +303,10 @@ export class JobView {
   }
 
   tick() {
-    if (this.job && !TERMINAL.has(this.job.status)) this.schedule();
+    if (this.job && !TERMINAL.has(this.job.status)) {
+      this.ticked = true; // durations move with the clock
+      this.schedule();
+    }
   }
 }
 

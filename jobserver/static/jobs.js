@@ -1,14 +1,15 @@
-// The job list: one page of GET /api/v1/jobs, kept live by GET /api/v1/events.
-// Rules: no polling. The events stream is opened first; when it is open the
+// The job list: one page of GET /api/v1/jobs, kept live by GET /api/v1/events
+// (sse.js). Rules: no polling. The events stream is opened first; when it is open the
 // list is read, then every event moves its job on (`applyEvent`, by seq, so an
 // event the list already reflects changes nothing); events that arrive while
 // the list is being read wait for it. A job the page does not know yet is read
-// once. When the stream ends (the server dropped a laggard, or restarted) the
-// browser reconnects and the list is read again. Filters go to the server;
+// once. When the stream ends (the server dropped a laggard, or restarted) it
+// is opened again and the list is read again. Filters go to the server;
 // "More" follows `next_cursor`.
 
 import {api, session} from "./session.js";
-import {applyEvent, listen} from "./jobstate.js";
+import {applyEvent} from "./jobstate.js";
+import {SseStream} from "./sse.js";
 import {$, el, fmtDuration, fmtTime, jobDuration, progressBar, progressPct, setProgress,
         shortId, statusBadge, TERMINAL} from "./util.js";
 
@@ -27,7 +28,6 @@ export class JobList {
     this.fetching = new Map(); // job id -> its events that came while it was read
     this.selected = null;
     this.source = null;
-    this.retryDelay = 1000;
     this.body = $("#job-rows", root);
     this.state = $("#live-state");
     this.more = $("#more", root);
@@ -57,31 +57,13 @@ export class JobList {
   }
 
   connect() {
-    if (this.source) this.source.close();
+    this.stop();
     this.setState("connecting");
-    const source = new EventSource(session.streamUrl("/api/v1/events"));
-    this.source = source;
-    source.onopen = () => {
-      this.retryDelay = 1000;
-      this.setState("live");
-      this.reload();
-    };
-    listen(source, (e) => this.onEvent(e), () => {
-      if (source !== this.source) return;
-      if (source.readyState === EventSource.CLOSED) {
-        // Refused (a bad token, a server that is not ours): check, then try again later.
-        this.setState("offline");
-        api("/api/v1/jobs?limit=1").then(
-          () => this.retry(), (e) => { if (e.status !== 401) this.retry(); });
-      } else {
-        this.setState("reconnecting");
-      }
+    this.source = new SseStream("/api/v1/events", {
+      onOpen: () => { this.setState("live"); this.reload(); },
+      onEvents: (events) => { for (const e of events) this.onEvent(JSON.parse(e.data)); },
+      onEnd: (why) => this.setState(why === "dropped" ? "reconnecting" : "offline"),
     });
-  }
-
-  retry() {
-    setTimeout(() => this.connect(), this.retryDelay);
-    this.retryDelay = Math.min(30000, this.retryDelay * 2);
   }
 
   stop() {

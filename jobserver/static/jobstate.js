@@ -72,18 +72,3 @@ function stepOf(job, name, ts) {
   }
   return step;
 }
-
-const EVENT_TYPES = ["queued", "started", "log", "progress", "step", "spawned", "result",
-                     "error", "warning", "bounce", "finished", "deleted"];
-
-// Call `handle(event)` with each job event `source` receives, and `onError()`
-// when the connection fails. A job's `error` event and the EventSource's own
-// error share a name: only a MessageEvent carries data from the server.
-export function listen(source, handle, onError) {
-  for (const type of EVENT_TYPES) {
-    source.addEventListener(type, (m) => {
-      if (m instanceof MessageEvent) handle(JSON.parse(m.data));
-    });
-  }
-  source.onerror = (e) => { if (!(e instanceof MessageEvent)) onError(); };
-}

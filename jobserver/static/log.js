@@ -3,11 +3,11 @@
 // the live stream ("at the tail") or sits anywhere in the history, fetched by
 // seq from GET /api/v1/jobs/{id}/events in pages of PAGE. Scrolling near the
 // top fetches the page before the window, near the bottom the page after it;
-// what falls out of the far side is dropped. Live lines are added once per
-// animation frame; while the user has scrolled up, following pauses, and when
-// the window is full the live lines are counted, not kept. Every line is
-// added once: a line is taken only when its seq is past `end`, the last seq
-// the window covers.
+// what falls out of the far side is dropped. Live lines come once per
+// animation frame (`take`, from job.js); while the user has scrolled up,
+// following pauses, and when the window is full the live lines are counted,
+// not kept. Every line is added once: a line is taken only when its seq is
+// past `end`, the last seq the window covers.
 
 import {api} from "./session.js";
 import {renderAnsi} from "./ansi.js";
@@ -27,11 +27,11 @@ export class LogView {
     this.atTail = true;
     this.follow = true;
     this.olderDone = after === 0;
-    this.pending = [];
-    this.restartAt = null; // set when pending lines were dropped: the window starts again
+    this.pending = []; // lines taken while a page was being fetched
+    this.pendingEnd = after;
+    this.restartAt = null; // set when lines were skipped: the window starts again there
     this.missed = 0; // live lines not kept while away from the tail
     this.busy = false;
-    this.frame = 0;
     this.list = el("div", {class: "lines"});
     this.pane = el("div", {class: "log", tabindex: 0}, this.list);
     this.pane.addEventListener("scroll", () => this.onScroll());
@@ -41,41 +41,40 @@ export class LogView {
   get firstSeq() { return this.list.firstElementChild ? Number(this.list.firstElementChild.dataset.seq) : null; }
   get lastSeq() { return this.list.lastElementChild ? Number(this.list.lastElementChild.dataset.seq) : null; }
 
-  // One event from the job's live stream (any type: seqs are shared by all).
-  live(event) {
-    if (event.seq <= this.liveSeq) return;
-    this.liveSeq = event.seq;
+  // The log lines the live stream brought since the last frame, up to `lastSeq`
+  // (the stream's position); `gap`: lines before these were skipped to keep up.
+  take(lines, lastSeq, gap) {
+    if (lastSeq <= this.liveSeq) return;
+    this.liveSeq = lastSeq;
+    if (this.atTail && gap && !this.follow) this.atTail = false; // the user is reading
     if (!this.atTail) {
-      if (event.type === "log") this.missed++;
+      this.missed += lines.length;
       this.onChange();
       return;
     }
-    this.pending.push(event);
-    if (this.pending.length > 2 * WINDOW) {
-      // Frames are not running (a hidden tab) and the stream is fast: keep the newest.
+    if (gap) {
+      this.pending = [];
+      this.restartAt = (lines.length ? lines[0].seq : lastSeq + 1) - 1;
+    }
+    this.pending.push(...lines);
+    if (this.pending.length > WINDOW) {
       this.pending = this.pending.slice(-WINDOW);
       this.restartAt = this.pending[0].seq - 1;
     }
-    this.schedule();
-  }
-
-  schedule() {
-    if (!this.frame && this.pending.length) this.frame = requestAnimationFrame(() => this.flush());
+    this.pendingEnd = lastSeq;
+    this.flush();
   }
 
   flush() {
-    this.frame = 0;
     if (this.busy) return; // the page being fetched comes first; its end flushes again
     if (this.restartAt !== null) {
       this.clear();
       this.end = this.restartAt;
       this.restartAt = null;
-      this.olderDone = false;
+      this.olderDone = this.end === 0;
     }
-    const fresh = this.pending.filter((e) => e.seq > this.end);
+    const lines = this.pending.filter((e) => e.seq > this.end);
     this.pending = [];
-    if (!fresh.length) return;
-    const lines = fresh.filter((e) => e.type === "log");
     if (!this.atTail || (!this.follow && this.lineCount + lines.length > WINDOW)) {
       // Away from the tail, or the user is reading a full window: count, do not add.
       this.atTail = false;
@@ -83,8 +82,8 @@ export class LogView {
       this.onChange();
       return;
     }
-    this.end = fresh[fresh.length - 1].seq;
-    this.list.append(...lines.map(row));
+    this.end = Math.max(this.end, this.pendingEnd);
+    if (lines.length) this.list.append(...lines.map(row));
     if (this.follow) {
       this.trimTop(this.lineCount - WINDOW);
       this.pane.scrollTop = this.pane.scrollHeight;
@@ -124,7 +123,7 @@ export class LogView {
       }
     } finally {
       this.busy = false;
-      this.schedule();
+      if (this.pending.length || this.restartAt !== null) this.flush();
       this.onChange();
     }
   }
@@ -149,7 +148,7 @@ export class LogView {
       if (this.follow && this.atTail) this.pane.scrollTop = this.pane.scrollHeight;
     } finally {
       this.busy = false;
-      this.schedule();
+      if (this.pending.length || this.restartAt !== null) this.flush();
       this.onChange();
     }
   }

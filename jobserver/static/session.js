@@ -2,8 +2,8 @@
 // Rules: the token comes from the URL's fragment (`#token=...`, which the
 // browser never sends) or from the sign-in box; it is kept in sessionStorage
 // (this tab only) and the fragment is removed from the address bar at once.
-// Calls send it as `Authorization: Bearer`; EventSource cannot send headers,
-// so stream URLs carry it as `?token=`, which the server keeps out of its logs.
+// Calls and streams (sse.js) send it as `Authorization: Bearer`: it is never
+// put in a URL.
 
 const KEY = "jobserver-token";
 
@@ -52,11 +52,6 @@ export const session = {
     const c = this.token ? claims(this.token) : {};
     this.sub = c.sub || "";
     this.role = c.role || "";
-  },
-
-  streamUrl(path, query = {}) {
-    const params = new URLSearchParams({...query, token: this.token});
-    return `${path}?${params}`;
   },
 };
 
