@@ -53,12 +53,13 @@ def user_env(home: Path) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def jobserver(cwd: Path, env: dict[str, str], name: str) -> AsyncIterator[Started]:
-    """`python -m jobserver --port 0` in `cwd`, stopped with SIGTERM (exit 0) at the end."""
+async def jobserver(cwd: Path, env: dict[str, str], name: str, *, port: int = 0
+                    ) -> AsyncIterator[Started]:
+    """`python -m jobserver --port PORT` in `cwd`, stopped with SIGTERM (exit 0) at the end."""
     out, err = cwd.parent / f"{name}.out", cwd.parent / f"{name}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "jobserver", "--port", "0"], cwd=cwd, env=env,
+            [sys.executable, "-m", "jobserver", "--port", str(port)], cwd=cwd, env=env,
             stdout=stdout, stderr=stderr)
     started = Started(process, out, err)
     try:

@@ -28,6 +28,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--no-first-run", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--virtual-time-budget=2000", "--dump-dom"]
 ITEM = re.compile(r'<li data-id="([^"]*)" data-event="([^"]*)">(.*?)</li>')
+STEP = re.compile(r'<li class="step (\w+)">.*?<span class="name">(\w+)</span>')
 
 pytestmark = pytest.mark.skipif(
     shutil.which(CHROMIUM) is None,
@@ -58,6 +59,11 @@ async def test_eventsource_in_chromium_follows_a_live_job(harness: Harness,
     expected = await read_events(harness.client, job_id, headers=harness.auth(harness.alice))
     assert seen == [(i, name, _compact(data)) for i, name, data in expected]
     assert seen[-1][1] == "job-completed" and "from-a-browser" in seen[-1][2]
+    # What a person sees: every step done, the bar full, the status in words.
+    assert STEP.findall(dom) == [("Succeeded", name) for name in
+                                 ("preflight", "narration", "broll", "subtitles", "mux")]
+    assert '<span id="status" class="badge Succeeded">Succeeded</span>' in dom
+    assert '<span id="pct">100%</span>' in dom
 
 
 def _compact(data: dict[str, object]) -> str:

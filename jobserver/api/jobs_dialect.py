@@ -9,13 +9,11 @@ the client sent it (`inputs.X`, `options.X`). Auth: `auth.authorize`, shared
 with the event stream, which the data plane serves (dataplane/routes.py,
 `JobsEventsSession`), on a fresh connection or through its ASGI fallback. A
 retry is a new job linked to the old one (`retry_of`, `attempt`), resuming
-where a `resumable` template allows.
+where a `resumable` template allows. The watch page is watch_page.py's.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from typing import Any
 
 from quart import Blueprint, Response, g, request
@@ -28,6 +26,7 @@ from ..engine import Submission
 from ..errors import Conflict, NotFound, ValidationFailed
 from . import jobs_views as views
 from .common import bearer_token, json_body, services
+from .watch_page import WATCH_PAGE, WATCH_PAGE_CSP
 
 jobs_api = Blueprint("jobs_dialect", __name__)
 
@@ -38,48 +37,6 @@ SUGGESTED_ACTIONS = [
     "Check FFmpeg installation if render failed",
     "Verify input files are valid if validation failed",
 ]
-
-# The watch page: static, so nothing from the request is ever written into it.
-# `?token=` on the page's URL is handed on to the stream's (EventSource sends no
-# headers). Each event becomes an <li> in arrival order; the page's state is on
-# <body data-state>: "open", then "done" after job-completed / job-failed.
-WATCH_SCRIPT = """
-const id = location.pathname.split("/")[2];
-const token = new URLSearchParams(location.search).get("token");
-const url = `/api/jobs/${encodeURIComponent(id)}/events` +
-  (token ? `?token=${encodeURIComponent(token)}` : "");
-document.getElementById("title").textContent = `job ${id}`;
-const list = document.getElementById("events");
-const source = new EventSource(url);
-source.onopen = () => { document.body.dataset.state = "open"; };
-source.onerror = () => {
-  document.body.dataset.errors = String(Number(document.body.dataset.errors || 0) + 1);
-};
-for (const name of ["job-status", "step-status", "step-progress", "step-error",
-                    "job-log", "warning", "job-cancelled", "job-completed", "job-failed"]) {
-  source.addEventListener(name, (e) => {
-    const li = document.createElement("li");
-    li.dataset.id = e.lastEventId;
-    li.dataset.event = name;
-    li.textContent = e.data;
-    list.appendChild(li);
-    if (name === "job-completed" || name === "job-failed") {
-      source.close();
-      document.body.dataset.state = "done";
-      document.title = JSON.parse(e.data).status;
-    }
-  });
-}
-"""
-WATCH_PAGE = ("""<!doctype html>
-<html><head><meta charset="utf-8"><title>job</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em}li{font-family:monospace}</style>
-</head><body data-state="connecting"><h1 id="title">job</h1><ol id="events"></ol>
-<script>""" + WATCH_SCRIPT + "</script></body></html>\n")
-# Only the page's own script runs (allowed by its hash); it may talk to this origin.
-WATCH_PAGE_CSP = ("default-src 'self'; style-src 'unsafe-inline'; script-src 'sha256-"
-                  + base64.b64encode(hashlib.sha256(WATCH_SCRIPT.encode()).digest()).decode()
-                  + "'")
 
 
 def principal() -> Principal:

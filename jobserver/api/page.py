@@ -1,15 +1,52 @@
-"""The web page at `/`: list your jobs, submit one, watch its log live."""
+"""The web page at `/` and its static files under `/static/`, from the package.
+
+Rules: only files shipped in `jobserver/static` are served, looked up by a
+plain name from a fixed set of suffixes (no paths, no directory listing); no
+asset comes from anywhere else, so the page works offline and without a build
+step. Every response carries `PAGE_CSP`: scripts and styles only from this
+origin (no inline script, no eval), connections only to this origin, and the
+page may not be framed. The page reads its token from the URL's fragment,
+which never reaches the server, and keeps it in the tab's sessionStorage.
+"""
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 from quart import Blueprint, Response
 
+from ..errors import NotFound
+
 page = Blueprint("page", __name__)
+
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                 ".html": "text/html; charset=utf-8", ".svg": "image/svg+xml"}
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,40}(\.[a-z]{2,4})$")
+
+
+def _static(name: str) -> Response:
+    match = _NAME.match(name)
+    if match is None or match.group(1) not in CONTENT_TYPES:
+        raise NotFound("no such file", code="not_found")
+    entry = resources.files("jobserver").joinpath("static", name)
+    if not entry.is_file():
+        raise NotFound("no such file", code="not_found")
+    response = Response(entry.read_bytes(), content_type=CONTENT_TYPES[match.group(1)])
+    response.headers["Content-Security-Policy"] = PAGE_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-cache"
+    return response
 
 
 @page.get("/")
 async def index() -> Response:
-    html = resources.files("jobserver").joinpath("static/index.html").read_text("utf-8")
-    return Response(html, content_type="text/html; charset=utf-8")
+    return _static("index.html")
+
+
+@page.get("/static/<name>")
+async def static_file(name: str) -> Response:
+    return _static(name)

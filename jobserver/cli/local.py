@@ -127,8 +127,11 @@ def announcement(config: Config, url: str, port: int, *, first_token: str | None
         config.host, url)
     make_token = shlex.join([sys.executable, "-m", "jobserver", "token", "--sub", "admin",
                              "--role", "admin", "--data-dir", str(data_dir)])
+    # On the first start the page's link carries the admin token in its fragment,
+    # which a browser keeps to itself: it never reaches a server or its logs.
+    fragment = f"#token={first_token}" if first_token is not None else ""
     lines = [f"jobserver listening on {url}",
-             f"web page: {page}/",
+             f"web page: {page}/{fragment}",
              f"data directory: {data_dir}"]
     if first_token is not None:
         lines.append(f"admin token (valid 7 days): {first_token}")
