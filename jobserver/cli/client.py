@@ -267,6 +267,28 @@ class Client:
             await trio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
 
+    async def watch_jobs(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` for every event of the caller's jobs (GET /api/v1/events,
+        the server's live stream of them), reconnecting across drops, until cancelled."""
+        timeout = httpx.Timeout(REQUEST_TIMEOUT, read=STREAM_READ_TIMEOUT)
+        delay = RECONNECT_FIRST
+        while True:
+            try:
+                async with aconnect_sse(self.http, "GET", "/api/v1/events", timeout=timeout,
+                                        headers=self._headers()) as source:
+                    response = source.response
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise error_from(response, target=self.target)
+                    on_change()  # (re)connected: what changed meanwhile is unknown
+                    delay = RECONNECT_FIRST
+                    async for _ in source.aiter_sse():
+                        on_change()
+            except (httpx.TransportError, SSEError):
+                pass
+            await trio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
     def _note(self, text: str) -> None:
         if self.on_reconnect is not None:
             self.on_reconnect(text)

@@ -200,22 +200,34 @@ async def _ls_page(ctx: Context) -> tuple[list[dict[str, Any]], str | None]:
             return jobs, cursor
 
 
+# How long `ls --watch` waits after a change for the rest of its burst.
+WATCH_COALESCE = 0.1
+
+
 async def ls(ctx: Context) -> int:
     if not ctx.args.watch:
         jobs, cursor = await _ls_page(ctx)
         _print_jobs(ctx, jobs, cursor)
         return 0
-    while True:  # until Ctrl-C (the server's list, again every --interval seconds)
-        jobs, cursor = await _ls_page(ctx)
-        if ctx.terminal and not ctx.json:
-            sys.stdout.write("\x1b[H\x1b[2J")
-            print(ctx.out.dim(f"every {ctx.args.interval:g}s, Ctrl-C to stop  "
-                              f"{time.strftime('%H:%M:%S')}"))
-        _print_jobs(ctx, jobs, cursor)
-        if not ctx.terminal and not ctx.json:
-            print()
-        sys.stdout.flush()
-        await trio.sleep(ctx.args.interval)
+    # Until Ctrl-C: the list again whenever the server's stream of the user's jobs
+    # says one changed (a burst of events is one redraw), and every --interval
+    # seconds for the durations.
+    changed = [trio.Event()]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ctx.client.watch_jobs, lambda: changed[0].set())
+        while True:
+            changed[0] = trio.Event()
+            jobs, cursor = await _ls_page(ctx)
+            if ctx.terminal and not ctx.json:
+                sys.stdout.write("\x1b[H\x1b[2J")
+                print(ctx.out.dim(f"live, Ctrl-C to stop  {time.strftime('%H:%M:%S')}"))
+            _print_jobs(ctx, jobs, cursor)
+            if not ctx.terminal and not ctx.json:
+                print()
+            sys.stdout.flush()
+            with trio.move_on_after(ctx.args.interval):
+                await changed[0].wait()
+                await trio.sleep(WATCH_COALESCE)
 
 
 def _print_jobs(ctx: Context, jobs: list[dict[str, Any]], cursor: str | None) -> None:

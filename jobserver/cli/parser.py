@@ -113,10 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="jobs per page (1-500, default 50)")
     p.add_argument("--cursor", help="the next page, as the previous one printed")
     p.add_argument("--all", action="store_true", help="every page")
-    p.add_argument("--watch", action="store_true", help="show the list again and again, "
-                   "until Ctrl-C")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between --watch "
-                   "refreshes (default 2)")
+    p.add_argument("--watch", action="store_true", help="keep the list on screen, redrawn "
+                   "as the server reports each change, until Ctrl-C")
+    p.add_argument("--interval", type=float, default=2.0, help="with --watch, also redraw "
+                   "this often (durations; default 2)")
 
     _job_id(add("show", "a job's record"))
 
