@@ -33,7 +33,7 @@ from ..dialects import Action, Close, Refuse, Session
 from ..engine import Engine
 from .http import origin_allowed, parse_target, stream_request
 from .hyper_ws import PROTOCOL_ERROR
-from .outbox import JOIN_LIMIT, MAX_BACKLOG_BYTES, Counters, PeerGone, Stalled
+from .outbox import JOIN_LIMIT, MAX_BACKLOG_BYTES, Counters, Drained, PeerGone, Stalled
 from .plane import DataPlane
 from .routes import Answer, Match
 from .stream import StreamConnection
@@ -53,26 +53,24 @@ def stream_fallback(app: ASGIApp, *, engine: Engine, keyring: KeyRing, config: C
     return StreamFallback(app, plane or DataPlane(config=config, engine=engine, keyring=keyring))
 
 
-class QueueOutbox:
+class QueueOutbox(Drained):
     """An outbox (outbox.Outbox's interface) whose bytes go out through an async
     `send`: `write_nowait` only queues and wakes the writer, whose `flush` sends
     the queue in joined pieces, then the final message once sealed."""
 
-    __slots__ = ("_chunk_events", "_chunks", "_counters", "_drained", "_final", "_send",
-                 "_wake", "broken", "pending_bytes", "pending_events", "sealed")
+    __slots__ = ("_chunk_events", "_chunks", "_counters", "_final", "_send", "_wake",
+                 "pending_events", "sealed")
 
     def __init__(self, send: Callable[[bytes], Awaitable[None]], counters: Counters, *,
                  wake: Callable[[], None]) -> None:
+        super().__init__()
         self._send = send
         self._counters = counters
         self._wake = wake
         self._chunks: list[bytes] = []
         self._chunk_events: list[int] = []
         self._final: Final | None = None
-        self._drained: trio.lowlevel.ParkingLot | None = None
-        self.pending_bytes = 0
         self.pending_events = 0
-        self.broken = False
         self.sealed = False
 
     @property
@@ -141,19 +139,6 @@ class QueueOutbox:
                 raise PeerGone from None
         if scope.cancelled_caught:
             raise Stalled
-
-    async def wait_drained(self, limit: int = 0) -> None:
-        while self.pending_bytes > limit and not self.broken:
-            if self._drained is None:
-                self._drained = trio.lowlevel.ParkingLot()
-            await self._drained.park()
-        if self.broken:
-            raise PeerGone
-        await trio.lowlevel.checkpoint()
-
-    def _sent(self) -> None:
-        if self._drained is not None and self._drained:
-            self._drained.unpark_all()
 
     def _break(self) -> None:
         self.broken = True

@@ -88,14 +88,42 @@ async def send_all(sock: socket.socket, data: bytes, *, stall_timeout: float) ->
     await trio.lowlevel.checkpoint()
 
 
-class Outbox:
+class Drained:
+    """The waits of catch-ups for an outbox's backlog to shrink (both outboxes')."""
+
+    __slots__ = ("_drained", "broken", "pending_bytes")
+
+    def __init__(self) -> None:
+        self.pending_bytes = 0
+        self.broken = False
+        # Catch-ups waiting for the backlog to shrink (made when one first waits).
+        self._drained: trio.lowlevel.ParkingLot | None = None
+
+    async def wait_drained(self, limit: int = 0) -> None:
+        """Wait until at most `limit` bytes are queued (the writer task sends them;
+        several tasks may wait). PeerGone when the socket broke meanwhile."""
+        while self.pending_bytes > limit and not self.broken:
+            if self._drained is None:
+                self._drained = trio.lowlevel.ParkingLot()
+            await self._drained.park()
+        if self.broken:
+            raise PeerGone
+        await trio.lowlevel.checkpoint()
+
+    def _sent(self) -> None:
+        if self._drained is not None and self._drained:
+            self._drained.unpark_all()
+
+
+class Outbox(Drained):
     """One socket's outgoing bytes: sent at once when possible, else queued in order."""
 
-    __slots__ = ("_chunk_events", "_chunks", "_counters", "_drained", "_sock", "_wake",
-                 "broken", "pending_bytes", "pending_events", "sealed")
+    __slots__ = ("_chunk_events", "_chunks", "_counters", "_sock", "_wake", "pending_events",
+                 "sealed")
 
     def __init__(self, sock: socket.socket, counters: Counters, *,
                  wake: Callable[[], None]) -> None:
+        super().__init__()
         self._sock = sock
         self._counters = counters
         self._wake = wake  # tells the connection's writer there is a backlog
@@ -104,12 +132,8 @@ class Outbox:
         # the front with one slice deletion.
         self._chunks: list[bytes | memoryview] = []
         self._chunk_events: list[int] = []
-        self.pending_bytes = 0
         self.pending_events = 0
-        self.broken = False
         self.sealed = False  # after the last frame (a close) nothing more is written
-        # Catch-ups waiting for the backlog to shrink (made when one first waits).
-        self._drained: trio.lowlevel.ParkingLot | None = None
 
     @property
     def idle(self) -> bool:
@@ -172,21 +196,6 @@ class Outbox:
         if self.broken:
             raise PeerGone
         await trio.lowlevel.checkpoint()
-
-    async def wait_drained(self, limit: int = 0) -> None:
-        """Wait until at most `limit` bytes are queued (the writer task sends them;
-        several tasks may wait). PeerGone when the socket broke meanwhile."""
-        while self.pending_bytes > limit and not self.broken:
-            if self._drained is None:
-                self._drained = trio.lowlevel.ParkingLot()
-            await self._drained.park()
-        if self.broken:
-            raise PeerGone
-        await trio.lowlevel.checkpoint()
-
-    def _sent(self) -> None:
-        if self._drained is not None and self._drained:
-            self._drained.unpark_all()
 
     def _send_some(self) -> None:
         chunks = self._chunks
