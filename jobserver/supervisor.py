@@ -193,6 +193,8 @@ class Run:
     async def _stopped(self) -> None:
         jid = self.live.job.id
         if self.live.stop_reason == "bounce":
+            if self.live.job.status is Status.QUEUED:
+                return  # stopped before its process started: still queued, nothing to say
             await self.engine.record(self.live, [lambda s: ev.Bounce(
                 job_id=jid, seq=s, ts=self.engine.now(), reason="server shutting down")])
             return  # stays in memory as QUEUED; picked up again after restart
