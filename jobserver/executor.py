@@ -74,6 +74,9 @@ class Command:
     timeout: float | None
     stdin_data: bytes | None = None
     step: str | None = None
+    # No output read and no control message for this long ends the group (the
+    # idle-output watchdog), as the timeout does.
+    idle_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +85,27 @@ class ExitInfo:
     signal: int | None
     timed_out: bool
     start_error: str | None
+    # Why the server ended the group, when it did: "timeout", "idle", or the
+    # reason given to `Stopper.stop`.
+    ended_by: str | None = None
+
+
+class Stopper:
+    """Ends a running `execute` from outside (e.g. a sink over a limit): the
+    group is ended as on timeout and `ExitInfo.ended_by` is the reason."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._scope: trio.CancelScope | None = None
+        self._over = False  # the group ended by itself first: too late to stop it
+
+    def stop(self, reason: str) -> None:
+        if self._over:
+            return
+        if self.reason is None:
+            self.reason = reason
+        if self._scope is not None:
+            self._scope.cancel()
 
 
 class ExecutionSink(Protocol):
@@ -95,7 +119,7 @@ class ExecutionSink(Protocol):
 
 
 async def execute(command: Command, sink: ExecutionSink, *, kill_grace: float = 5.0,
-                  max_line: int = 65536) -> ExitInfo:
+                  max_line: int = 65536, stopper: Stopper | None = None) -> ExitInfo:
     """Run `command` to its end, reporting to `sink`; see the module's rules."""
     argv = list(command.argv)
     env = {**command.env, "PYTHONUNBUFFERED": "1", CONTROL_ENV: str(CONTROL_FD)}
@@ -113,7 +137,8 @@ async def execute(command: Command, sink: ExecutionSink, *, kill_grace: float = 
         ours.callback(child.close)
         try:
             await sink.started(child.pid, shlex.join(argv), command.step)
-            return await _supervise(child, streams, command, sink, kill_grace, max_line)
+            return await _supervise(child, streams, command, sink, kill_grace, max_line,
+                                    stopper or Stopper())
         finally:
             if not child.settled:
                 with trio.CancelScope(shield=True), trio.move_on_after(kill_grace + KILL_WAIT):
@@ -131,13 +156,15 @@ class _Streams:
 
 
 async def _supervise(child: _Child, streams: _Streams, command: Command, sink: ExecutionSink,
-                     kill_grace: float, max_line: int) -> ExitInfo:
+                     kill_grace: float, max_line: int, stopper: Stopper) -> ExitInfo:
+    activity = _Activity()
     pumps = [
-        _Pump("stdout", streams.stdout, _lines_to(sink, "stdout"), max_line),
-        _Pump("stderr", streams.stderr, _lines_to(sink, "stderr"), max_line),
-        _Pump("control", streams.control, _control_to(sink), max_line),
+        _Pump("stdout", streams.stdout, _lines_to(sink, "stdout"), max_line, activity),
+        _Pump("stderr", streams.stderr, _lines_to(sink, "stderr"), max_line, activity),
+        _Pump("control", streams.control, _control_to(sink), max_line, activity),
     ]
     feeding = trio.CancelScope()
+    watching = trio.CancelScope()
     async with trio.open_nursery() as nursery:
         for pump in pumps:
             nursery.start_soon(pump.run)
@@ -146,9 +173,15 @@ async def _supervise(child: _Child, streams: _Streams, command: Command, sink: E
         elif streams.stdin is not None:
             streams.stdin.close()
         with trio.CancelScope() as waiting:
+            stopper._scope = waiting
             if command.timeout is not None:
                 waiting.deadline = trio.current_time() + command.timeout
-            await child.wait()
+            if command.idle_timeout is not None:
+                nursery.start_soon(_watch_idle, activity, command.idle_timeout, stopper, watching)
+            if stopper.reason is None:
+                await child.wait()
+        stopper._scope, stopper._over = None, True
+        watching.cancel()
         feeding.cancel()
         await _end_group(child, kill_grace)
         until = trio.current_time() + DRAIN_LIMIT
@@ -159,8 +192,29 @@ async def _supervise(child: _Child, streams: _Streams, command: Command, sink: E
         await sink.warning(f"stopped reading {', '.join(abandoned)}: still held open by a process "
                            "that left the job's process group")
     code = child.returncode
+    ended_by = stopper.reason or ("timeout" if waiting.cancelled_caught else None)
     return ExitInfo(exit_code=code, signal=-code if code is not None and code < 0 else None,
-                    timed_out=waiting.cancelled_caught, start_error=None)
+                    timed_out=ended_by == "timeout", start_error=None, ended_by=ended_by)
+
+
+class _Activity:
+    """When a pump last read anything (trio time): one store per read, not per line."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = trio.current_time()
+
+
+async def _watch_idle(activity: _Activity, idle: float, stopper: Stopper,
+                      scope: trio.CancelScope) -> None:
+    """Stop the run once no pump has read anything for `idle` seconds."""
+    with scope:
+        # Sleeping to the due time and looking again, rather than an Event the
+        # pumps set: a read then costs one store, and this wakes once per idle span.
+        while (due := activity.last + idle) > trio.current_time():  # noqa: ASYNC110
+            await trio.sleep_until(due)
+        stopper.stop("idle")
 
 
 def _lines_to(sink: ExecutionSink, stream: str) -> _Handler:
@@ -190,8 +244,9 @@ class _Pump:
     """Reads one pipe to its end, handing each read's complete lines on."""
 
     def __init__(self, name: str, stream: trio.lowlevel.FdStream, handle: _Handler,
-                 max_line: int) -> None:
+                 max_line: int, activity: _Activity | None = None) -> None:
         self.name = name
+        self._activity = activity or _Activity()
         self.abandoned = False  # given up on: held open from outside the group
         self.done = False
         self._stream = stream
@@ -203,7 +258,9 @@ class _Pump:
 
     async def run(self) -> None:
         splitter = LineSplitter(self._max_line)
+        activity = self._activity
         while data := await self._receive():
+            activity.last = trio.current_time()
             lines = splitter.feed(data)
             if lines:
                 await self._handle(time.time(), lines)

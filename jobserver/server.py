@@ -4,6 +4,7 @@
     └── store                (outermost: flushes last)
         └── engine nursery
             ├── supervisor   (job runs)
+            ├── housekeeping (retention)
             └── http         (innermost: stops accepting first)
 
 Rules: nesting order is shutdown order. `serve` is a service: it calls
@@ -29,6 +30,7 @@ from .dataplane import DataPlane, serve_front_door, stream_fallback
 from .dataplane.frontdoor import bind_socket
 from .dataplane.routes import DEFAULT_ROUTES, RouteTable
 from .engine import Engine
+from .housekeeping import Housekeeping
 from .hub import Hub
 from .store.sqlite import SqliteStore
 from .supervisor import Supervisor
@@ -48,6 +50,7 @@ class Server:
     supervisor: Supervisor
     keyring: KeyRing
     port: int
+    housekeeping: Housekeeping
     _shutdown: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -73,12 +76,14 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
         async with trio.open_nursery() as engine_nursery:
             await engine.recover()
             await engine_nursery.start(supervisor.run)
+            housekeeping = Housekeeping(engine)
+            await engine_nursery.start(housekeeping.run)
             services = Services(config=config, engine=engine, supervisor=supervisor,
                                 keyring=keyring, started_at=time.time())
             http_scope = trio.CancelScope()
             plane = DataPlane(config=config, engine=engine, keyring=keyring, routes=routes)
             port = await engine_nursery.start(_serve_http, services, plane, http_scope)
-            server = Server(config, engine, supervisor, keyring, port)
+            server = Server(config, engine, supervisor, keyring, port, housekeeping)
             task_status.started(server)
             await server._shutdown.wait()
             log.info("shutting down: bouncing %d running jobs", supervisor.running)

@@ -109,7 +109,9 @@ def _schemas() -> dict[str, Any]:
         "errors": _arr({"type": "object"}), "warnings": _arr({"type": "string"}),
         "parent_id": _NULLABLE_STRING, "retry_of": _NULLABLE_STRING,
         "correlation_id": _NULLABLE_STRING, "attempt": {"type": "integer", "minimum": 1},
-        "last_seq": {"type": "integer", "minimum": 0}})
+        "last_seq": {"type": "integer", "minimum": 0}, "pinned": {"type": "boolean"},
+        "log_truncated": {"type": ["object", "null"], "description": "What the log cap "
+                          "dropped: lines, bytes, first_seq, last_seq"}})
     dialect_error = _obj({"code": _NULLABLE_STRING, "message": _NULLABLE_STRING,
                           "remediation": _NULLABLE_STRING})
     dialect_step = _obj({"name": {"type": "string"}, "status": {"type": "string"},
