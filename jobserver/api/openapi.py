@@ -191,6 +191,11 @@ def _native_paths() -> dict[str, Any]:
             "delete": {"summary": "Delete a finished job", "parameters": [_ID],
                        "responses": _answers("204", None, 404, 409)},
         },
+        "/api/v1/jobs/{job_id}/pin": {
+            "post": {"summary": "Pin a job: retention keeps it", "parameters": [_ID],
+                     "responses": _answers("200", _JOB, 404)},
+            "delete": {"summary": "Unpin a job: retention may remove it again",
+                       "parameters": [_ID], "responses": _answers("200", _JOB, 404)}},
         "/api/v1/jobs/{job_id}/cancel": {
             "post": {"summary": "Cancel a queued or running job", "parameters": [_ID],
                      "responses": _answers("202", _JOB, 404, 409)}},

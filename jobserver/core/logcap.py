@@ -12,8 +12,8 @@ Rules (sans-IO, plain numbers in and out):
 - A dropped seq is simply absent on replay; no seq ever names other content.
   `marker` gives the counts for the one `truncated` event, recorded after the
   job's last line.
-- Memory is bounded: the tail is tracked in at most ~`TAIL_ENTRIES` ranges,
-  whatever the number of lines.
+- Memory is bounded: the tail is tracked in ranges of about 1/TAIL_ENTRIES of
+  its share (one pipe read's worth at most more), whatever the number of lines.
 """
 
 from __future__ import annotations
@@ -81,12 +81,27 @@ class LogCap:
                 size -= n
             self._head_left = 0
             first, lines = first + index, lines[index:]
-        self._add_tail(first, first + len(lines) - 1, len(lines), size)
+        if size > self._granule and len(lines) > 1:
+            self._add_pieces(first, lines)
+        else:
+            self._add_tail(first, first + len(lines) - 1, len(lines), size)
         if self._tail_bytes > self._tail_share:
             self.reached = True
         if self._tail_bytes <= self._cut_at:
             return None
         return self._cut()
+
+    def _add_pieces(self, first: int, lines: list[str]) -> None:
+        """A batch bigger than a tail range, in ranges of about one (only with a
+        cap so small that one read of a pipe passes 1/TAIL_ENTRIES of it)."""
+        start, size = 0, 0
+        for index, line in enumerate(lines):
+            size += len(line) + 1
+            if size >= self._granule:
+                self._add_tail(first + start, first + index, index + 1 - start, size)
+                start, size = index + 1, 0
+        if start < len(lines):
+            self._add_tail(first + start, first + len(lines) - 1, len(lines) - start, size)
 
     def _add_tail(self, first: int, last: int, lines: int, size: int) -> None:
         tail = self._tail
