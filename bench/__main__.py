@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async")
+BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "retention")
 TARGETS = ("fastapi", "quart", "c", "jobserver")
 
 
@@ -171,6 +171,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from .async_watch import run_async_watch
         results["async"] = run_async_watch((0, 100) if args.quick else (0, 100, 1000),
                                            200_000 if args.quick else 2_000_000, say=say)
+    if "retention" in args.only:
+        from .retention import main as retention
+        say("retention: deleting finished jobs while a job writes (bench/retention.py)")
+        results["retention"] = retention(["--jobs", "20000" if args.quick else "100000"])
     return results
 
 

@@ -365,8 +365,9 @@ def _rewrite_without(conn: sqlite3.Connection, rowid: int, op: TrimOp) -> None:
 
 
 def _job(data: str, pinned: int) -> Job:
+    """A job record; whether it is pinned is the column's say (`data` may be older)."""
     job = Job.from_dict(json.loads(data))
-    return dataclasses.replace(job, pinned=True) if pinned else job
+    return job if job.pinned == bool(pinned) else dataclasses.replace(job, pinned=bool(pinned))
 
 
 def get_job(conn: sqlite3.Connection, job_id: JobId) -> Job | None:
