@@ -378,8 +378,9 @@ class Engine:
         await self.store.set_pinned(job_id, pinned)
         live = self._live.get(job_id)
         if live is not None:
-            live.job = dataclasses.replace(live.job, pinned=pinned)
-            return live.job
+            async with live.lock:  # `record` writes live.job back under it
+                live.job = dataclasses.replace(live.job, pinned=pinned)
+                return live.job
         return dataclasses.replace(job, pinned=pinned)
 
 def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:

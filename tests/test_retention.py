@@ -51,6 +51,8 @@ async def test_by_age_globally_and_per_template_with_pins_kept(h: Harness) -> No
     daily = await finished(h, "keep_a_day", 2)
     running = await h.submit("sleep", {"seconds": 30})
     await h.wait(running["id"], "RUNNING")
+    r = await h.client.post(f"/api/v1/jobs/{running['id']}/pin", headers=h.auth(h.alice))
+    assert r.status_code == 200 and (await h.job(running["id"]))["pinned"] is True
     (h.data_dir / "output" / echo[0] / "result.txt").write_text("made by the job")
     r = await h.client.post(f"/api/v1/jobs/{daily[1]}/pin", headers=h.auth(h.alice))
     assert r.status_code == 200 and r.json()["pinned"] is True
@@ -71,7 +73,10 @@ async def test_by_age_globally_and_per_template_with_pins_kept(h: Harness) -> No
     assert r.status_code == 200 and r.json()["pinned"] is False
     assert await sweep(now=now + 11 * DAY) == 1
     assert await present(h, daily) == []
+    # Pinned while it ran, it stays pinned once it ended.
     await h.client.post(f"/api/v1/jobs/{running['id']}/cancel", headers=h.auth(h.alice))
+    assert (await h.wait(running["id"]))["pinned"] is True
+    assert await sweep(now=now + 11 * DAY) == 0
 
 
 async def test_by_count_globally_and_per_template(h: Harness) -> None:
