@@ -100,6 +100,14 @@ async def test_past_the_cap_head_and_tail_are_kept_and_followers_see_it_all(
                          f"({mark['bytes']:,} bytes) dropped, seq {mark['first_seq']}.."
                          f"{mark['last_seq']}]")
     assert text[gap + 1:] == [e["line"] for e in kept[gap:]]
+    # Asked from inside the gap: the marker, then the tail.
+    r = await h.client.get(f"/api/v1/jobs/{job['id']}/logs?after={mark['first_seq'] + 5}",
+                           headers=h.auth(h.alice))
+    assert r.text.splitlines() == text[gap:]
+    # Asked for the head only: no marker.
+    r = await h.client.get(f"/api/v1/jobs/{job['id']}/logs?until={mark['first_seq'] - 1}",
+                           headers=h.auth(h.alice))
+    assert r.text.splitlines() == text[:gap]
 
 
 async def test_on_log_cap_kill_ends_the_job(harness: Harness) -> None:

@@ -148,10 +148,11 @@ async def job_logs(job_id: str) -> Response:
     start = _int_arg("after", 0, low=0, high=MAX_SEQ)
     until = _int_arg("until", MAX_SEQ, low=0, high=MAX_SEQ)
 
-    # The marker goes where the lines were dropped: before the first line kept
-    # after them (or, for a run's earlier cap, at its `truncated` event).
+    # The marker goes where the lines were dropped (when the range asked for
+    # overlaps them): before the first line kept after them (or, for a run's
+    # earlier cap, at its `truncated` event).
     gap = job.log_truncated
-    pending = gap is not None and start < gap["first_seq"] <= until
+    pending = gap is not None and start < gap["last_seq"] and gap["first_seq"] <= until
 
     async def lines() -> AsyncIterator[bytes]:
         nonlocal pending
