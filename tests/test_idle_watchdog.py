@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
+import pytest
+
+from jobserver.core.templates import TemplateError, parse_template
 
 from .conftest import Harness
 
@@ -26,12 +28,23 @@ async def test_control_messages_keep_a_job_from_being_idle(harness: Harness) -> 
     assert (done["progress"] or {}).get("at") == 4, done
 
 
-async def test_templates_say_their_idle_timeout_and_others_have_none(harness: Harness) -> None:
-    # A template without idle_timeout is never idle-killed: `sleep` is silent
-    # for its whole run.
+async def test_without_idle_timeout_a_job_may_stay_silent(harness: Harness) -> None:
+    # `sleep` prints once, then is silent for longer than idle_quiet's 0.5 s.
     h = harness
     job = await h.submit("sleep", {"seconds": 0.8})
     done = await h.wait(job["id"], timeout=15)
-    assert done["status"] == "SUCCEEDED"
-    r: httpx.Response = await h.client.get("/api/v1/templates", headers=h.auth(h.alice))
-    assert r.status_code == 200
+    assert done["status"] == "SUCCEEDED" and done["outcome"] == "succeeded"
+
+
+def test_the_templates_watchdog_cap_and_retention_settings_are_checked() -> None:
+    base = {"argv": ["true"]}
+    t = parse_template("t", {**base, "idle_timeout": 2, "max_log_bytes": 4096.0,
+                             "on_log_cap": "kill", "retention_days": 0.5,
+                             "retention_max_jobs": 10})
+    assert (t.idle_timeout, t.max_log_bytes, t.on_log_cap, t.retention_days,
+            t.retention_max_jobs) == (2.0, 4096, "kill", 0.5, 10)
+    assert parse_template("t", base).on_log_cap == "keep"
+    for key, bad in (("idle_timeout", 0), ("idle_timeout", "5"), ("max_log_bytes", 1.5),
+                     ("retention_max_jobs", -1), ("on_log_cap", "truncate")):
+        with pytest.raises(TemplateError, match=key):
+            parse_template("t", {**base, key: bad})
