@@ -5,10 +5,12 @@ Rules:
   exactly `command.env` plus PYTHONUNBUFFERED=1 and JOBSERVER_CONTROL_FD=3;
   stdin is `stdin_data` or /dev/null; stdout, stderr and the control pipe (fd 3)
   are read by three pumps in the caller's task tree. No shell, no thread of ours.
-- Timeout and cancellation end the whole group: SIGTERM, then SIGKILL after
-  `kill_grace`. When the leader exits by itself, what is left of its group is
-  ended the same way. However `execute` leaves, no live process of the group is
-  left behind; the cleanup in `finally` is shielded and bounded.
+- Timeout, cancellation, the idle watch (`Command.idle_timeout`: nothing read
+  from any pipe for that long) and a `Stopper` (watchdog.py) end the whole
+  group: SIGTERM, then SIGKILL after `kill_grace`. When the leader exits by
+  itself, what is left of its group is ended the same way. However `execute`
+  leaves, no live process of the group is left behind; the cleanup in
+  `finally` is shielded and bounded.
 - Output is read to its end before `execute` returns (no line lost). A pipe that
   something outside the group keeps open is abandoned after DRAIN_IDLE seconds of
   silence, and reading stops DRAIN_LIMIT after the group is gone, with a warning.
@@ -47,6 +49,7 @@ import trio
 
 from .core import control
 from .core.lines import LineSplitter
+from .watchdog import Activity, Stopper, watch_idle
 
 CONTROL_ENV = "JOBSERVER_CONTROL_FD"
 CONTROL_FD = 3
@@ -88,24 +91,6 @@ class ExitInfo:
     # Why the server ended the group, when it did: "timeout", "idle", or the
     # reason given to `Stopper.stop`.
     ended_by: str | None = None
-
-
-class Stopper:
-    """Ends a running `execute` from outside (e.g. a sink over a limit): the
-    group is ended as on timeout and `ExitInfo.ended_by` is the reason."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self._scope: trio.CancelScope | None = None
-        self._over = False  # the group ended by itself first: too late to stop it
-
-    def stop(self, reason: str) -> None:
-        if self._over:
-            return
-        if self.reason is None:
-            self.reason = reason
-        if self._scope is not None:
-            self._scope.cancel()
 
 
 class ExecutionSink(Protocol):
@@ -157,7 +142,7 @@ class _Streams:
 
 async def _supervise(child: _Child, streams: _Streams, command: Command, sink: ExecutionSink,
                      kill_grace: float, max_line: int, stopper: Stopper) -> ExitInfo:
-    activity = _Activity()
+    activity = Activity()
     pumps = [
         _Pump("stdout", streams.stdout, _lines_to(sink, "stdout"), max_line, activity),
         _Pump("stderr", streams.stderr, _lines_to(sink, "stderr"), max_line, activity),
@@ -173,14 +158,14 @@ async def _supervise(child: _Child, streams: _Streams, command: Command, sink: E
         elif streams.stdin is not None:
             streams.stdin.close()
         with trio.CancelScope() as waiting:
-            stopper._scope = waiting
+            stopper.scope = waiting
             if command.timeout is not None:
                 waiting.deadline = trio.current_time() + command.timeout
             if command.idle_timeout is not None:
-                nursery.start_soon(_watch_idle, activity, command.idle_timeout, stopper, watching)
+                nursery.start_soon(watch_idle, activity, command.idle_timeout, stopper, watching)
             if stopper.reason is None:
                 await child.wait()
-        stopper._scope, stopper._over = None, True
+        stopper.scope, stopper.over = None, True
         watching.cancel()
         feeding.cancel()
         await _end_group(child, kill_grace)
@@ -195,26 +180,6 @@ async def _supervise(child: _Child, streams: _Streams, command: Command, sink: E
     ended_by = stopper.reason or ("timeout" if waiting.cancelled_caught else None)
     return ExitInfo(exit_code=code, signal=-code if code is not None and code < 0 else None,
                     timed_out=ended_by == "timeout", start_error=None, ended_by=ended_by)
-
-
-class _Activity:
-    """When a pump last read anything (trio time): one store per read, not per line."""
-
-    __slots__ = ("last",)
-
-    def __init__(self) -> None:
-        self.last = trio.current_time()
-
-
-async def _watch_idle(activity: _Activity, idle: float, stopper: Stopper,
-                      scope: trio.CancelScope) -> None:
-    """Stop the run once no pump has read anything for `idle` seconds."""
-    with scope:
-        # Sleeping to the due time and looking again, rather than an Event the
-        # pumps set: a read then costs one store, and this wakes once per idle span.
-        while (due := activity.last + idle) > trio.current_time():  # noqa: ASYNC110
-            await trio.sleep_until(due)
-        stopper.stop("idle")
 
 
 def _lines_to(sink: ExecutionSink, stream: str) -> _Handler:
@@ -244,9 +209,9 @@ class _Pump:
     """Reads one pipe to its end, handing each read's complete lines on."""
 
     def __init__(self, name: str, stream: trio.lowlevel.FdStream, handle: _Handler,
-                 max_line: int, activity: _Activity | None = None) -> None:
+                 max_line: int, activity: Activity | None = None) -> None:
         self.name = name
-        self._activity = activity or _Activity()
+        self._activity = activity or Activity()
         self.abandoned = False  # given up on: held open from outside the group
         self.done = False
         self._stream = stream

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from . import executor
+from . import executor, watchdog
 from .auth import Principal
 from .core import control as ctl
 from .core import events as ev
@@ -106,7 +106,7 @@ class Run:
                  else self.config.max_log_bytes)
         live.cap = LogCap(limit) if limit else None
         self.kill_on_cap = template is not None and template.on_log_cap == "kill"
-        self.stopper = executor.Stopper()
+        self.stopper = watchdog.Stopper()
 
     @property
     def cap_reached(self) -> bool:
@@ -238,7 +238,7 @@ class Run:
                 continue
             self.current_step = step
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-            self.stopper = executor.Stopper()
+            self.stopper = watchdog.Stopper()
             if self.cap_reached and self.kill_on_cap:
                 self.stopper.stop("log_cap")
             info = await executor.execute(
