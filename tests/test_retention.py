@@ -5,6 +5,7 @@ here waits for a day to pass; the service's own interval is tried once, short.""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -131,7 +132,12 @@ async def _read_to_end(stream: trio.SocketStream, into: bytearray) -> None:
 
 
 async def open_raw(h: Harness, target: str, extra: str = "") -> trio.SocketStream:
-    stream = await trio.open_tcp_stream("127.0.0.1", h.server.port)
+    """A connection whose receive buffer is fixed before connecting (no autotuning):
+    a reader that stops reading holds up the server after ~64 KiB + its own buffers."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    await sock.connect(("127.0.0.1", h.server.port))
+    stream = trio.SocketStream(sock)
     await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
     return stream
 
