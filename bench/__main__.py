@@ -28,7 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "multiplex", "live")
+BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "multiplex", "live",
+           "retention")
 TARGETS = ("fastapi", "quart", "c", "jobserver")
 
 
@@ -180,6 +181,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say("live dialect fan-out: 1,000 subscribers of one chatty job, beside the logs dialect")
         results["live"] = run_live(n=1000, count=5000 if args.quick else 20_000, runs=runs,
                                    say=say)
+    if "retention" in args.only:
+        from .retention import main as retention
+        say("retention: deleting finished jobs while a job writes (bench/retention.py)")
+        results["retention"] = retention(["--jobs", "20000" if args.quick else "100000"])
     return results
 
 

@@ -37,6 +37,15 @@ class Config:
     allow_adhoc: bool = True
     kill_grace: float = 5.0
     max_line_bytes: int = 65536
+    # A job's log past this (characters, a newline each) keeps its first half
+    # and a rolling tail (core/logcap.py); 0: no cap. Templates may set their own.
+    max_log_bytes: int = 64 << 20
+    # Retention (housekeeping.py): finished, unpinned jobs older than this many
+    # days, or beyond the newest retention_max_jobs, are removed; 0: keep them.
+    retention_days: float = 0.0
+    retention_max_jobs: int = 0
+    # How often housekeeping looks for jobs to remove (seconds).
+    retention_interval: float = 300.0
     max_body_bytes: int = 1024 * 1024
     log_snippet_lines: int = 20
     # Streaming.
@@ -186,11 +195,14 @@ def load_config(
     if config.slots < 1:
         raise ConfigError("setting 'slots': must be at least 1")
     for name in ("handshake_timeout", "body_timeout", "keep_alive_timeout",
-                 "max_connections", "max_connections_per_client"):
+                 "max_connections", "max_connections_per_client", "retention_interval"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"setting {name!r}: must be more than 0")
     for name in ("progress_token_ttl", "live_batch_window", "live_auth_timeout",
                  "live_stream_retention"):
         if not getattr(config, name) > 0:
             raise ConfigError(f"setting {name!r}: must be positive")
+    for name in ("max_log_bytes", "retention_days", "retention_max_jobs"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"setting {name!r}: must be 0 (off) or more")
     return config

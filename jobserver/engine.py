@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -24,14 +25,15 @@ import trio
 from .auth import Principal
 from .config import Config
 from .core import events as ev
-from .core.ids import JobId, new_job_id
+from .core.ids import JobId, UserId, new_job_id
 from .core.job import Job, StepState, apply
+from .core.logcap import Dropped, LogCap
 from .core.states import Status
 from .core.templates import ParamError, Template
 from .core.topics import ALL_JOBS, SYSTEM, JobTopic, OwnerTopic, SystemStatus, Topic
 from .errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
 from .hub import Hub
-from .store import JobFilter, Store
+from .store import Expired, JobFilter, Store
 
 log = logging.getLogger("jobserver.engine")
 
@@ -51,6 +53,7 @@ class LiveJob:
     role: str = "user"
     cancel_scope: trio.CancelScope | None = None
     stop_reason: str | None = None  # "cancel" | "bounce"
+    cap: LogCap | None = None  # the log cap of its run (set by the run)
     # The hub topics its events go to, made once (publishing runs per read of output).
     topic: JobTopic = field(init=False)
     owner_topic: OwnerTopic = field(init=False)
@@ -162,6 +165,9 @@ class Engine:
             await self.store.write(out, job)
             live.published = job
             self.hub.publish(live.topic, out)
+            cap = live.cap
+            if cap is not None and (cut := cap.add(first, lines)) is not None:
+                await self.store.trim_logs(jid, *cut)
 
     def now(self) -> float:
         return self.clock()
@@ -345,6 +351,7 @@ class Engine:
     async def finish_cancelled(self, live: LiveJob) -> Job:
         now = self.now()
         return await self.record(live, [
+            *log_marker(live, now),
             *closing_steps(live.job, Status.CANCELLED.value, now),
             lambda s: ev.Finished(
                 job_id=live.job.id, seq=s, ts=now, status=Status.CANCELLED.value,
@@ -356,10 +363,47 @@ class Engine:
             raise Conflict("only finished jobs can be deleted; cancel it first",
                            code="job_not_finished")
         await self.store.delete_job(job_id)
-        gone: list[ev.Event] = [ev.Deleted(job_id=job_id, seq=job.last_seq + 1, ts=self.now())]
-        self.hub.publish(JobTopic(job_id), gone)
-        self.hub.publish_aggregate(OwnerTopic(job.owner), gone)
-        self.hub.publish_aggregate(ALL_JOBS, gone)
+        self.announce_deleted([Expired(job_id=job_id, owner=job.owner, last_seq=job.last_seq)])
+        await self.remove_outputs([job_id])
+
+    def announce_deleted(self, jobs: Sequence[Expired]) -> None:
+        """Tell the streams of jobs the store no longer has: a `deleted` event each
+        (its seq after the job's last), which ends them in each dialect's way."""
+        now = self.now()
+        by_owner: dict[UserId, list[ev.Event]] = {}
+        everyone: list[ev.Event] = []
+        for job in jobs:
+            gone: list[ev.Event] = [ev.Deleted(job_id=job.job_id, seq=job.last_seq + 1, ts=now)]
+            self.hub.publish(JobTopic(job.job_id), gone)
+            by_owner.setdefault(job.owner, []).extend(gone)
+            everyone.extend(gone)
+        for owner, events in by_owner.items():
+            self.hub.publish_aggregate(OwnerTopic(owner), events)
+        if everyone:
+            self.hub.publish_aggregate(ALL_JOBS, everyone)
+
+    async def remove_outputs(self, job_ids: Sequence[JobId]) -> None:
+        """Remove deleted jobs' output directories (in a worker thread)."""
+        root = self.config.data_dir / "output"
+
+        def remove() -> None:
+            for job_id in job_ids:
+                shutil.rmtree(root / job_id, ignore_errors=True)
+
+        await trio.to_thread.run_sync(remove)
+
+    # ---- pinning ---------------------------------------------------------
+
+    async def pin(self, principal: Principal, job_id: JobId, pinned: bool) -> Job:
+        """Keep a job from retention (or let it go again); the job as it is then."""
+        job = await self.get(principal, job_id)
+        await self.store.set_pinned(job_id, pinned)
+        live = self._live.get(job_id)
+        if live is not None:
+            async with live.lock:  # `record` writes live.job back under it
+                live.job = dataclasses.replace(live.job, pinned=pinned)
+                return live.job
+        return dataclasses.replace(job, pinned=pinned)
 
 def may_see(principal: Principal, job: Job) -> bool:
     """Admins see every job, users their own; a progress token's principal only its job."""
@@ -377,6 +421,21 @@ def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
     if any("\x00" in a for a in argv):
         raise ValidationFailed("command must not contain NUL", field="command")
     return tuple(argv)
+
+
+def log_marker(live: LiveJob, ts: float) -> list[Callable[[int], ev.Event]]:
+    """The `truncated` event of a run whose log passed its cap (none otherwise);
+    the run's cap is done with."""
+    cap, live.cap = live.cap, None
+    dropped = None if cap is None else cap.marker()
+    if dropped is None:
+        return []
+    return [partial(_truncated, live.job.id, ts, dropped)]
+
+
+def _truncated(job_id: JobId, ts: float, dropped: Dropped, seq: int) -> ev.Event:
+    return ev.Truncated(job_id=job_id, seq=seq, ts=ts, lines=dropped.lines, bytes=dropped.bytes,
+                        first_seq=dropped.first_seq, last_seq=dropped.last_seq)
 
 
 def closing_steps(job: Job, status: str, ts: float) -> list[Callable[[int], ev.Event]]:

@@ -5,10 +5,12 @@ Rules:
   exactly `command.env` plus PYTHONUNBUFFERED=1 and JOBSERVER_CONTROL_FD=3;
   stdin is `stdin_data` or /dev/null; stdout, stderr and the control pipe (fd 3)
   are read by three pumps in the caller's task tree. No shell, no thread of ours.
-- Timeout and cancellation end the whole group: SIGTERM, then SIGKILL after
-  `kill_grace`. When the leader exits by itself, what is left of its group is
-  ended the same way. However `execute` leaves, no live process of the group is
-  left behind; the cleanup in `finally` is shielded and bounded.
+- Timeout, cancellation, the idle watch (`Command.idle_timeout`: nothing read
+  from any pipe for that long) and a `Stopper` (watchdog.py) end the whole
+  group: SIGTERM, then SIGKILL after `kill_grace`. When the leader exits by
+  itself, what is left of its group is ended the same way. However `execute`
+  leaves, no live process of the group is left behind; the cleanup in
+  `finally` is shielded and bounded.
 - Output is read to its end before `execute` returns (no line lost). A pipe that
   something outside the group keeps open is abandoned after DRAIN_IDLE seconds of
   silence, and reading stops DRAIN_LIMIT after the group is gone, with a warning.
@@ -47,6 +49,7 @@ import trio
 
 from .core import control
 from .core.lines import LineSplitter
+from .watchdog import Activity, Stopper, watch_idle
 
 CONTROL_ENV = "JOBSERVER_CONTROL_FD"
 CONTROL_FD = 3
@@ -74,6 +77,9 @@ class Command:
     timeout: float | None
     stdin_data: bytes | None = None
     step: str | None = None
+    # No output read and no control message for this long ends the group (the
+    # idle-output watchdog), as the timeout does.
+    idle_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +88,9 @@ class ExitInfo:
     signal: int | None
     timed_out: bool
     start_error: str | None
+    # Why the server ended the group, when it did: "timeout", "idle", or the
+    # reason given to `Stopper.stop`.
+    ended_by: str | None = None
 
 
 class ExecutionSink(Protocol):
@@ -95,7 +104,7 @@ class ExecutionSink(Protocol):
 
 
 async def execute(command: Command, sink: ExecutionSink, *, kill_grace: float = 5.0,
-                  max_line: int = 65536) -> ExitInfo:
+                  max_line: int = 65536, stopper: Stopper | None = None) -> ExitInfo:
     """Run `command` to its end, reporting to `sink`; see the module's rules."""
     argv = list(command.argv)
     env = {**command.env, "PYTHONUNBUFFERED": "1", CONTROL_ENV: str(CONTROL_FD)}
@@ -113,7 +122,8 @@ async def execute(command: Command, sink: ExecutionSink, *, kill_grace: float = 
         ours.callback(child.close)
         try:
             await sink.started(child.pid, shlex.join(argv), command.step)
-            return await _supervise(child, streams, command, sink, kill_grace, max_line)
+            return await _supervise(child, streams, command, sink, kill_grace, max_line,
+                                    stopper or Stopper())
         finally:
             if not child.settled:
                 with trio.CancelScope(shield=True), trio.move_on_after(kill_grace + KILL_WAIT):
@@ -131,13 +141,15 @@ class _Streams:
 
 
 async def _supervise(child: _Child, streams: _Streams, command: Command, sink: ExecutionSink,
-                     kill_grace: float, max_line: int) -> ExitInfo:
+                     kill_grace: float, max_line: int, stopper: Stopper) -> ExitInfo:
+    activity = Activity()
     pumps = [
-        _Pump("stdout", streams.stdout, _lines_to(sink, "stdout"), max_line),
-        _Pump("stderr", streams.stderr, _lines_to(sink, "stderr"), max_line),
-        _Pump("control", streams.control, _control_to(sink), max_line),
+        _Pump("stdout", streams.stdout, _lines_to(sink, "stdout"), max_line, activity),
+        _Pump("stderr", streams.stderr, _lines_to(sink, "stderr"), max_line, activity),
+        _Pump("control", streams.control, _control_to(sink), max_line, activity),
     ]
     feeding = trio.CancelScope()
+    watching = trio.CancelScope()
     async with trio.open_nursery() as nursery:
         for pump in pumps:
             nursery.start_soon(pump.run)
@@ -146,9 +158,15 @@ async def _supervise(child: _Child, streams: _Streams, command: Command, sink: E
         elif streams.stdin is not None:
             streams.stdin.close()
         with trio.CancelScope() as waiting:
+            stopper.scope = waiting
             if command.timeout is not None:
                 waiting.deadline = trio.current_time() + command.timeout
-            await child.wait()
+            if command.idle_timeout is not None:
+                nursery.start_soon(watch_idle, activity, command.idle_timeout, stopper, watching)
+            if stopper.reason is None:
+                await child.wait()
+        stopper.scope, stopper.over = None, True
+        watching.cancel()
         feeding.cancel()
         await _end_group(child, kill_grace)
         until = trio.current_time() + DRAIN_LIMIT
@@ -159,8 +177,9 @@ async def _supervise(child: _Child, streams: _Streams, command: Command, sink: E
         await sink.warning(f"stopped reading {', '.join(abandoned)}: still held open by a process "
                            "that left the job's process group")
     code = child.returncode
+    ended_by = stopper.reason or ("timeout" if waiting.cancelled_caught else None)
     return ExitInfo(exit_code=code, signal=-code if code is not None and code < 0 else None,
-                    timed_out=waiting.cancelled_caught, start_error=None)
+                    timed_out=ended_by == "timeout", start_error=None, ended_by=ended_by)
 
 
 def _lines_to(sink: ExecutionSink, stream: str) -> _Handler:
@@ -190,8 +209,9 @@ class _Pump:
     """Reads one pipe to its end, handing each read's complete lines on."""
 
     def __init__(self, name: str, stream: trio.lowlevel.FdStream, handle: _Handler,
-                 max_line: int) -> None:
+                 max_line: int, activity: Activity | None = None) -> None:
         self.name = name
+        self._activity = activity or Activity()
         self.abandoned = False  # given up on: held open from outside the group
         self.done = False
         self._stream = stream
@@ -203,7 +223,9 @@ class _Pump:
 
     async def run(self) -> None:
         splitter = LineSplitter(self._max_line)
+        activity = self._activity
         while data := await self._receive():
+            activity.last = trio.current_time()
             lines = splitter.feed(data)
             if lines:
                 await self._handle(time.time(), lines)

@@ -4,6 +4,7 @@
     └── store                (outermost: flushes last)
         └── engine nursery
             ├── supervisor   (job runs)
+            ├── housekeeping (retention)
             ├── http         (stops accepting first)
             └── health       (health checks: verdicts to the engine)
 
@@ -31,6 +32,7 @@ from .dataplane.frontdoor import bind_socket
 from .dataplane.routes import DEFAULT_ROUTES, RouteTable
 from .engine import Engine
 from .health import HealthService
+from .housekeeping import Housekeeping
 from .hub import Hub
 from .store.sqlite import SqliteStore
 from .supervisor import Supervisor
@@ -50,6 +52,7 @@ class Server:
     supervisor: Supervisor
     keyring: KeyRing
     port: int
+    housekeeping: Housekeeping
     _shutdown: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -75,6 +78,8 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
         async with trio.open_nursery() as engine_nursery:
             await engine.recover()
             await engine_nursery.start(supervisor.run)
+            housekeeping = Housekeeping(engine)
+            await engine_nursery.start(housekeeping.run)
             services = Services(config=config, engine=engine, supervisor=supervisor,
                                 keyring=keyring, started_at=time.time())
             http_scope = trio.CancelScope()
@@ -82,7 +87,7 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
             port = await engine_nursery.start(_serve_http, services, plane, http_scope)
             health = HealthService(engine, config.health_checks, api=(own_host(config.host), port))
             await engine_nursery.start(health.run)
-            server = Server(config, engine, supervisor, keyring, port)
+            server = Server(config, engine, supervisor, keyring, port, housekeeping)
             task_status.started(server)
             await server._shutdown.wait()
             log.info("shutting down: bouncing %d running jobs", supervisor.running)

@@ -20,13 +20,14 @@ from typing import Any
 
 import trio
 
-from . import executor
+from . import executor, watchdog
 from .auth import Principal
 from .core import control as ctl
 from .core import events as ev
 from .core.ids import JobId
-from .core.states import Status
-from .engine import ADHOC_TEMPLATE, Engine, LiveJob, Submission, closing_steps
+from .core.logcap import LogCap
+from .core.states import OutcomeKind, Status
+from .engine import ADHOC_TEMPLATE, Engine, LiveJob, Submission, closing_steps, log_marker
 from .errors import JobserverError
 
 log = logging.getLogger("jobserver.supervisor")
@@ -100,6 +101,16 @@ class Run:
         job_id = live.job.id
         self.work_dir = self.config.data_dir / "work" / job_id
         self.output_dir = self.config.data_dir / "output" / job_id
+        template = self.config.templates.get(live.job.template)
+        limit = (template.max_log_bytes if template and template.max_log_bytes
+                 else self.config.max_log_bytes)
+        live.cap = LogCap(limit) if limit else None
+        self.kill_on_cap = template is not None and template.on_log_cap == "kill"
+        self.stopper = watchdog.Stopper()
+
+    @property
+    def cap_reached(self) -> bool:
+        return self.live.cap is not None and self.live.cap.reached
 
     # ---- ExecutionSink ----------------------------------------------------
 
@@ -111,6 +122,8 @@ class Run:
     async def lines(self, stream: str, ts: float, lines: list[str]) -> None:
         self.snippet[stream].extend(lines[-self.config.log_snippet_lines:])
         await self.engine.record_logs(self.live, stream, ts, lines)
+        if self.kill_on_cap and self.cap_reached:
+            self.stopper.stop("log_cap")
 
     async def warning(self, message: str) -> None:
         jid = self.live.job.id
@@ -195,8 +208,9 @@ class Run:
         if self.live.stop_reason == "bounce":
             if self.live.job.status is Status.QUEUED:
                 return  # stopped before its process started: still queued, nothing to say
-            await self.engine.record(self.live, [lambda s: ev.Bounce(
-                job_id=jid, seq=s, ts=self.engine.now(), reason="server shutting down")])
+            now = self.engine.now()
+            await self.engine.record(self.live, [*log_marker(self.live, now), lambda s: ev.Bounce(
+                job_id=jid, seq=s, ts=now, reason="server shutting down")])
             return  # stays in memory as QUEUED; picked up again after restart
         await self.engine.finish_cancelled(self.live)
         self.engine.forget(jid)
@@ -217,6 +231,7 @@ class Run:
         env = self._environment(template.render_env(job.params) if template else {})
         cwd = template.cwd if template and template.cwd else str(self.work_dir)
         timeout = template.timeout if template else None
+        idle = template.idle_timeout if template else None
         deadline = time.monotonic() + timeout if timeout else None
         stdin = self._input_bytes() if template and template.stdin_input else None
         for index, (step, argv) in enumerate(plan):
@@ -225,11 +240,15 @@ class Run:
                 continue
             self.current_step = step
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            self.stopper = watchdog.Stopper()
+            if self.cap_reached and self.kill_on_cap:
+                self.stopper.stop("log_cap")
             info = await executor.execute(
                 executor.Command(argv=argv, env=env, cwd=cwd, timeout=left, stdin_data=stdin,
-                                 step=step),
-                self, kill_grace=self.config.kill_grace, max_line=self.config.max_line_bytes)
-            failure = self._failure(info, timeout)
+                                 step=step, idle_timeout=idle),
+                self, kill_grace=self.config.kill_grace, max_line=self.config.max_line_bytes,
+                stopper=self.stopper)
+            failure = self._failure(info, timeout, idle)
             if failure is not None:
                 if step is not None:
                     await self._step(step, "Failed")
@@ -239,11 +258,17 @@ class Run:
         message = self.result_message or "Completed successfully."
         return (Status.SUCCEEDED, "succeeded", 0, message)
 
-    def _failure(self, info: executor.ExitInfo, timeout: float | None) -> tuple[str, str] | None:
+    def _failure(self, info: executor.ExitInfo, timeout: float | None,
+                 idle: float | None) -> tuple[str, str] | None:
         if info.start_error is not None:
             return "failed", f"could not start: {info.start_error}"
         if info.timed_out:
             return "killed", f"timed out after {timeout:g} seconds"
+        if info.ended_by == "idle":
+            return OutcomeKind.IDLE, f"no output for {idle:g} seconds (idle_timeout)"
+        if info.ended_by == "log_cap":
+            return (OutcomeKind.LOG_CAP,
+                    f"stopped: the log passed its cap of {self._cap_bytes():,} bytes")
         if info.signal is not None:
             name = signal.Signals(info.signal).name if info.signal in signal.valid_signals() \
                 else str(info.signal)
@@ -251,6 +276,9 @@ class Run:
         if info.exit_code != 0:
             return "failed", self.reported_error or f"exited with code {info.exit_code}"
         return None
+
+    def _cap_bytes(self) -> int:
+        return self.live.cap.max_bytes if self.live.cap is not None else 0
 
     def _step_status(self, name: str) -> str | None:
         return next((s.status for s in self.live.job.steps if s.name == name), None)
@@ -269,6 +297,7 @@ class Run:
             snippet = "\n".join(tail) if tail else None
         now = self.engine.now()
         await self.engine.record(self.live, [
+            *log_marker(self.live, now),
             *closing_steps(self.live.job, status, now),
             lambda s: ev.Finished(
                 job_id=jid, seq=s, ts=now, status=status, outcome=outcome,

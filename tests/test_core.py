@@ -109,6 +109,7 @@ def test_event_data_round_trip() -> None:
             ev.Spawned: {"child_id": "c", "template": "t"}, ev.Result: {"data": {"a": 1}},
             ev.Error: {"code": "c", "message": "m"}, ev.Warning: {"message": "w"},
             ev.Bounce: {"reason": "r"}, ev.Finished: {"status": "FAILED", "outcome": "failed"},
+            ev.Truncated: {"lines": 2, "bytes": 9, "first_seq": 1, "last_seq": 2},
         }.get(cls, {})
         event = cls(job_id=JobId("j"), seq=3, ts=4.5, **sample)
         again = ev.from_data(cls.TYPE, job_id=JobId("j"), seq=3, ts=4.5, data=ev.to_data(event))

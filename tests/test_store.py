@@ -61,7 +61,8 @@ def every_event_type(job_id: JobId) -> list[ev.Event]:
         ev.Bounce(**at(11), reason="server restarted"),
         ev.Finished(**at(12), status="FAILED", outcome="failed", exit_code=3,
                     message="boom", log_snippet="a\nb"),
-        ev.Deleted(**at(13)),
+        ev.Truncated(**at(13), lines=7, bytes=70, first_seq=4, last_seq=10),
+        ev.Deleted(**at(14)),
     ]
     assert {type(e) for e in out} == set(ev.EVENT_TYPES.values())
     return out
@@ -96,10 +97,10 @@ async def test_every_event_type_round_trips(store: SqliteStore) -> None:
     await store.wait_flushed()
     assert await store.events_after(job.id, 0) == written
     assert await store.events_after(job.id, 5, limit=2) == written[5:7]
-    assert await store.events_after(job.id, 13) == []
+    assert await store.events_after(job.id, 14) == []
     assert await store.events_after(new_job_id(), 0) == []
     stats = store.statistics()
-    assert (stats.committed_events, stats.commits, stats.pending) == (13, 1, 0)
+    assert (stats.committed_events, stats.commits, stats.pending) == (14, 1, 0)
 
 
 async def test_log_runs_become_chunks_and_expand_exactly(

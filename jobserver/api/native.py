@@ -6,7 +6,7 @@ are raised as the `errors` tree and rendered in one place (app.py).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from quart import Blueprint, Response, g, request
@@ -119,6 +119,19 @@ async def progress_token(job_id: str) -> dict[str, Any]:
     return {"job_uid": job.id, "jwt": token, "expires_at": iso_ms(expires)}
 
 
+@native.post("/api/v1/jobs/<job_id>/pin")
+async def pin_job(job_id: str) -> dict[str, Any]:
+    """Keep the job from retention (it can still be deleted by hand)."""
+    principal = authenticate()
+    return job_view(await services().engine.pin(principal, job_id_arg(job_id), True))
+
+
+@native.delete("/api/v1/jobs/<job_id>/pin")
+async def unpin_job(job_id: str) -> dict[str, Any]:
+    principal = authenticate()
+    return job_view(await services().engine.pin(principal, job_id_arg(job_id), False))
+
+
 @native.get("/api/v1/jobs/<job_id>/events")
 async def job_events(job_id: str) -> dict[str, Any]:
     principal = authenticate()
@@ -135,7 +148,8 @@ async def job_events(job_id: str) -> dict[str, Any]:
 @native.get("/api/v1/jobs/<job_id>/logs")
 async def job_logs(job_id: str) -> Response:
     """The log as plain text, `[stream] line` when ?streams=1; the lines with
-    seq > ?after= and <= ?until= (the whole log without them)."""
+    seq > ?after= and <= ?until= (the whole log without them). Where the log
+    cap dropped lines, one marker line stands in their place."""
     principal = authenticate()
     engine = services().engine
     job = await engine.get(principal, job_id_arg(job_id))
@@ -144,22 +158,47 @@ async def job_logs(job_id: str) -> Response:
     start = _int_arg("after", 0, low=0, high=MAX_SEQ)
     until = _int_arg("until", MAX_SEQ, low=0, high=MAX_SEQ)
 
+    # The marker goes where the lines were dropped (when the range asked for
+    # overlaps them): before the first line kept after them (or, for a run's
+    # earlier cap, at its `truncated` event).
+    gap = job.log_truncated
+    pending = gap is not None and start < gap["last_seq"] and gap["first_seq"] <= until
+
     async def lines() -> AsyncIterator[bytes]:
+        nonlocal pending
         after = start
         while after < until:
             events = await engine.events_after(job.id, after, limit=LOG_PAGE)
             if not events:
                 return
             after = events[-1].seq
-            chunk = [
-                (f"[{e.stream}] {e.line}\n" if tagged else f"{e.line}\n")
-                for e in events
-                if type(e) is ev.Log and e.seq <= until and (only is None or e.stream == only)
-            ]
+            chunk: list[str] = []
+            for e in events:
+                if type(e) is ev.Log:
+                    if e.seq > until:
+                        break
+                    if pending and gap is not None and e.seq > gap["last_seq"]:
+                        chunk.append(truncation_marker(gap))
+                        pending = False
+                    if only is None or e.stream == only:
+                        chunk.append(f"[{e.stream}] {e.line}\n" if tagged else f"{e.line}\n")
+                elif isinstance(e, ev.Truncated) and e.first_seq <= until:
+                    if gap is None or e.first_seq != gap["first_seq"]:
+                        chunk.append(truncation_marker(ev.to_data(e)))  # an earlier run's
+                    elif pending:  # no line was kept after the gap
+                        chunk.append(truncation_marker(gap))
+                        pending = False
             if chunk:
                 yield "".join(chunk).encode("utf-8", "replace")
 
     return Response(lines(), content_type="text/plain; charset=utf-8")
+
+
+def truncation_marker(dropped: Mapping[str, Any]) -> str:
+    """The line `/logs` shows for what the log cap dropped (a `truncated` event's data)."""
+    return (f"[jobserver: log cap reached: {dropped['lines']:,} lines "
+            f"({dropped['bytes']:,} bytes) dropped, seq {dropped['first_seq']}.."
+            f"{dropped['last_seq']}]\n")
 
 
 @native.get("/api/v1/templates")

@@ -109,7 +109,9 @@ def _schemas() -> dict[str, Any]:
         "errors": _arr({"type": "object"}), "warnings": _arr({"type": "string"}),
         "parent_id": _NULLABLE_STRING, "retry_of": _NULLABLE_STRING,
         "correlation_id": _NULLABLE_STRING, "attempt": {"type": "integer", "minimum": 1},
-        "last_seq": {"type": "integer", "minimum": 0}})
+        "last_seq": {"type": "integer", "minimum": 0}, "pinned": {"type": "boolean"},
+        "log_truncated": {"type": ["object", "null"], "description": "What the log cap "
+                          "dropped: lines, bytes, first_seq, last_seq"}})
     dialect_error = _obj({"code": _NULLABLE_STRING, "message": _NULLABLE_STRING,
                           "remediation": _NULLABLE_STRING})
     dialect_step = _obj({"name": {"type": "string"}, "status": {"type": "string"},
@@ -195,6 +197,11 @@ def _native_paths() -> dict[str, Any]:
                     "responses": _answers("200", _obj({
                         "job_uid": {"type": "string"}, "jwt": {"type": "string"},
                         "expires_at": {"type": "string"}}), 404)}},
+        "/api/v1/jobs/{job_id}/pin": {
+            "post": {"summary": "Pin a job: retention keeps it", "parameters": [_ID],
+                     "responses": _answers("200", _JOB, 404)},
+            "delete": {"summary": "Unpin a job: retention may remove it again",
+                       "parameters": [_ID], "responses": _answers("200", _JOB, 404)}},
         "/api/v1/jobs/{job_id}/cancel": {
             "post": {"summary": "Cancel a queued or running job", "parameters": [_ID],
                      "responses": _answers("202", _JOB, 404, 409)}},

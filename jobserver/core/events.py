@@ -140,6 +140,20 @@ class Finished(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Truncated(Event):
+    """The log passed its cap (core/logcap.py): `lines` log lines of `bytes`
+    bytes, every log line with a seq in first_seq..last_seq, are not kept (they
+    were published live; on replay those seqs are absent). One per run, after
+    the run's last line."""
+
+    TYPE: ClassVar[str] = "truncated"
+    lines: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Deleted(Event):
     TYPE: ClassVar[str] = "deleted"
 
@@ -148,7 +162,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
         Queued, Started, Log, Progress, Step, Spawned, Result, Error, Warning,
-        Bounce, Finished, Deleted,
+        Bounce, Finished, Truncated, Deleted,
     )
 }
 

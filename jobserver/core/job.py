@@ -82,6 +82,10 @@ class Job:
     correlation_id: str | None = None
     attempt: int = 1
     last_seq: int = 0
+    # Kept from retention (not an event: the store keeps it beside the record).
+    pinned: bool = False
+    # The `truncated` event's counts, once the log passed its cap.
+    log_truncated: Mapping[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The native API's view of the job (also what the store keeps)."""
@@ -115,6 +119,8 @@ class Job:
             "correlation_id": self.correlation_id,
             "attempt": self.attempt,
             "last_seq": self.last_seq,
+            "pinned": self.pinned,
+            "log_truncated": dict(self.log_truncated) if self.log_truncated else None,
         }
 
     @classmethod
@@ -149,6 +155,8 @@ class Job:
             correlation_id=d.get("correlation_id"),
             attempt=d.get("attempt", 1),
             last_seq=d.get("last_seq", 0),
+            pinned=bool(d.get("pinned", False)),
+            log_truncated=d.get("log_truncated"),
         )
 
 
@@ -220,6 +228,8 @@ def apply(job: Job, event: ev.Event) -> Job:
             else:
                 changes["result_message"] = event.message
             changes["steps"] = _close_steps(job.steps, status, event.ts)
+        case ev.Truncated():
+            changes["log_truncated"] = {k: v for k, v in ev.to_data(event).items()}
         case ev.Spawned() | ev.Deleted():
             pass
     return dataclasses.replace(job, **changes)

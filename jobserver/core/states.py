@@ -75,6 +75,8 @@ class OutcomeKind(enum.StrEnum):
     KILLED = "killed"  # ended by a signal nobody here sent (or by the timeout)
     CANCELLED = "cancelled"
     LOST = "lost"  # the server stopped while it ran
+    IDLE = "idle"  # ended by the idle-output watchdog (the template's idle_timeout)
+    LOG_CAP = "log_cap"  # ended past max_log_bytes (the template's on_log_cap = "kill")
 
 
 # The logs dialect shows a cancelled job's exit code as -100.

@@ -21,6 +21,7 @@ from typing import Any
 from .jsontext import kind_of
 
 PARAM_TYPES = ("string", "int", "float", "bool", "choice")
+LOG_CAP_ACTIONS = ("keep", "kill")
 MAX_STRING_PARAM = 4096
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 # Placeholders every template may use, rendered the same for every job.
@@ -149,6 +150,16 @@ class Template:
     # JSON document is written to a file in the job's work dir, named by
     # JOBSERVER_INPUT_FILE, and also fed on stdin when this is true.
     stdin_input: bool = False
+    # No output line or control message for this long ends the job as the
+    # timeout does, with outcome "idle".
+    idle_timeout: float | None = None
+    # Log caps (None: the server's max_log_bytes): past them the head and a
+    # rolling tail are kept; "kill" ends the job as well (outcome "log_cap").
+    max_log_bytes: int | None = None
+    on_log_cap: str = "keep"  # keep | kill
+    # Retention of this template's finished jobs (None: the server's settings).
+    retention_days: float | None = None
+    retention_max_jobs: int | None = None
 
     def validate(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Checked, typed params with defaults filled in; ParamError otherwise."""
@@ -245,6 +256,9 @@ def parse_template(name: str, table: Mapping[str, Any]) -> Template:
     if used - known:
         raise TemplateError(f"template {name!r} uses undeclared params: {sorted(used - known)}")
     timeout = table.get("timeout")
+    on_log_cap = str(table.get("on_log_cap", "keep"))
+    if on_log_cap not in LOG_CAP_ACTIONS:
+        raise TemplateError(f"template {name!r}: on_log_cap must be one of {LOG_CAP_ACTIONS}")
     return Template(
         name=name,
         description=str(table.get("description", "")),
@@ -259,7 +273,24 @@ def parse_template(name: str, table: Mapping[str, Any]) -> Template:
         requeue_on_restart=bool(table.get("requeue_on_restart", False)),
         resumable=bool(table.get("resumable", False)),
         stdin_input=bool(table.get("stdin_input", False)),
+        idle_timeout=_positive(table, "idle_timeout", name, float),
+        max_log_bytes=_positive(table, "max_log_bytes", name, int),
+        on_log_cap=on_log_cap,
+        retention_days=_positive(table, "retention_days", name, float),
+        retention_max_jobs=_positive(table, "retention_max_jobs", name, int),
     )
+
+
+def _positive(table: Mapping[str, Any], key: str, name: str,
+              kind: type[int] | type[float]) -> Any:
+    """An optional setting that must be a number above 0 (None when absent)."""
+    value = table.get(key)
+    if value is None:
+        return None
+    number = _number(value, integer=kind is int)
+    if number is None or number <= 0:
+        raise TemplateError(f"template {name!r}: {key} must be a number above 0")
+    return kind(number)
 
 
 def _argv(value: Any, where: str) -> tuple[str, ...]:

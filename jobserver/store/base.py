@@ -16,7 +16,7 @@ from typing import Protocol
 import trio
 
 from ..core.events import Event
-from ..core.ids import JobId
+from ..core.ids import JobId, UserId
 from ..core.job import Job
 from ..core.states import Status
 
@@ -28,6 +28,26 @@ class JobFilter:
     template: str | None = None
     limit: int = 50
     cursor: str | None = None  # opaque, from the previous page
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionRule:
+    """Which finished, unpinned jobs go: those of `template` (None: any but the
+    `exclude`d ones) that finished `before` (a time), or beyond the newest `keep`."""
+
+    template: str | None = None
+    exclude: tuple[str, ...] = ()
+    before: float | None = None
+    keep: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expired:
+    """A job retention removes: what its streams' `deleted` event needs."""
+
+    job_id: JobId
+    owner: UserId
+    last_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,5 +81,17 @@ class Store(Protocol):
 
     async def delete_job(self, job_id: JobId) -> None:
         """Remove a job and its events (committed in order with other writes)."""
+
+    async def delete_jobs(self, job_ids: Sequence[JobId]) -> None:
+        """Remove jobs and their events in one transaction; return once committed."""
+
+    async def set_pinned(self, job_id: JobId, pinned: bool) -> None:
+        """Pin or unpin a job (in order with other writes); return once committed."""
+
+    async def trim_logs(self, job_id: JobId, low: int, high: int) -> None:
+        """Queue the removal of a job's log lines with seqs low..high (the log cap)."""
+
+    async def expired_jobs(self, rule: RetentionRule, *, limit: int) -> list[Expired]:
+        """Finished, unpinned jobs `rule` removes, oldest first, at most `limit`."""
 
     def statistics(self) -> StoreStatistics: ...

@@ -35,7 +35,7 @@ from ..core.events import Event, Log
 from ..core.ids import JobId
 from ..core.job import Job
 from . import sqlite_blocking as db
-from .base import JobFilter, Store, StoreStatistics
+from .base import Expired, JobFilter, RetentionRule, Store, StoreStatistics
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -213,8 +213,21 @@ class SqliteStore:
 
         Once queued, the delete happens even if this call is cancelled while it waits.
         """
-        ticket = await self._admit(db.DeleteOp(job_id=job_id), _Size(1, 0))
+        await self.delete_jobs((job_id,))
+
+    async def delete_jobs(self, job_ids: Sequence[JobId]) -> None:
+        """Remove jobs and their events in one transaction, as `delete_job` does one."""
+        ticket = await self._admit(db.DeleteOp(job_ids=tuple(job_ids)),
+                                   _Size(max(1, len(job_ids)), 0))
         await self._wait_committed(ticket)
+
+    async def set_pinned(self, job_id: JobId, pinned: bool) -> None:
+        ticket = await self._admit(db.PinOp(job_id=job_id, pinned=pinned), _Size(1, 0))
+        await self._wait_committed(ticket)
+
+    async def trim_logs(self, job_id: JobId, low: int, high: int) -> None:
+        """Queue the removal of log lines low..high of a job (returns once queued)."""
+        await self._admit(db.TrimOp(job_id=job_id, low=low, high=high), _Size(1, 0))
 
     async def wait_flushed(self) -> None:
         """Return once everything queued before this call is committed.
@@ -283,6 +296,9 @@ class SqliteStore:
 
     async def unfinished_jobs(self) -> list[Job]:
         return await self._read(db.unfinished_jobs)
+
+    async def expired_jobs(self, rule: RetentionRule, *, limit: int) -> list[Expired]:
+        return await self._read(db.expired_jobs, rule, limit)
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import sqlite3
@@ -30,13 +31,13 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..core import events as ev
-from ..core.ids import JobId
+from ..core.ids import JobId, UserId
 from ..core.job import Job
 from ..core.states import Status
 from ..errors import ValidationFailed
-from .base import JobFilter
+from .base import Expired, JobFilter, RetentionRule
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Statements that take a database from version i to i + 1 (`PRAGMA user_version`).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -62,6 +63,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             data TEXT NOT NULL
         )""",
         "CREATE UNIQUE INDEX events_by_job ON events (job_id, seq_end)",
+    ),
+    (  # retention: when a job finished, and whether a user pinned it
+        "ALTER TABLE jobs ADD COLUMN completed_at REAL",
+        "ALTER TABLE jobs ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0",
+        "UPDATE jobs SET completed_at = json_extract(data, '$.completed_at')",
+        "CREATE INDEX jobs_expiring ON jobs (completed_at, id)"
+        " WHERE completed_at IS NOT NULL AND pinned = 0",
+        "CREATE INDEX jobs_expiring_by_template ON jobs (template, completed_at, id)"
+        " WHERE completed_at IS NOT NULL AND pinned = 0",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -142,10 +152,25 @@ class WriteOp:
 
 @dataclass(slots=True)
 class DeleteOp:
+    job_ids: Sequence[JobId]
+
+
+@dataclass(slots=True)
+class PinOp:
     job_id: JobId
+    pinned: bool
 
 
-Op = WriteOp | DeleteOp
+@dataclass(slots=True)
+class TrimOp:
+    """Remove a job's log lines with seqs in low..high (other events stay)."""
+
+    job_id: JobId
+    low: int
+    high: int
+
+
+Op = WriteOp | DeleteOp | PinOp | TrimOp
 
 Row = tuple[str, int, int, str, float, str]
 
@@ -241,13 +266,13 @@ class _Group:
             )
         if self.jobs:
             conn.executemany(
-                "INSERT INTO jobs (id, owner, status, template, created_at, data)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                "INSERT INTO jobs (id, owner, status, template, created_at, completed_at, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
                 " owner = excluded.owner, status = excluded.status,"
                 " template = excluded.template, created_at = excluded.created_at,"
-                " data = excluded.data",
+                " completed_at = excluded.completed_at, data = excluded.data",
                 [
-                    (j.id, j.owner, j.status.value, j.template, j.created_at,
+                    (j.id, j.owner, j.status.value, j.template, j.created_at, j.completed_at,
                      json.dumps(j.to_dict(), separators=(",", ":")))
                     for j in self.jobs.values()
                 ],
@@ -291,10 +316,16 @@ def commit_group(conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
                 group.add(op.events)
                 if op.job is not None:
                     group.jobs[op.job.id] = op.job
+                continue
+            group.flush(conn)
+            if isinstance(op, DeleteOp):
+                ids = [(job_id,) for job_id in op.job_ids]
+                conn.executemany("DELETE FROM events WHERE job_id = ?", ids)
+                conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
+            elif isinstance(op, PinOp):
+                conn.execute("UPDATE jobs SET pinned = ? WHERE id = ?", (op.pinned, op.job_id))
             else:
-                group.flush(conn)
-                conn.execute("DELETE FROM events WHERE job_id = ?", (op.job_id,))
-                conn.execute("DELETE FROM jobs WHERE id = ?", (op.job_id,))
+                trim_logs(conn, op)
         group.flush(conn)
         conn.execute("COMMIT")
     except BaseException:
@@ -303,12 +334,45 @@ def commit_group(conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
         raise
 
 
+def trim_logs(conn: sqlite3.Connection, op: TrimOp) -> None:
+    """Remove the log lines of `op`'s range: whole chunks inside it go, a chunk
+    that straddles an end is written again without those lines."""
+    rows = conn.execute(
+        "SELECT rowid, seq, seq_end FROM events WHERE job_id = ? AND type = ?"
+        " AND seq_end >= ? AND seq_end < ?",
+        (op.job_id, LOG, op.low, op.high + MAX_CHUNK_LINES),
+    ).fetchall()
+    whole = [(rowid,) for rowid, seq, seq_end in rows if seq >= op.low and seq_end <= op.high]
+    conn.executemany("DELETE FROM events WHERE rowid = ?", whole)
+    for rowid, seq, seq_end in rows:
+        if seq <= op.high and not (seq >= op.low and seq_end <= op.high):
+            _rewrite_without(conn, rowid, op)
+
+
+def _rewrite_without(conn: sqlite3.Connection, rowid: int, op: TrimOp) -> None:
+    seq, data = conn.execute("SELECT seq, data FROM events WHERE rowid = ?", (rowid,)).fetchone()
+    conn.execute("DELETE FROM events WHERE rowid = ?", (rowid,))
+    group = _Group()
+    for ts, stream, lines in json.loads(data):
+        for line in lines:
+            if not op.low <= seq <= op.high:
+                group._add_lines(op.job_id, seq, ts, stream, [line])
+            seq += 1
+    group.flush(conn)
+
+
 # ---- reading --------------------------------------------------------------
 
 
+def _job(data: str, pinned: int) -> Job:
+    """A job record; whether it is pinned is the column's say (`data` may be older)."""
+    job = Job.from_dict(json.loads(data))
+    return job if job.pinned == bool(pinned) else dataclasses.replace(job, pinned=bool(pinned))
+
+
 def get_job(conn: sqlite3.Connection, job_id: JobId) -> Job | None:
-    row = conn.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return None if row is None else Job.from_dict(json.loads(row[0]))
+    row = conn.execute("SELECT data, pinned FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else _job(*row)
 
 
 def list_jobs(conn: sqlite3.Connection, query: JobFilter) -> tuple[list[Job], str | None]:
@@ -328,14 +392,14 @@ def list_jobs(conn: sqlite3.Connection, query: JobFilter) -> tuple[list[Job], st
     limit = max(1, min(query.limit, MAX_PAGE))
     where = " AND ".join(clauses) or "1"
     rows = conn.execute(
-        f"SELECT created_at, id, data FROM jobs WHERE {where}"
+        f"SELECT created_at, id, data, pinned FROM jobs WHERE {where}"
         " ORDER BY created_at DESC, id DESC LIMIT ?",
         (*params, limit + 1),
     ).fetchall()
-    jobs = [Job.from_dict(json.loads(data)) for _, _, data in rows[:limit]]
+    jobs = [_job(data, pinned) for _, _, data, pinned in rows[:limit]]
     cursor = None
     if len(rows) > limit:
-        created_at, job_id, _ = rows[limit - 1]
+        created_at, job_id, _, _ = rows[limit - 1]
         cursor = encode_cursor(created_at, job_id)
     return jobs, cursor
 
@@ -359,9 +423,35 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 def unfinished_jobs(conn: sqlite3.Connection) -> list[Job]:
     rows = conn.execute(
-        "SELECT data FROM jobs WHERE status IN (?, ?) ORDER BY created_at, id", _UNFINISHED
+        "SELECT data, pinned FROM jobs WHERE status IN (?, ?) ORDER BY created_at, id",
+        _UNFINISHED,
     ).fetchall()
-    return [Job.from_dict(json.loads(data)) for (data,) in rows]
+    return [_job(data, pinned) for data, pinned in rows]
+
+
+def expired_jobs(conn: sqlite3.Connection, rule: RetentionRule, limit: int) -> list[Expired]:
+    """Finished, unpinned jobs that `rule` removes, oldest first, at most `limit`."""
+    clauses = ["completed_at IS NOT NULL", "pinned = 0"]
+    params: list[Any] = []
+    if rule.template is not None:
+        clauses.append("template = ?")
+        params.append(rule.template)
+    if rule.exclude:
+        clauses.append(f"template NOT IN ({', '.join('?' * len(rule.exclude))})")
+        params.extend(rule.exclude)
+    if rule.before is not None:
+        clauses.append("completed_at < ?")
+        params.append(rule.before)
+    where = " AND ".join(clauses)
+    columns = "id, owner, json_extract(data, '$.last_seq')"
+    if rule.keep is None:
+        sql = f"SELECT {columns} FROM jobs WHERE {where} ORDER BY completed_at, id LIMIT ?"
+        rows = conn.execute(sql, (*params, limit)).fetchall()
+    else:  # beyond the newest `keep`: skip them, newest first
+        sql = (f"SELECT {columns} FROM jobs WHERE {where}"
+               " ORDER BY completed_at DESC, id DESC LIMIT ? OFFSET ?")
+        rows = conn.execute(sql, (*params, limit, rule.keep)).fetchall()
+    return [Expired(job_id=JobId(i), owner=UserId(o), last_seq=int(n or 0)) for i, o, n in rows]
 
 
 def events_after(
