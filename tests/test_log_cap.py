@@ -49,6 +49,11 @@ async def test_past_the_cap_head_and_tail_are_kept_and_followers_see_it_all(
     live: list[dict[str, Any]] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(follow, h, job["id"], live)
+        # The follower has read the history (its first events came from the store)
+        # before the job prints: from here on it is live.
+        with trio.fail_after(10):
+            while not any(e["type"] == "started" for e in live):
+                await trio.sleep(0.01)
         go.touch()
         done = await h.wait(job["id"], timeout=30)
         with trio.fail_after(10):
