@@ -252,3 +252,19 @@ async def test_an_owner_topic_is_live_at_once_and_a_laggard_leaves(
             break
     assert member.lagged and member.detached and sink.woken
     plane.leave(member)
+
+
+def test_a_catch_up_page_takes_buffered_events_the_store_no_longer_has() -> None:
+    """Output a log cap trimmed from the store after it was published: a member
+    catching up meanwhile has it in its buffer and still sends it, in order."""
+    from jobserver.dataplane.fanout import _with_buffered
+
+    def log(seq: int) -> ev.Log:
+        return ev.Log(job_id="j", seq=seq, ts=1.0, stream="stdout",  # type: ignore[arg-type]
+                      line=f"line {seq}")
+
+    page = [log(s) for s in (4, 5, 9, 10)]  # 6..8 trimmed
+    buffer = [log(s) for s in range(6, 12)]  # published while the member caught up
+    merged = _with_buffered(page, buffer, 3)
+    assert [e.seq for e in merged] == list(range(4, 11))
+    assert _with_buffered([log(4), log(5)], buffer, 3) == [log(4), log(5)]  # no gap

@@ -580,6 +580,8 @@ class Member:
                 start = self.cursor - 1 if first and self.cursor > 0 else self.cursor
                 page = await store.events_after(job_id, start, limit=REPLAY_PAGE)
                 more = len(page) == REPLAY_PAGE
+                if page and self._buffer and not self._overflow:
+                    page = _with_buffered(page, self._buffer, start)
                 if first:
                     first = False
                     if self.cursor == 0:
@@ -658,3 +660,21 @@ class Member:
 def _split(events: list[Any], cursor: int, upto: int) -> tuple[list[Any], list[Any]]:
     """(the events in (cursor, upto], the events after upto)."""
     return [e for e in events if cursor < e.seq <= upto], [e for e in events if e.seq > upto]
+
+
+def _with_buffered(page: list[Any], buffer: list[Any], start: int) -> list[Any]:
+    """A store page with the buffered events inside its range that the store no
+    longer has (output a log cap trimmed after it was published): a member that
+    was catching up while it was trimmed gets it like the live members did."""
+    last = page[-1].seq
+    if len(page) == last - start:
+        return page  # no gap in the page
+    have = {e.seq for e in page}
+    missing = [e for e in buffer if start < e.seq <= last and e.seq not in have]
+    if not missing:
+        return page
+    return sorted([*page, *missing], key=_seq_of)
+
+
+def _seq_of(event: Any) -> int:
+    return int(event.seq)
