@@ -23,6 +23,7 @@ import trio_websocket
 from httpx_sse import aconnect_sse
 
 from .conftest import PY, TEMPLATES
+from .test_dataplane_helpers import ws_client
 
 # How long a server process may take to listen (recovery included) on a busy machine.
 START_TIMEOUT = 30.0
@@ -111,7 +112,7 @@ class Received:
 
 async def follow_sse(url: str, token: str, job_id: str, after: int, got: Received) -> None:
     """The native stream from `after` (Last-Event-ID), each event's (seq, event_view),
-    until the stream ends or the connection drops."""
+    until the server ends it (after a terminal event) or the connection drops."""
     headers = {**auth(token), "Last-Event-ID": str(after)}
     try:
         async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(5.0, read=None)) \
@@ -121,13 +122,11 @@ async def follow_sse(url: str, token: str, job_id: str, after: int, got: Receive
                 got.ended = True
                 return
             assert source.response.status_code == 200, source.response.status_code
-            async for sse in source.aiter_sse():
+            async for sse in source.aiter_sse():  # to its end: the server ends it
                 view = json.loads(sse.data)
-                assert int(sse.id) == view["seq"]
+                assert int(sse.id) == view["seq"] and not got.ended
                 got.items.append((view["seq"], view))
-                if view["type"] in ("finished", "deleted"):
-                    got.ended = True
-                    return
+                got.ended = view["type"] in ("finished", "deleted")
     except httpx.HTTPError:
         pass  # the server went away
 
@@ -138,7 +137,7 @@ async def follow_logs_ws(ws_url: str, token: str, job_id: str, since: int,
     message's (seq, message), until the server closes or drops the connection."""
     url = f"{ws_url}/api/v1/ws/jobs/{job_id}/logs?token={token}&since={since}"
     try:
-        async with trio_websocket.open_websocket_url(url) as ws:
+        async with ws_client(url) as ws:
             while True:
                 message = json.loads(await ws.get_message())
                 if "seq" in message:

@@ -1,0 +1,233 @@
+"""Reliability: kill -9 of the server at random moments, and of a job's own process.
+
+A round runs a chatty job and a quiet one (`sleep 300`) with live subscribers
+on the native SSE stream (resumed with Last-Event-ID) and on the logs
+WebSocket (`?since=`), kills the server with SIGKILL at a random moment while
+both run, and restarts it on the same data dir. Then: no process of the
+killed run is left; every (seq, content) a client received is what the store
+says at that seq, with no gap in the store's seqs; every job is terminal and
+its events say what recovery did; every client resuming from a seq it saw
+reaches the job's end. The restarted server runs the next round.
+
+RELIABILITY_ROUNDS (default 20) sets the number of rounds, RELIABILITY_SEED
+the random seed (printed with any failure); `scripts/soak` runs many more.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from jobserver.auth import KeyRing
+
+from .procserver import (
+    Received,
+    all_events,
+    follow_logs_ws,
+    follow_sse,
+    get_job,
+    server_process,
+    submit,
+    wait_status,
+)
+
+pytestmark = pytest.mark.reliability
+
+ROUNDS = int(os.environ.get("RELIABILITY_ROUNDS", "20"))
+SEED = int(os.environ.get("RELIABILITY_SEED") or random.randrange(2**32))
+SERVER_ENV = {"JOBSERVER_KILL_GRACE": "2", "JOBSERVER_SLOTS": "4"}
+# Longest random wait between "both jobs run and lines flow" and the kill.
+MAX_KILL_DELAY = 0.3
+GROUP_COMMIT_KILLS = 3
+ROUND_TIMEOUT = 30.0
+RECOVERED = re.compile(
+    r"process group \d+ (\(\d+ process(es)?\) ended with SIGTERM after the server restarted"
+    r"|had already ended)")
+
+
+@dataclass
+class Watched:
+    job_id: str
+    sse: Received
+    ws: Received
+
+
+def ws_base(url: str) -> str:
+    return url.replace("http://", "ws://", 1)
+
+
+def log_lines(got: Received) -> int:
+    return sum(1 for _, m in got.items if m["type"] == "log")
+
+
+def started(got: Received) -> bool:
+    return any(view["type"] == "started" for _, view in got.items)
+
+
+def flowing(watched: list[Watched]) -> bool:
+    """Every job runs (its subscribers saw it start) and the first one's lines flow."""
+    return all(started(w.sse) for w in watched) and log_lines(watched[0].ws) > 0
+
+
+async def watch_and_kill(proc: trio.Process, url: str, token: str, watched: list[Watched], *,
+                         ready: Callable[[], bool], delay: float) -> None:
+    """Subscribe to every job on both transports; once `ready()`, wait `delay` and
+    kill -9 the server; return once every subscriber saw its connection drop."""
+    with trio.fail_after(ROUND_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            for w in watched:
+                nursery.start_soon(follow_sse, url, token, w.job_id, 0, w.sse)
+                nursery.start_soon(follow_logs_ws, ws_base(url), token, w.job_id, 0,
+                                   w.ws)
+            while not ready():
+                await trio.sleep(0.005)
+            await trio.sleep(delay)
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+def check_received(w: Watched, stored: dict[int, dict[str, Any]]) -> None:
+    """Every (seq, content) a client got is what the store holds at that seq."""
+    for seq, view in w.sse.items:
+        assert stored.get(seq) == view, (SEED, seq, view, stored.get(seq))
+    for seq, message in w.ws.items:
+        event = stored.get(seq)
+        assert event is not None, (SEED, seq, message)
+        if message["type"] == "log":
+            assert (event["type"], event["line"], event["stream"]) == \
+                ("log", message["payload"]["message"], message["payload"]["stream"]), \
+                (SEED, seq, message, event)
+        elif message["type"] == "status" and "completed_at" in message["payload"]:
+            assert (event["type"], event["status"]) == ("finished", message["payload"]["status"])
+
+
+def process_alive(process: dict[str, Any]) -> bool:
+    """Is the process with this recorded identity (pid and start time) still there?"""
+    try:
+        with open(f"/proc/{process['pid']}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    fields = raw[raw.rfind(b")") + 2:].split()
+    return fields[0] not in (b"Z", b"X") and int(fields[19]) == process["start_time"]
+
+
+async def check_recovered(url: str, token: str, w: Watched, *, how: re.Pattern[str],
+                          finished_first: bool = False) -> list[dict[str, Any]]:
+    """The job after the restart: consistent with what its clients got, no process
+    left, and FAILED (lost) with a warning saying what recovery did; or, where
+    `finished_first` allows it, SUCCEEDED before the kill."""
+    events = await all_events(url, token, w.job_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), SEED
+    stored = {e["seq"]: e for e in events}
+    check_received(w, stored)
+    for e in events:
+        if e["type"] == "started":
+            assert e["process"]["pid"] == e["pid"]
+            assert not process_alive(e["process"]), (SEED, e)
+    job = await get_job(url, token, w.job_id)
+    if finished_first and job["status"] == "SUCCEEDED":
+        return events  # it ended by itself before the kill
+    assert (job["status"], job["outcome"], job["error_message"]) == \
+        ("FAILED", "lost", "server stopped while running"), (SEED, job)
+    assert [e["type"] for e in events[-2:]] == ["warning", "finished"], (SEED, events[-3:])
+    assert how.fullmatch(events[-2]["message"]), (SEED, events[-2])
+    return events
+
+
+async def check_resumes(rng: random.Random, url: str, token: str, w: Watched,
+                        events: list[dict[str, Any]]) -> None:
+    """Clients resuming from seqs they saw reach the job's end, and get the store's events."""
+    stored = {e["seq"]: e for e in events}
+    seen = [seq for seq, _ in w.sse.items]
+    froms = sorted({w.sse.last_seq, rng.choice(seen)})
+    sse = [Received() for _ in froms]
+    ws = Received()
+    with trio.fail_after(ROUND_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            for after, got in zip(froms, sse, strict=True):
+                nursery.start_soon(follow_sse, url, token, w.job_id, after, got)
+            nursery.start_soon(follow_logs_ws, ws_base(url), token, w.job_id,
+                               w.ws.last_seq, ws)
+    for after, got in zip(froms, sse, strict=True):
+        assert got.ended, (SEED, after)
+        assert [seq for seq, _ in got.items] == list(range(after + 1, len(events) + 1)), SEED
+        assert all(stored[seq] == view for seq, view in got.items), SEED
+    assert ws.ended and ws.items[-1][1]["payload"]["status"] == events[-1]["status"], \
+        (SEED, ws.items[-1:])
+    check_received(Watched(w.job_id, Received(), ws), stored)
+
+
+async def test_kill_9_at_random_moments(tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    data_dir = tmp_path / "d"
+    token = KeyRing.load_or_create(data_dir).issue("alice", "user")
+    watched: list[Watched] = []
+    for round_ in range(ROUNDS + 1):
+        async with server_process(data_dir, env=SERVER_ENV) as (proc, url):
+            for w in watched:
+                events = await check_recovered(url, token, w, how=RECOVERED)
+                await check_resumes(rng, url, token, w, events)
+            if round_ == ROUNDS:
+                break
+            chatty = await submit(url, token, "chatter", {})
+            quiet = await submit(url, token, "sleep", {"seconds": 300})
+            watched = [Watched(j, Received(), Received()) for j in (chatty, quiet)]
+            await watch_and_kill(proc, url, token, watched, ready=partial(flowing, watched),
+                                 delay=rng.uniform(0, MAX_KILL_DELAY))
+
+
+async def test_kill_9_in_the_middle_of_group_commits(tmp_path: Path) -> None:
+    """A burst of 400 lines of 32 KB (12.8 MB, printed in tens of milliseconds)
+    keeps the writer committing groups of megabytes; the server is killed at a
+    random moment of it, most likely mid-commit (or the job finished first:
+    then it must have SUCCEEDED). Three kills."""
+    rng = random.Random(SEED)
+    data_dir = tmp_path / "d"
+    token = KeyRing.load_or_create(data_dir).issue("alice", "user")
+    watched: list[Watched] = []
+    for round_ in range(GROUP_COMMIT_KILLS + 1):
+        async with server_process(data_dir, env=SERVER_ENV) as (proc, url):
+            for w in watched:
+                events = await check_recovered(url, token, w, how=RECOVERED,
+                                               finished_first=True)
+                await check_resumes(rng, url, token, w, events)
+            if round_ == GROUP_COMMIT_KILLS:
+                break
+            burst = await submit(url, token, "wide", {"lines": 400, "width": 32_000})
+            watched = [Watched(burst, Received(), Received())]
+            await watch_and_kill(proc, url, token, watched,
+                                 ready=partial(started, watched[0].sse),
+                                 delay=rng.uniform(0.0, 0.15))
+
+
+async def test_sigkill_of_a_jobs_process(tmp_path: Path) -> None:
+    data_dir = tmp_path / "d"
+    token = KeyRing.load_or_create(data_dir).issue("alice", "user")
+    async with server_process(data_dir, env=SERVER_ENV) as (_, url):
+        job_id = await submit(url, token, "chatter", {})
+        w = Watched(job_id, Received(), Received())
+        with trio.fail_after(ROUND_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(follow_sse, url, token, job_id, 0, w.sse)
+                nursery.start_soon(follow_logs_ws, ws_base(url), token, job_id, 0, w.ws)
+                while log_lines(w.ws) < 100:
+                    await trio.sleep(0.005)
+                pid = next(view["pid"] for _, view in w.sse.items if view["type"] == "started")
+                os.kill(pid, signal.SIGKILL)
+        job = await wait_status(url, token, job_id, "FAILED")
+        assert (job["outcome"], job["error_message"]) == ("killed", "killed by signal SIGKILL")
+        assert w.sse.ended and w.ws.ended
+        events = await all_events(url, token, job_id)
+        assert [seq for seq, _ in w.sse.items] == [e["seq"] for e in events]
+        check_received(w, {e["seq"]: e for e in events})
