@@ -104,6 +104,7 @@ class Received:
 
     items: list[tuple[int, Any]] = field(default_factory=list)
     ended: bool = False  # the stream's own end (a terminal event), not a dropped connection
+    close_code: int | None = None  # a WebSocket's, as the client saw it
 
     @property
     def last_seq(self) -> int:
@@ -145,5 +146,7 @@ async def follow_logs_ws(ws_url: str, token: str, job_id: str, since: int,
                 if message["type"] == "status" and message["payload"]["status"] in \
                         ("SUCCEEDED", "FAILED", "CANCELLED"):
                     got.ended = True
-    except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError, OSError):
+    except trio_websocket.ConnectionClosed as exc:
+        got.close_code = exc.reason.code
+    except (trio_websocket.HandshakeError, OSError):
         pass

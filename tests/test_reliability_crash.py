@@ -169,6 +169,7 @@ async def check_resumes(rng: random.Random, url: str, token: str, w: Watched,
 
 
 async def test_kill_9_at_random_moments(tmp_path: Path) -> None:
+    print(f"RELIABILITY_SEED={SEED} RELIABILITY_ROUNDS={ROUNDS}")  # shown on a failure
     rng = random.Random(SEED)
     data_dir = tmp_path / "d"
     token = KeyRing.load_or_create(data_dir).issue("alice", "user")
