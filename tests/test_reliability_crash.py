@@ -30,6 +30,7 @@ import trio
 
 from jobserver.auth import KeyRing
 
+from .conftest import pid_alive
 from .procserver import (
     Received,
     all_events,
@@ -53,6 +54,12 @@ ROUND_TIMEOUT = 30.0
 RECOVERED = re.compile(
     r"process group \d+ (\(\d+ process(es)?\) ended with SIGTERM after the server restarted"
     r"|had already ended)")
+# A job writing output finds its pipes without a reader once the server is gone
+# (SIGPIPE, or EPIPE where it ignores SIGPIPE, as Python does) and ends by itself;
+# a quiet one is still there for the restart to end.
+ENDED_BY_ITSELF = re.compile(r"process group \d+ had already ended")
+ENDED_AT_RESTART = re.compile(
+    r"process group \d+ \(1 process\) ended with SIGTERM after the server restarted")
 
 
 @dataclass
@@ -176,8 +183,8 @@ async def test_kill_9_at_random_moments(tmp_path: Path) -> None:
     watched: list[Watched] = []
     for round_ in range(ROUNDS + 1):
         async with server_process(data_dir, env=SERVER_ENV) as (proc, url):
-            for w in watched:
-                events = await check_recovered(url, token, w, how=RECOVERED)
+            for w, how in zip(watched, (ENDED_BY_ITSELF, ENDED_AT_RESTART), strict=False):
+                events = await check_recovered(url, token, w, how=how)
                 await check_resumes(rng, url, token, w, events)
             if round_ == ROUNDS:
                 break
@@ -232,3 +239,36 @@ async def test_sigkill_of_a_jobs_process(tmp_path: Path) -> None:
         events = await all_events(url, token, job_id)
         assert [seq for seq, _ in w.sse.items] == [e["seq"] for e in events]
         check_received(w, {e["seq"]: e for e in events})
+
+
+async def test_kill_9_then_a_member_outliving_its_leader_and_ignoring_term(
+        tmp_path: Path) -> None:
+    """After the kill the group's leader dies too, leaving a grandchild that
+    ignores SIGTERM: recovery knows it by the job id in its environment (the
+    leader no longer vouches for the group) and ends it with SIGKILL."""
+    data_dir = tmp_path / "d"
+    token = KeyRing.load_or_create(data_dir).issue("alice", "user")
+    async with server_process(data_dir, env=SERVER_ENV) as (proc, url):
+        job_id = await submit(url, token, "tree", {})
+        w = Watched(job_id, Received(), Received())
+        with trio.fail_after(ROUND_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(follow_sse, url, token, job_id, 0, w.sse)
+                # Its own line says the grandchild is up (and has written what it will).
+                while not any(v["type"] == "log" and v["line"].isdigit() for _, v in w.sse.items):
+                    await trio.sleep(0.01)
+                os.kill(proc.pid, signal.SIGKILL)
+                await proc.wait()
+    leader = next(v["pid"] for _, v in w.sse.items if v["type"] == "started")
+    grandchild = next(int(v["line"]) for _, v in w.sse.items
+                      if v["type"] == "log" and v["line"].isdigit())
+    os.kill(leader, signal.SIGKILL)
+    with trio.fail_after(10):
+        while pid_alive(leader):
+            await trio.sleep(0.01)
+    assert pid_alive(grandchild)
+    async with server_process(data_dir, env=SERVER_ENV) as (proc, url):
+        how = re.compile(rf"process group {leader} \(1 process\) ended with SIGKILL after the "
+                         r"server restarted: SIGTERM left it running for 2 s")
+        await check_recovered(url, token, w, how=how)
+        assert not pid_alive(grandchild)
