@@ -19,7 +19,8 @@ import os
 import random
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 import trio
 
+from jobserver import groups
 from jobserver.auth import KeyRing
 
 from .conftest import pid_alive
@@ -86,21 +88,28 @@ def flowing(watched: list[Watched]) -> bool:
     return all(started(w.sse) for w in watched) and log_lines(watched[0].ws) > 0
 
 
-async def watch_and_kill(proc: trio.Process, url: str, token: str, watched: list[Watched], *,
-                         ready: Callable[[], bool], delay: float) -> None:
-    """Subscribe to every job on both transports; once `ready()`, wait `delay` and
-    kill -9 the server; return once every subscriber saw its connection drop."""
+@asynccontextmanager
+async def subscribed(url: str, token: str, watched: list[Watched]) -> AsyncIterator[None]:
+    """Every job followed on both transports from seq 0 while the body runs; on
+    the way out, wait (bounded) for every subscriber's stream to end or drop."""
     with trio.fail_after(ROUND_TIMEOUT):
         async with trio.open_nursery() as nursery:
             for w in watched:
                 nursery.start_soon(follow_sse, url, token, w.job_id, 0, w.sse)
-                nursery.start_soon(follow_logs_ws, ws_base(url), token, w.job_id, 0,
-                                   w.ws)
-            while not ready():
-                await trio.sleep(0.005)
-            await trio.sleep(delay)
-            os.kill(proc.pid, signal.SIGKILL)
-            await proc.wait()
+                nursery.start_soon(follow_logs_ws, ws_base(url), token, w.job_id, 0, w.ws)
+            yield
+
+
+async def watch_and_kill(proc: trio.Process, url: str, token: str, watched: list[Watched], *,
+                         ready: Callable[[], bool], delay: float) -> None:
+    """Subscribe to every job; once `ready()`, wait `delay` and kill -9 the server;
+    return once every subscriber saw its connection drop."""
+    async with subscribed(url, token, watched):
+        while not ready():
+            await trio.sleep(0.005)
+        await trio.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 def check_received(w: Watched, stored: dict[int, dict[str, Any]]) -> None:
@@ -120,13 +129,9 @@ def check_received(w: Watched, stored: dict[int, dict[str, Any]]) -> None:
 
 def process_alive(process: dict[str, Any]) -> bool:
     """Is the process with this recorded identity (pid and start time) still there?"""
-    try:
-        with open(f"/proc/{process['pid']}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return False
-    fields = raw[raw.rfind(b")") + 2:].split()
-    return fields[0] not in (b"Z", b"X") and int(fields[19]) == process["start_time"]
+    now = groups.identify(process["pid"])
+    return now is not None and now.start_time == process["start_time"] \
+        and pid_alive(process["pid"])
 
 
 async def check_recovered(url: str, token: str, w: Watched, *, how: re.Pattern[str],
@@ -175,24 +180,38 @@ async def check_resumes(rng: random.Random, url: str, token: str, w: Watched,
     check_received(Watched(w.job_id, Received(), ws), stored)
 
 
-async def test_kill_9_at_random_moments(tmp_path: Path) -> None:
-    print(f"RELIABILITY_SEED={SEED} RELIABILITY_ROUNDS={ROUNDS}")  # shown on a failure
+async def kill_rounds(data_dir: Path, rounds: int, jobs: list[tuple[str, dict[str, Any]]], *,
+                      ready: Callable[[list[Watched]], bool], delay: tuple[float, float],
+                      hows: list[re.Pattern[str]], finished_first: bool = False) -> None:
+    """`rounds` times: submit `jobs`, watch them, kill -9 the server `delay` (a random
+    span) after `ready`; then restart and check each job (`hows`: what recovery
+    must say of it) and clients resuming it. The restarted server runs the next."""
     rng = random.Random(SEED)
-    data_dir = tmp_path / "d"
     token = KeyRing.load_or_create(data_dir).issue("alice", "user")
     watched: list[Watched] = []
-    for round_ in range(ROUNDS + 1):
+    for round_ in range(rounds + 1):
         async with server_process(data_dir, env=SERVER_ENV) as (proc, url):
-            for w, how in zip(watched, (ENDED_BY_ITSELF, ENDED_AT_RESTART), strict=False):
-                events = await check_recovered(url, token, w, how=how)
+            for w, how in zip(watched, hows if watched else [], strict=True):
+                events = await check_recovered(url, token, w, how=how,
+                                               finished_first=finished_first)
                 await check_resumes(rng, url, token, w, events)
-            if round_ == ROUNDS:
-                break
-            chatty = await submit(url, token, "chatter", {})
-            quiet = await submit(url, token, "sleep", {"seconds": 300})
-            watched = [Watched(j, Received(), Received()) for j in (chatty, quiet)]
-            await watch_and_kill(proc, url, token, watched, ready=partial(flowing, watched),
-                                 delay=rng.uniform(0, MAX_KILL_DELAY))
+            if round_ == rounds:
+                return
+            watched = [Watched(await submit(url, token, template, params), Received(),
+                               Received()) for template, params in jobs]
+            await watch_and_kill(proc, url, token, watched, ready=partial(ready, watched),
+                                 delay=rng.uniform(*delay))
+
+
+async def test_kill_9_at_random_moments(tmp_path: Path) -> None:
+    print(f"RELIABILITY_SEED={SEED} RELIABILITY_ROUNDS={ROUNDS}")  # shown on a failure
+    await kill_rounds(tmp_path / "d", ROUNDS, [("chatter", {}), ("sleep", {"seconds": 300})],
+                      ready=flowing, delay=(0, MAX_KILL_DELAY),
+                      hows=[ENDED_BY_ITSELF, ENDED_AT_RESTART])
+
+
+def burst_started(watched: list[Watched]) -> bool:
+    return started(watched[0].sse)
 
 
 async def test_kill_9_in_the_middle_of_group_commits(tmp_path: Path) -> None:
@@ -200,23 +219,10 @@ async def test_kill_9_in_the_middle_of_group_commits(tmp_path: Path) -> None:
     keeps the writer committing groups of megabytes; the server is killed at a
     random moment of it, most likely mid-commit (or the job finished first:
     then it must have SUCCEEDED). Three kills."""
-    rng = random.Random(SEED)
-    data_dir = tmp_path / "d"
-    token = KeyRing.load_or_create(data_dir).issue("alice", "user")
-    watched: list[Watched] = []
-    for round_ in range(GROUP_COMMIT_KILLS + 1):
-        async with server_process(data_dir, env=SERVER_ENV) as (proc, url):
-            for w in watched:
-                events = await check_recovered(url, token, w, how=RECOVERED,
-                                               finished_first=True)
-                await check_resumes(rng, url, token, w, events)
-            if round_ == GROUP_COMMIT_KILLS:
-                break
-            burst = await submit(url, token, "wide", {"lines": 400, "width": 32_000})
-            watched = [Watched(burst, Received(), Received())]
-            await watch_and_kill(proc, url, token, watched,
-                                 ready=partial(started, watched[0].sse),
-                                 delay=rng.uniform(0.0, 0.15))
+    await kill_rounds(tmp_path / "d", GROUP_COMMIT_KILLS,
+                      [("wide", {"lines": 400, "width": 32_000})],
+                      ready=burst_started, delay=(0.0, 0.15), hows=[RECOVERED],
+                      finished_first=True)
 
 
 async def test_sigkill_of_a_jobs_process(tmp_path: Path) -> None:
@@ -225,14 +231,11 @@ async def test_sigkill_of_a_jobs_process(tmp_path: Path) -> None:
     async with server_process(data_dir, env=SERVER_ENV) as (_, url):
         job_id = await submit(url, token, "chatter", {})
         w = Watched(job_id, Received(), Received())
-        with trio.fail_after(ROUND_TIMEOUT):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(follow_sse, url, token, job_id, 0, w.sse)
-                nursery.start_soon(follow_logs_ws, ws_base(url), token, job_id, 0, w.ws)
-                while log_lines(w.ws) < 100:
-                    await trio.sleep(0.005)
-                pid = next(view["pid"] for _, view in w.sse.items if view["type"] == "started")
-                os.kill(pid, signal.SIGKILL)
+        async with subscribed(url, token, [w]):
+            while log_lines(w.ws) < 100:
+                await trio.sleep(0.005)
+            pid = next(view["pid"] for _, view in w.sse.items if view["type"] == "started")
+            os.kill(pid, signal.SIGKILL)
         job = await wait_status(url, token, job_id, "FAILED")
         assert (job["outcome"], job["error_message"]) == ("killed", "killed by signal SIGKILL")
         assert w.sse.ended and w.ws.ended
@@ -251,14 +254,11 @@ async def test_kill_9_then_a_member_outliving_its_leader_and_ignoring_term(
     async with server_process(data_dir, env=SERVER_ENV) as (proc, url):
         job_id = await submit(url, token, "tree", {})
         w = Watched(job_id, Received(), Received())
-        with trio.fail_after(ROUND_TIMEOUT):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(follow_sse, url, token, job_id, 0, w.sse)
-                # Its own line says the grandchild is up (and has written what it will).
-                while not any(v["type"] == "log" and v["line"].isdigit() for _, v in w.sse.items):
-                    await trio.sleep(0.01)
-                os.kill(proc.pid, signal.SIGKILL)
-                await proc.wait()
+
+        def grandchild_up() -> bool:  # its own line: it has written all it will
+            return any(v["type"] == "log" and v["line"].isdigit() for _, v in w.sse.items)
+
+        await watch_and_kill(proc, url, token, [w], ready=grandchild_up, delay=0)
     leader = next(v["pid"] for _, v in w.sse.items if v["type"] == "started")
     grandchild = next(int(v["line"]) for _, v in w.sse.items
                       if v["type"] == "log" and v["line"].isdigit())
