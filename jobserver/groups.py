@@ -150,7 +150,7 @@ def _names_job(pid: int, job_id: str) -> bool:
 
 def claim(identity: Identity, job_id: str) -> list[_Held]:
     """Pidfds of the live processes that provably are `job_id`'s (see the rules);
-    the caller closes them (`release`)."""
+    the caller closes them (`release`). Raises OSError where pidfds are missing."""
     if boot_id() != identity.boot_id:
         return []
     held: list[_Held] = []
@@ -159,8 +159,12 @@ def claim(identity: Identity, job_id: str) -> list[_Held]:
     for pid in group_members(identity.pgid):
         try:
             fd = os.pidfd_open(pid)
-        except OSError:
+        except ProcessLookupError:
             continue  # gone already
+        except OSError:
+            release(held)
+            release(doubtful)
+            raise
         stat = _stat(pid)  # checked after the pidfd is open: it names this process
         if stat is None or stat.pgrp != identity.pgid or not stat.live \
                 or stat.start_time < identity.start_time:
@@ -208,7 +212,10 @@ async def end_orphans(identity: Identity, job_id: str, *, grace: float) -> str:
     group = f"process group {identity.pgid}"
     if boot_id() != identity.boot_id:
         return f"{group} is gone: the machine restarted since the job started"
-    held = claim(identity, job_id)
+    try:
+        held = claim(identity, job_id)
+    except OSError as exc:  # no pidfds (Linux < 5.3): nothing can be signalled safely
+        return f"{group} was not signalled: {exc.strerror or exc}"
     try:
         if not held:
             return f"{group} had already ended"
