@@ -42,8 +42,9 @@ async def test_sigterm_bounces_jobs_and_a_restart_runs_them_again(tmp_path: Path
     token = KeyRing.load_or_create(data_dir).issue("alice", "user")
     async with server_process(data_dir, env=SERVER_ENV) as (proc, url):
         ws_base = url.replace("http://", "ws://", 1)
-        jobs = [await submit(url, token, "sleep", {"seconds": 1}),
-                await submit(url, token, "stubborn", {"seconds": 1})]
+        # Long enough to be still running when SIGTERM's grace is over.
+        jobs = [await submit(url, token, "sleep", {"seconds": 3}),
+                await submit(url, token, "stubborn", {"seconds": 3})]
         sse = {j: Received() for j in jobs}
         ws = {j: Received() for j in jobs}
         with trio.fail_after(30):
