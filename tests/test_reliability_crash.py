@@ -268,7 +268,7 @@ async def test_sigkill_of_a_jobs_process(tmp_path: Path) -> None:
         job_id = await submit(url, token, "chatter", {})
         w = Watched(job_id, Received(), Received())
         async with subscribed(url, token, [w]):
-            while log_lines(w.ws) < 100:
+            while log_lines(w.ws) < 100 or not started(w.sse):
                 await trio.sleep(0.005)
             pid = next(view["pid"] for _, view in w.sse.items if view["type"] == "started")
             os.kill(pid, signal.SIGKILL)
