@@ -4,8 +4,7 @@ Rules:
 - `write` and `delete_job` only queue; `run` is the one task that writes. It
   takes everything queued (up to a group's bound), commits it in ONE
   `BEGIN IMMEDIATE` transaction, calls the group's `on_commit` callbacks in
-  queue order (letting other tasks run between two) and then wakes
-  `wait_flushed` waiters. Queued operations are
+  queue order and then wakes `wait_flushed` waiters. Queued operations are
   committed in the order they were queued, and the last job record of a
   group is the one stored. A write that is never committed (a crash, a
   failed commit, a flush cut short) never has its callback called.
@@ -158,14 +157,12 @@ class SqliteStore:
                 callbacks.append(on_commit)
         assert self._writer is not None
         await trio.to_thread.run_sync(db.commit_group, self._writer, ops)
-        # Only shielded checkpoints from here on: a cancellation that arrived
-        # during the commit (which ran to the end) is delivered after the
-        # bookkeeping. Between two writes' callbacks others may run, so that
-        # publishing a big group does not hold the event loop for all of it
-        # (each write's callback is one batch, as `record_logs` made it).
-        for i, on_commit in enumerate(callbacks):
-            if i:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+        # No checkpoint from here on: a cancellation that arrived during the
+        # commit (which ran to the end) is delivered after the bookkeeping.
+        # Nor between callbacks: a pause there lets producers queue more while
+        # a group is published, and a stalled subscriber's test measured the
+        # memory that costs (RSS +34-39 MiB against under 21).
+        for on_commit in callbacks:
             on_commit()
         self._pending -= size
         self._committed_ops += len(ops)
