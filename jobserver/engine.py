@@ -1,11 +1,15 @@
 """The engine: jobs' front office. Submit, cancel, delete, look up, follow.
 
 Rules: every change to a job is an event recorded through `record`, which
-numbers it (seq), folds it into the job record, queues both for the store and
-then publishes to the hub, in that order, under the job's own lock, so the
-store and every subscriber see one sequence. Jobs that are QUEUED or RUNNING
-live in memory (`_live`); finished ones are read from the store. Access is
-checked here: a user sees only their own jobs, and others' look absent.
+numbers it (seq), folds it into the job record and queues both for the store,
+under the job's own lock; the hub gets the events once the store has committed
+them (in commit order, which is seq order), so the store and every subscriber
+see one sequence, and no client sees a seq that a crash could take back
+(DESIGN.md, "What a seq promises"). What clients are shown of a live job is
+its record as of its last committed event (`LiveJob.published`). Jobs that
+are QUEUED or RUNNING live in memory (`_live`); finished ones are read from
+the store. Access is checked here: a user sees only their own jobs, and
+others' look absent.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import trio
 
+from . import groups
 from .auth import Principal
 from .config import Config
 from .core import events as ev
@@ -48,7 +53,7 @@ _SYSTEM_CHANGES = (ev.Queued, ev.Started, ev.Finished, ev.Bounce)
 class LiveJob:
     """A QUEUED or RUNNING job's in-memory state (owned by the engine)."""
 
-    job: Job
+    job: Job  # with every recorded event, committed or not
     lock: trio.Lock = field(default_factory=trio.Lock)
     role: str = "user"
     cancel_scope: trio.CancelScope | None = None
@@ -57,9 +62,8 @@ class LiveJob:
     # The hub topics its events go to, made once (publishing runs per read of output).
     topic: JobTopic = field(init=False)
     owner_topic: OwnerTopic = field(init=False)
-    # The record as of the last batch handed to the hub: `record` folds a batch
-    # into `job` before it writes and publishes it, so `job` runs ahead while a
-    # write is in flight; this is what subscribers have been told.
+    # The record as of the last event committed and published: what clients see
+    # (`job` runs ahead while a write is in flight).
     published: Job = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,15 +113,18 @@ class Engine:
                 job = apply(job, event)
                 out.append(event)
             live.job = job
-            await self.store.write(out, job)
-            self._publish(live, out)
+
+            def publish() -> None:  # once committed
+                self._publish(live, job, out)
+
+            await self.store.write(out, job, on_commit=publish)
             return job
 
-    def _publish(self, live: LiveJob, events: list[ev.Event]) -> None:
-        """To the job's topic, then (output lines aside) its owner's, all jobs' and,
-        when the counts moved, the system topic."""
+    def _publish(self, live: LiveJob, job: Job, events: list[ev.Event]) -> None:
+        """Once committed: to the job's topic, then (output lines aside) its
+        owner's, all jobs' and, when the counts moved, the system topic."""
         hub = self.hub
-        live.published = live.job
+        live.published = job
         hub.publish(live.topic, events)
         summary = [e for e in events if type(e) is not ev.Log]
         if summary:
@@ -162,12 +169,14 @@ class Engine:
             out = ev.make_logs(jid, first, ts, stream, lines)
             job = dataclasses.replace(job, last_seq=first + len(lines) - 1)
             live.job = job
-            await self.store.write(out, job)
-            live.published = job
-            self.hub.publish(live.topic, out)
+            await self.store.write(out, job, on_commit=partial(self._publish_logs, live, job, out))
             cap = live.cap
             if cap is not None and (cut := cap.add(first, lines)) is not None:
                 await self.store.trim_logs(jid, *cut)
+
+    def _publish_logs(self, live: LiveJob, job: Job, out: list[ev.Log]) -> None:
+        live.published = job
+        self.hub.publish(live.topic, out)
 
     def now(self) -> float:
         return self.clock()
@@ -228,6 +237,7 @@ class Engine:
         self.enqueue(job_id)
         log.info("job %s queued: template=%s owner=%s correlation=%s", job_id, template_name,
                  principal.sub, job.correlation_id)
+        await self.store.wait_flushed()  # a job acknowledged is a job that survives a crash
         return job
 
     def enqueue(self, job_id: JobId) -> None:
@@ -252,27 +262,55 @@ class Engine:
         return list(self._queue)
 
     async def recover(self) -> None:
-        """Take over jobs a previous run left QUEUED or RUNNING."""
-        for job in await self.store.unfinished_jobs():
-            await self._recover(job)
+        """Take over jobs a previous run left QUEUED or RUNNING. The processes of
+        those it left RUNNING are ended first, all at once, each within
+        kill_grace + groups.KILL_WAIT, and each job's events say what was done."""
+        jobs = await self.store.unfinished_jobs()
+        reports: dict[JobId, str] = {}
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                if job.status is Status.RUNNING:
+                    nursery.start_soon(self._end_left_over, job, reports)
+        for job in jobs:
+            await self._recover(job, reports.get(job.id))
 
-    async def _recover(self, job: Job) -> None:
+    async def _end_left_over(self, job: Job, reports: dict[JobId, str]) -> None:
+        if job.process is None:
+            if job.pid is not None:
+                reports[job.id] = (f"pid {job.pid} was not signalled: nothing recorded "
+                                   "proves which process it is now")
+            return
+        report = await groups.end_orphans(groups.Identity.from_dict(dict(job.process)),
+                                          job.id, grace=self.config.kill_grace)
+        log.warning("job %s: %s", job.id, report)
+        reports[job.id] = report
+
+    async def _recover(self, job: Job, report: str | None) -> None:
         live = LiveJob(job)
         self._live[job.id] = live
         jid = job.id
+        now = self.now()
+        restart = partial(ev.Queued, job_id=jid, ts=now, reason="restart")
         if job.status is Status.QUEUED:
+            if job.started_at is not None:  # bounced as the server stopped: a new attempt
+                await self.record(live, [lambda s: restart(seq=s)])
+            self.enqueue(jid)
+            return
+        notes: list[Callable[[int], ev.Event]] = []
+        if report is not None:
+            notes.append(lambda s: ev.Warning(job_id=jid, seq=s, ts=now, message=report))
+        template = self.config.templates.get(job.template)
+        if template is not None and template.requeue_on_restart:
+            await self.record(live, [*notes, lambda s: ev.Bounce(
+                job_id=jid, seq=s, ts=now, reason="server restarted"),
+                lambda s: restart(seq=s)])
             self.enqueue(jid)
         else:
-            template = self.config.templates.get(job.template)
-            if template is not None and template.requeue_on_restart:
-                await self.record(live, [lambda s: ev.Bounce(
-                    job_id=jid, seq=s, ts=self.now(), reason="server restarted")])
-                self.enqueue(jid)
-            else:
-                await self.record(live, [lambda s: ev.Finished(
-                    job_id=jid, seq=s, ts=self.now(), status=Status.FAILED.value, outcome="lost",
-                    message="server stopped while running")])
-                self.forget(jid)
+            await self.record(live, [*notes, *closing_steps(job, Status.FAILED.value, now),
+                                     lambda s: ev.Finished(
+                job_id=jid, seq=s, ts=now, status=Status.FAILED.value, outcome="lost",
+                message="server stopped while running")])
+            self.forget(jid)
 
     # ---- looking up -------------------------------------------------------
 
@@ -309,7 +347,7 @@ class Engine:
     async def get_any(self, job_id: JobId) -> Job | None:
         live = self._live.get(job_id)
         if live is not None:
-            return live.job
+            return live.published
         # A job that just finished left `_live` before the store committed it.
         await self.store.wait_flushed()
         return await self.store.get_job(job_id)
@@ -326,7 +364,7 @@ class Engine:
         await self.store.wait_flushed()  # read your writes: a job just submitted is listed
         jobs, cursor = await self.store.list_jobs(query)
         # The store's copy of a live job can lag by a group commit: prefer ours.
-        return [self._live[j.id].job if j.id in self._live else j for j in jobs], cursor
+        return [self._live[j.id].published if j.id in self._live else j for j in jobs], cursor
 
     # ---- cancelling and deleting -----------------------------------------
 
@@ -336,7 +374,8 @@ class Engine:
         if live is None or job.status.terminal:
             raise Conflict(f"job is already {job.status.value}", code="job_finished")
         await self.stop(live, "cancel")
-        return live.job
+        await self.store.wait_flushed()
+        return live.published
 
     async def stop(self, live: LiveJob, reason: str) -> None:
         """Cancel a queued job at once, or ask a running one to stop."""

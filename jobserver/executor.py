@@ -47,8 +47,10 @@ from typing import Protocol
 
 import trio
 
+from . import groups
 from .core import control
 from .core.lines import LineSplitter
+from .groups import KILL_WAIT
 from .watchdog import Activity, Stopper, watch_idle
 
 CONTROL_ENV = "JOBSERVER_CONTROL_FD"
@@ -61,9 +63,6 @@ DRAIN_IDLE = 0.5
 # ... and stop reading after this anyway, however chatty such a process is.
 # (Only reads are cut short: lines already read always reach the sink.)
 DRAIN_LIMIT = 5.0
-# After SIGKILL the kernel needs moments; a process still there after this is
-# stuck in the kernel (D state) and waiting longer does not help.
-KILL_WAIT = 2.0
 # Polling for the group's last members (not our children, so no wait() for them).
 GROUP_POLL_MIN = 0.002
 GROUP_POLL_MAX = 0.05
@@ -94,7 +93,8 @@ class ExitInfo:
 
 
 class ExecutionSink(Protocol):
-    async def started(self, pid: int, command: str, step: str | None) -> None: ...
+    async def started(self, pid: int, command: str, step: str | None, *,
+                      identity: groups.Identity | None) -> None: ...
 
     async def lines(self, stream: str, ts: float, lines: list[str]) -> None: ...
 
@@ -121,7 +121,8 @@ async def execute(command: Command, sink: ExecutionSink, *, kill_grace: float = 
                 return _not_started(_describe(exc, argv[0], command.cwd))
         ours.callback(child.close)
         try:
-            await sink.started(child.pid, shlex.join(argv), command.step)
+            await sink.started(child.pid, shlex.join(argv), command.step,
+                               identity=groups.identify(child.pid))
             return await _supervise(child, streams, command, sink, kill_grace, max_line,
                                     stopper or Stopper())
         finally:
@@ -271,14 +272,14 @@ async def _end_group(child: _Child, grace: float) -> None:
     """SIGTERM the child's group, SIGKILL it `grace` seconds later; return when
     the leader is reaped and no live process is left in the group (or when not
     even SIGKILL got there within KILL_WAIT). Called again, it carries on."""
-    if child.returncode is None or _group_alive(child.pid):
+    if child.returncode is None or groups.group_alive(child.pid):
         if child.kill_at is None:
-            _signal_group(child.pid, signal.SIGTERM)
+            groups.signal_group(child.pid, signal.SIGTERM)
             child.kill_at = trio.current_time() + grace
         with trio.move_on_at(child.kill_at) as term:
             await _wait_group(child)
         if term.cancelled_caught:
-            _signal_group(child.pid, signal.SIGKILL)
+            groups.signal_group(child.pid, signal.SIGKILL)
             with trio.move_on_after(KILL_WAIT):
                 await _wait_group(child)
     child.settled = True
@@ -287,39 +288,9 @@ async def _end_group(child: _Child, grace: float) -> None:
 async def _wait_group(child: _Child) -> None:
     await child.wait()
     delay = GROUP_POLL_MIN
-    while _group_alive(child.pid):
+    while groups.group_alive(child.pid):
         await trio.sleep(delay)
         delay = min(delay * 2, GROUP_POLL_MAX)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Is a live process left in the group? Zombies (dead, waiting for a parent
-    that reaps lazily, like some containers' init) do not count."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        pids = [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return True  # no /proc to look closer
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()  # state ppid pgrp ...
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
 
 
 # ---- starting the child -----------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from . import executor, watchdog
+from . import executor, groups, watchdog
 from .auth import Principal
 from .core import control as ctl
 from .core import events as ev
@@ -65,13 +65,15 @@ class Supervisor:
                 await self.engine.wait_queue_changed()
 
     async def bounce_all(self) -> None:
-        """Stop taking work and send every running job back to QUEUED."""
+        """Stop taking work and send every running job back to QUEUED; return once
+        the bounces are committed (and so published)."""
         self.engine.accepting = False
         for live in list(self._running.values()):
             live.stop_reason = "bounce"
             if live.cancel_scope is not None:
                 live.cancel_scope.cancel()
         await self._idle.wait()
+        await self.engine.store.wait_flushed()
 
     async def _run_job(self, live: LiveJob) -> None:
         job_id = live.job.id
@@ -114,10 +116,13 @@ class Run:
 
     # ---- ExecutionSink ----------------------------------------------------
 
-    async def started(self, pid: int, command: str, step: str | None) -> None:
+    async def started(self, pid: int, command: str, step: str | None, *,
+                      identity: groups.Identity | None) -> None:
         jid = self.live.job.id
+        process = identity.to_dict() if identity is not None else None
         await self.engine.record(self.live, [lambda s: ev.Started(
-            job_id=jid, seq=s, ts=self.engine.now(), pid=pid, command=command, step=step)])
+            job_id=jid, seq=s, ts=self.engine.now(), pid=pid, command=command, step=step,
+            process=process)])
 
     async def lines(self, stream: str, ts: float, lines: list[str]) -> None:
         self.snippet[stream].extend(lines[-self.config.log_snippet_lines:])

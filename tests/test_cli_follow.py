@@ -22,7 +22,7 @@ from jobserver.auth import KeyRing
 
 from .clirun import cli, cli_env, read_all, read_until, start_cli
 from .conftest import PY, Harness
-from .test_restart import server_process
+from .procserver import server_process
 
 CUT_AFTER_BYTES = 20_000
 CUT_CONNECTIONS = 5

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from jobserver import executor
+from jobserver import executor, groups
 from jobserver.core import control
 from jobserver.core.control import Progress, ResultMsg, StepMsg, StepStatus
 from jobserver.core.lines import truncation_marker
@@ -50,6 +50,7 @@ class RecordingSink:
 
     def __init__(self, *, delay: float = 0.0) -> None:
         self.pid: int | None = None
+        self.identity: groups.Identity | None = None
         self.command: str | None = None
         self.out: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.batches = 0
@@ -58,8 +59,10 @@ class RecordingSink:
         self._delay = delay
         self._changed = trio.Event()
 
-    async def started(self, pid: int, command: str, step: str | None) -> None:
+    async def started(self, pid: int, command: str, step: str | None, *,
+                      identity: groups.Identity | None) -> None:
         self.pid, self.command = pid, command
+        self.identity = identity
         self._poke()
 
     async def lines(self, stream: str, ts: float, lines: list[str]) -> None:
@@ -152,7 +155,7 @@ async def run(argv: list[str], sink: RecordingSink | None = None, *,
         sink, kill_grace=GRACE, max_line=max_line)
     if sink.pid is not None:  # whatever happened, the group is gone
         assert dead(sink.pid)
-        assert not executor._group_alive(sink.pid)
+        assert not groups.group_alive(sink.pid)
     return info, sink
 
 
@@ -357,7 +360,7 @@ async def test_cancel_kills_the_tree_then_propagates(backend: str, strays: list[
     assert time.monotonic() - start < GRACE + executor.KILL_WAIT
     assert sink.pid is not None and grandchild is not None
     assert dead(sink.pid) and dead(grandchild)
-    assert not executor._group_alive(sink.pid)
+    assert not groups.group_alive(sink.pid)
 
 
 async def test_leader_exit_ends_orphans_that_hold_the_pipes(strays: list[int]) -> None:
@@ -437,8 +440,8 @@ async def test_escalation_sigterm_then_sigkill_after_grace(
             child.returncode = -sig
             child.exited.set()
 
-    monkeypatch.setattr(executor, "_signal_group", signal_group)
-    monkeypatch.setattr(executor, "_group_alive", lambda pgid: child.returncode is None)
+    monkeypatch.setattr(groups, "signal_group", signal_group)
+    monkeypatch.setattr(groups, "group_alive", lambda pgid: child.returncode is None)
     start = trio.current_time()
     await executor._end_group(child, 5.0)
     if dies_on == signal.SIGTERM:
@@ -462,8 +465,8 @@ async def test_escalation_resumes_where_a_cancel_left_it(
             child.returncode = -sig
             child.exited.set()
 
-    monkeypatch.setattr(executor, "_signal_group", signal_group)
-    monkeypatch.setattr(executor, "_group_alive", lambda pgid: child.returncode is None)
+    monkeypatch.setattr(groups, "signal_group", signal_group)
+    monkeypatch.setattr(groups, "group_alive", lambda pgid: child.returncode is None)
     with trio.move_on_after(2.0):
         await executor._end_group(child, 5.0)
     assert not child.settled

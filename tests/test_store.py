@@ -423,6 +423,36 @@ async def test_a_failed_commit_stops_the_store(path: Path) -> None:
         await store.write(logs(job.id, 3, 1), job)
 
 
+async def test_on_commit_runs_after_the_commit_in_order_and_never_for_a_failed_one(
+        path: Path) -> None:
+    """A full disk (SQLite's "database or disk is full", made here by capping the
+    database's pages) fails the commit: its writes' callbacks never run, so
+    nothing of them is published, and the store stops with the error."""
+    job = make_job()
+    store = SqliteStore(path, linger=0)
+    called: list[int] = []
+
+    async def seen_by_a_reader(seq: int) -> bool:
+        return any(e.seq == seq for e in await store.events_after(job.id, 0, limit=10))
+
+    with pytest.RaisesGroup(pytest.RaisesExc(sqlite3.OperationalError, match="full")):
+        async with trio.open_nursery() as n:
+            await n.start(store.run)
+            await store.write(logs(job.id, 1, 1), job, on_commit=lambda: called.append(1))
+            await store.write(logs(job.id, 2, 1), job, on_commit=lambda: called.append(2))
+            await store.wait_flushed()
+            assert called == [1, 2] and await seen_by_a_reader(2)
+            writer = store._writer
+            assert writer is not None
+            pages = writer.execute("PRAGMA page_count").fetchone()[0]
+            writer.execute(f"PRAGMA max_page_count = {pages}")
+            big = [ev.Log(job_id=job.id, seq=3 + i, ts=1.0, stream="stdout", line="x" * 4000)
+                   for i in range(100)]
+            await store.write(big, job, on_commit=lambda: called.append(3))
+            await trio.sleep_forever()
+    assert called == [1, 2]
+
+
 # ---- jobs ---------------------------------------------------------------------
 
 

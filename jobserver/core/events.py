@@ -37,6 +37,9 @@ class Started(Event):
     pid: int
     command: str
     step: str | None = None
+    # What proves a live process is this one after a restart (pid, pgid,
+    # start_time, boot_id: see groups.py); None where the system cannot tell.
+    process: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -66,6 +66,7 @@ class Job:
     started_at: float | None = None
     completed_at: float | None = None
     pid: int | None = None
+    process: Mapping[str, Any] | None = None  # the running process's identity (groups.py)
     command_line: str | None = None
     exit_code: int | None = None
     outcome: str | None = None
@@ -104,6 +105,7 @@ class Job:
             "started_at": self.started_at,
             "completed_at": self.completed_at,
             "pid": self.pid,
+            "process": dict(self.process) if self.process is not None else None,
             "exit_code": self.exit_code,
             "outcome": self.outcome,
             "result_message": self.result_message,
@@ -139,6 +141,7 @@ class Job:
             started_at=d.get("started_at"),
             completed_at=d.get("completed_at"),
             pid=d.get("pid"),
+            process=d.get("process"),
             command_line=d.get("command"),
             exit_code=d.get("exit_code"),
             outcome=d.get("outcome"),
@@ -173,13 +176,14 @@ def apply(job: Job, event: ev.Event) -> Job:
         case ev.Queued():
             if job.status is not Status.QUEUED:
                 raise_invalid(job.status)
-        case ev.Started(pid=pid, command=command, step=step):
+        case ev.Started(pid=pid, command=command, step=step, process=process):
             if job.status is Status.QUEUED:
                 changes["status"] = transition(job.status, Move.START)
                 changes["started_at"] = event.ts
             elif job.status is not Status.RUNNING:
                 transition(job.status, Move.START)  # raises
             changes["pid"] = pid
+            changes["process"] = process
             changes["command_line"] = command
             if step is not None:
                 changes["steps"] = _step(job.steps, step, "Running", event.ts)
@@ -210,6 +214,7 @@ def apply(job: Job, event: ev.Event) -> Job:
         case ev.Bounce():
             changes["status"] = transition(job.status, Move.BOUNCE)
             changes["pid"] = None
+            changes["process"] = None
             changes["steps"] = tuple(
                 dataclasses.replace(s, status="Pending") if s.status == "Running" else s
                 for s in job.steps
@@ -220,6 +225,7 @@ def apply(job: Job, event: ev.Event) -> Job:
                     Status.CANCELLED: Move.CANCEL}[status]
             changes["status"] = transition(job.status, move)
             changes["completed_at"] = event.ts
+            changes["process"] = None
             changes["exit_code"] = event.exit_code
             changes["outcome"] = event.outcome
             if status is Status.FAILED:

@@ -1,7 +1,8 @@
 """The Store interface: what the engine needs from persistence, and no SQL.
 
 Rules: SQL stays inside a backend. Writes are queued and group-committed by
-the backend's own `run` service; `write` waits only when the backlog is full
+the backend's own `run` service, which calls each write's `on_commit` after
+its commit, in write order; `write` waits only when the backlog is full
 (backpressure on the producer, never unbounded memory). Reads see everything
 that was committed; `wait_flushed` waits until everything written before the
 call is committed. Nothing assumes one process owns the database.
@@ -9,7 +10,7 @@ call is committed. Nothing assumes one process owns the database.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +20,10 @@ from ..core.events import Event
 from ..core.ids import JobId, UserId
 from ..core.job import Job
 from ..core.states import Status
+
+# Called once a write is committed, in the store's writer task: it must not
+# block or raise (the engine publishes the write's events from it).
+OnCommit = Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,8 +67,10 @@ class Store(Protocol):
         """Open the database, then commit queued writes in groups until cancelled;
         on the way out, flush what is queued (bounded) and close."""
 
-    async def write(self, events: Sequence[Event], job: Job | None = None) -> None:
-        """Queue events (and the job record as it stands after them) for commit."""
+    async def write(self, events: Sequence[Event], job: Job | None = None, *,
+                    on_commit: OnCommit | None = None) -> None:
+        """Queue events (and the job record as it stands after them) for commit;
+        call `on_commit` once they are committed, never if they are not."""
 
     async def wait_flushed(self) -> None:
         """Return once everything queued before this call is committed."""
