@@ -135,11 +135,11 @@ class Engine:
 
     def system_status(self) -> SystemStatus:
         """The system topic's state now (its seq: the hub's position when read).
-        Counted from the live jobs' records, which `record` updates before it
-        publishes: a job's Queued event is published before it joins the queue."""
+        Counted from the live jobs' records as published (committed): a job's
+        Queued event counts it as queued in the status that event publishes."""
         running = queued = 0
         for live in self._live.values():
-            status = live.job.status
+            status = live.published.status  # as clients were told (committed)
             if status is Status.RUNNING:
                 running += 1
             elif status is Status.QUEUED:

@@ -106,6 +106,7 @@ async def _job(plane: DataPlane) -> LiveJob:
 async def _lines(plane: DataPlane, live: LiveJob, count: int, *, start: int = 0) -> None:
     await plane.engine.record_logs(live, "stdout", 1.0,
                                    [f"line {i}" for i in range(start, start + count)])
+    await plane.engine.store.wait_flushed()  # published once committed
 
 
 async def _finish(plane: DataPlane, live: LiveJob) -> None:
@@ -115,6 +116,7 @@ async def _finish(plane: DataPlane, live: LiveJob) -> None:
     await plane.engine.record(live, [lambda s: ev.Finished(
         job_id=live.job.id, seq=s, ts=2.0, status=Status.SUCCEEDED.value, outcome="succeeded",
         exit_code=0)])
+    await plane.engine.store.wait_flushed()
 
 
 async def _catch_up(plane: DataPlane, member: Member, client: Client) -> None:
