@@ -17,7 +17,8 @@ import trio.testing
 
 from jobserver.core.ids import new_job_id
 from jobserver.core.topics import JobTopic
-from jobserver.dataplane.fanout import REPLAY_PAGE, Channel, FrameCache, Member
+from jobserver.dataplane.encoded import FrameCache
+from jobserver.dataplane.fanout import REPLAY_PAGE, Channel, Member, Placing
 from jobserver.dataplane.outbox import MAX_BACKLOG_BYTES, Counters, Outbox
 from jobserver.dataplane.wire import encode_ws
 from jobserver.dialects import Subscribe
@@ -174,14 +175,14 @@ async def test_a_member_that_leaves_while_waiting_for_the_placing_stays_gone() -
 
         renderer = LogsRenderer(job_id, "job", with_seq=False, running=True)
         member = Member(Sink(), channel, Subscribe(JobTopic(job_id), 3, renderer), max_lag=100)
-        channel.placing = trio.Event()  # another member is reading the store
+        placing = channel.placing = Placing(channel, 3)  # another member reads the store
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partial(member.catch_up, None))  # type: ignore[arg-type]
             await trio.testing.wait_all_tasks_blocked()
             assert member in channel.pending
             member.detach()  # its connection closed
             channel.renderer = renderer  # the other member went live
-            channel.placing.set()
+            placing.release()
         assert not member.live and member.detached
         assert released == [channel] and not channel.live and not channel.pending
 

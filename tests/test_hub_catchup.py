@@ -19,7 +19,7 @@ import trio
 
 from jobserver.auth import KeyRing, Principal
 from jobserver.core import events as ev
-from jobserver.core.ids import UserId
+from jobserver.core.ids import JobId, UserId
 from jobserver.core.states import Status
 from jobserver.core.topics import ALL_JOBS, JobTopic, OwnerTopic, TopicEvent
 from jobserver.dataplane.fanout import Member
@@ -252,3 +252,134 @@ async def test_an_owner_topic_is_live_at_once_and_a_laggard_leaves(
             break
     assert member.lagged and member.detached and sink.woken
     plane.leave(member)
+
+
+class CountingReader:
+    """The engine's `events_after`, counting the catch-ups' store reads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.reads = 0
+
+    async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[ev.Event]:
+        self.reads += 1
+        return await self.engine.events_after(job_id, after, limit=limit)
+
+
+async def _joiners(plane: DataPlane, live: LiveJob, count: int, *,
+                   after: int = 0) -> tuple[list[Member], list[Client], list[socket.socket]]:
+    members, clients, socks = [], [], []
+    for _ in range(count):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        socks += [a, b]
+        members.append(plane.join(Sink(a), Subscribe(JobTopic(live.job.id), after,
+                                                     NativeRenderer()), "sse"))
+        clients.append(Client(b))
+    return members, clients, socks
+
+
+async def _catch_up_all(plane: DataPlane, reader: CountingReader, members: list[Member],
+                        clients: list[Client]) -> None:
+    """Every member's catch-up at once, each client reading, until all are live."""
+    async with trio.open_nursery() as nursery:
+        for member, client in zip(members, clients, strict=True):
+            nursery.start_soon(client.keep_reading)
+            nursery.start_soon(member.catch_up, reader)
+        while not all(m.live for m in members):
+            for member in members:
+                await member.outbox.flush(stall_timeout=5)
+            await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+
+
+def _close(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+
+
+async def test_joiners_of_a_young_job_from_seq_0_share_one_store_read(plane: DataPlane) -> None:
+    """Forty members replaying a short log from seq 0 at once: one reads the
+    store, the others go live from what it wrote; every client gets the same
+    bytes, the whole history once and in order, then the live events."""
+    live = await _job(plane)
+    await _lines(plane, live, 30)
+    reader = CountingReader(plane.engine)
+    members, clients, socks = await _joiners(plane, live, 40)
+    try:
+        await _catch_up_all(plane, reader, members, clients)
+        assert reader.reads == 1
+        stored = await plane.engine.events_after(live.job.id, 0, limit=100)
+        history = b"".join(encode_sse(NativeRenderer().render(e).messages) for e in stored)
+        for client in clients:
+            client.read_nowait()
+            assert client.data == history
+        late, late_clients, late_socks = await _joiners(plane, live, 5)  # the channel is live
+        socks += late_socks
+        await _catch_up_all(plane, reader, late, late_clients)
+        assert reader.reads == 1
+        await _lines(plane, live, 3, start=30)
+        await _finish(plane, live)
+        for member in members + late:
+            await member.outbox.flush(stall_timeout=5)
+        for client in clients + late_clients:
+            assert client.ids() == list(range(1, live.job.last_seq + 1))
+        assert all(m.ended for m in members + late)
+    finally:
+        _close(socks)
+
+
+async def test_joiners_from_seq_0_miss_nothing_published_while_they_join(
+        plane: DataPlane) -> None:
+    live = await _job(plane)
+    await _lines(plane, live, 10)
+    reader = CountingReader(plane.engine)
+    members, clients, socks = await _joiners(plane, live, 20)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_catch_up_all, plane, reader, members, clients)
+            for batch in range(5):  # events while the first reads and the others wait
+                await _lines(plane, live, 4, start=10 + batch * 4)
+                await trio.sleep(0.001)
+        await _finish(plane, live)
+        for member in members:
+            await member.outbox.flush(stall_timeout=5)
+        for client in clients:
+            assert client.ids() == list(range(1, live.job.last_seq + 1))
+    finally:
+        _close(socks)
+
+
+async def test_a_long_history_lets_the_waiters_read_for_themselves(plane: DataPlane) -> None:
+    """Past what a channel keeps (RECENT_EVENTS), the placing member cannot seed
+    the others: it lets them go after its first page, so they catch up from the
+    store while it is still stuck behind a client that reads nothing."""
+    live = await _job(plane)
+    for batch in range(5):
+        await plane.engine.record_logs(live, "stdout", 1.0, [
+            f"line {i} {'x' * 200}" for i in range(batch * 1000, (batch + 1) * 1000)])
+    reader = CountingReader(plane.engine)
+    members, clients, socks = await _joiners(plane, live, 4)
+    try:
+        stuck, stuck_client = members[0], clients[0]
+        socks[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stuck.catch_up, reader)
+                while stuck.channel.placing is None:  # it starts placing...
+                    await trio.sleep(0.001)
+                while stuck.channel.placing is not None:  # ...and lets go after a page
+                    await trio.sleep(0.001)
+                await _catch_up_all(plane, reader, members[1:], clients[1:])
+                assert not stuck.live  # the others did not wait for it
+                nursery.start_soon(stuck_client.keep_reading)
+                while not stuck.live:  # its client reads at last: it catches up too
+                    await stuck.outbox.flush(stall_timeout=5)
+                    await trio.sleep(0.001)
+                nursery.cancel_scope.cancel()
+        assert reader.reads > 3 * 2
+        for client in clients:
+            assert client.ids() == list(range(1, live.job.last_seq + 1))
+    finally:
+        _close(socks)

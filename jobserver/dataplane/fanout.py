@@ -27,9 +27,14 @@ with `lagged` set (its session is told) instead of catching up.
 
 Joining is cheap when a channel is live already: a member whose cursor is at
 the channel's last seq, or within the last events it encoded (`Recent`), gets
-those bytes and goes live at once, with no store read; while the channel's
-first member reads the store to place the renderer, members arriving with it
-wait for that instead of each reading too.
+those bytes and goes live at once, with no store read. While the channel's
+first member reads the store to place the renderer (one starting at seq 0 or at
+the channel's last seq: it is *placing*), members arriving with it wait for
+that instead of each reading too; what the placing member wrote, kept within
+Recent's bounds, becomes the channel's Recent as it goes live, so a thousand
+subscribers replaying a young job's log from seq 0 cost one store read. Once
+what it keeps no longer reaches back to its start (a long history), it lets
+the waiters read for themselves.
 
 A raw channel (encoding `EVENTS`, a session's `Watch`) renders nothing: its
 live members hand each batch of events to their connection, which gives them
@@ -47,8 +52,7 @@ catching up over the same history share it.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import trio
@@ -57,25 +61,19 @@ from ..core.events import Event, Log
 from ..core.ids import JobId
 from ..core.topics import JobTopic, Topic
 from ..dialects import NOTHING, Rendered, Renderer, Subscribe
+from .encoded import ChannelKey, FrameCache, Recent
 from .wakeup import Wakeup
 from .wire import Encoder
 
 # Events one store read of a catch-up returns (engine.REPLAY_PAGE's reason:
 # a page of typical lines is a few hundred KB, sent before the next is read).
 REPLAY_PAGE = 2000
-# Encoded events the frame cache keeps, and their bytes at most.
-FRAME_CACHE_ENTRIES = 8192
-FRAME_CACHE_BYTES = 8 * 1024 * 1024
-# The last events a channel keeps encoded for members joining just behind.
-RECENT_EVENTS = 1024
-RECENT_BYTES = 1024 * 1024
 # How long a joining member waits for another to place the channel's renderer
 # before it reads the store itself.
 PLACING_WAIT = 1.0
 # A catch-up writes its next page once its connection's backlog is below this.
 CATCH_UP_LOW_WATER = 256 * 1024
 
-ChannelKey = tuple[Topic, Hashable, str]  # (topic, renderer key, encoding)
 # The encoding of a raw channel: a session's `Watch`, whose members get the
 # events themselves (handed to their connection's session), nothing encoded.
 EVENTS = "events"
@@ -157,83 +155,6 @@ class EventReader(Protocol):
     async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[Event]: ...
 
 
-class FrameCache:
-    """Encoded bytes of recently rendered events by (channel key, seq); FIFO, bounded."""
-
-    def __init__(self, *, max_entries: int = FRAME_CACHE_ENTRIES,
-                 max_bytes: int = FRAME_CACHE_BYTES) -> None:
-        # An OrderedDict evicts its oldest in O(1); a dict's next(iter()) walks
-        # every slot left behind by earlier evictions.
-        self._entries: OrderedDict[tuple[ChannelKey, int], tuple[bytes, bool]] = OrderedDict()
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: tuple[ChannelKey, int]) -> tuple[bytes, bool] | None:
-        found = self._entries.get(key)
-        if found is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return found
-
-    def put(self, key: tuple[ChannelKey, int], value: tuple[bytes, bool]) -> None:
-        if len(value[0]) > self._max_bytes or key in self._entries:
-            return
-        self._entries[key] = value
-        self._bytes += len(value[0])
-        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
-            self._bytes -= len(self._entries.popitem(last=False)[1][0])
-
-
-class Recent:
-    """The encodings of a channel's last events, while they are contiguous: a
-    member that joins a few events behind catches up from here, at once,
-    instead of from the store (a thousand subscribers arriving together would
-    each wait for a read). Bounded in events and bytes; the bytes are the ones
-    the live members got, shared."""
-
-    __slots__ = ("_bytes", "_entries")
-
-    def __init__(self) -> None:
-        self._entries: deque[tuple[int, bytes, bool]] = deque()
-        self._bytes = 0
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
-
-    def extend(self, events: Sequence[Event], parts: Sequence[bytes], end: bool) -> None:
-        entries = self._entries
-        last = len(parts) - 1
-        for i, part in enumerate(parts):
-            entries.append((events[i].seq, part, end and i == last))
-            self._bytes += len(part)
-        while len(entries) > RECENT_EVENTS or self._bytes > RECENT_BYTES:
-            self._bytes -= len(entries.popleft()[1])
-
-    def after(self, cursor: int, last_seq: int) -> tuple[bytes, int, bool] | None:
-        """(bytes, events, ended) of the events after `cursor` up to `last_seq`, or
-        None when they are not all here."""
-        entries = self._entries
-        if cursor == last_seq:
-            return b"", 0, False
-        if not entries or entries[-1][0] != last_seq or entries[0][0] > cursor + 1:
-            return None
-        parts = []
-        for seq, part, end in entries:
-            if seq > cursor:
-                parts.append(part)
-                if end:
-                    return b"".join(parts), len(parts), True
-        return b"".join(parts), len(parts), False
-
-
 class Channel:
     """One topic x renderer variant x encoding; the hub subscriber that writes for all."""
 
@@ -253,7 +174,7 @@ class Channel:
         self.behind: dict[Member, None] = {}  # demoted, not yet catching up
         self.recent = Recent()
         # Set while the first member reads the store to place the renderer.
-        self.placing: trio.Event | None = None
+        self.placing: Placing | None = None
 
     def deliver(self, events: Sequence[Any]) -> None:
         if events[-1].seq <= self.last_seq:
@@ -292,16 +213,10 @@ class Channel:
         for member in tuple(self.live):
             member.push(data, used, self.last_seq, end)
 
-    def encode_events(self, renderer: Renderer, events: Sequence[Any], *,
-                      cached: bool = True) -> tuple[bytes, int, bool]:
-        """(bytes, events used, ended): the encoding of `events` up to an end, via
-        the cache unless not `cached`."""
-        parts, used, end = self.encode_parts(renderer, events, cached=cached)
-        return b"".join(parts), used, end
-
     def encode_parts(self, renderer: Renderer, events: Sequence[Any], *,
                      cached: bool = True) -> tuple[list[bytes], int, bool]:
-        """Like `encode_events`, each event's bytes apart."""
+        """(each event's bytes, events used, ended): the encoding of `events` up to
+        an end, via the cache unless not `cached`."""
         parts: list[bytes] = []
         used = 0
         end = False
@@ -331,6 +246,17 @@ class Channel:
                 break
         return parts, used, end
 
+    def offer_recent(self, recent: Recent) -> None:
+        """A placing member, going live now, offers what it wrote: it becomes the
+        channel's Recent when it ends at the channel's last seq (contiguous with
+        what the channel delivers next) and reaches further back than the one here."""
+        first = recent.first_seq
+        if first is None or recent.last_seq != self.last_seq:
+            return
+        mine = self.recent.first_seq
+        if mine is None or self.recent.last_seq != self.last_seq or first < mine:
+            self.recent.adopt(recent)
+
     def add_pending(self, member: Member) -> None:
         self.behind.pop(member, None)
         self.pending[member] = None
@@ -355,6 +281,40 @@ class Channel:
     @property
     def empty(self) -> bool:
         return not self.live and not self.pending and not self.behind
+
+
+class Placing:
+    """The part of the member reading the store to place a channel's renderer:
+    the others wait for `done`; what it writes is kept (as a Recent, bounded)
+    while it reaches back to its start, for the channel's Recent."""
+
+    __slots__ = ("_channel", "_start", "done", "wrote")
+
+    def __init__(self, channel: Channel, start: int) -> None:
+        self._channel = channel
+        self._start = start
+        self.done = trio.Event()
+        self.wrote: Recent | None = Recent()
+
+    def keep(self, events: Sequence[Any], parts: Sequence[bytes], end: bool) -> None:
+        wrote = self.wrote
+        if wrote is None:
+            return
+        wrote.extend(events, parts, end)
+        if not wrote.reaches(self._start):  # too long a history to share from here
+            self.wrote = None
+            self.release()
+
+    def release(self) -> None:
+        """Done, or of no more help: the waiters go on (and read for themselves)."""
+        self.done.set()
+        if self._channel.placing is self:
+            self._channel.placing = None
+
+    def went_live(self) -> None:
+        if self.wrote is not None:
+            self._channel.offer_recent(self.wrote)
+            self.wrote = None
 
 
 class Member:
@@ -463,21 +423,23 @@ class Member:
             # No renderer state to place: nothing to read (no await until promoted).
             channel.promote(self, self._prototype)
             return
-        if self.cursor > 0 and channel.renderer is None and channel.placing is not None:
+        if channel.renderer is None and channel.placing is not None:
             # Another member is reading the store to place the channel's
             # renderer: wait for it (briefly) rather than read too.
             with trio.move_on_after(PLACING_WAIT):
-                await channel.placing.wait()
+                await channel.placing.done.wait()
             if self.detached:  # the connection closed meanwhile
                 return
-        if channel.renderer is not None and self.cursor > 0:
+        if channel.renderer is not None:
             # The channel renders for live members already: a member with
-            # nothing to catch up on, or only what the channel has just sent,
-            # joins them now, without a store read (a thousand subscribers
-            # arriving at once would each wait for one). No await until promoted.
+            # nothing to catch up on, or only what the channel has sent lately
+            # (a young job's whole history, seeded by the placing member), joins
+            # them now, without a store read (a thousand subscribers arriving at
+            # once would each wait for one). No await until promoted.
             recent = channel.recent.after(self.cursor, channel.last_seq)
             if recent is not None:
                 data, count, end = recent
+                self._buffer.clear()  # what arrived while waiting is in `data`
                 self.cursor = channel.last_seq
                 self.outbox.write_nowait(data, count)
                 if end:
@@ -485,19 +447,22 @@ class Member:
                 else:
                     channel.promote(self, channel.renderer)
                 return
-        if channel.renderer is None and channel.placing is None \
-                and self.cursor == channel.last_seq > 0:
-            # Nothing to send, only the renderer's state to read: others may wait.
-            channel.placing = trio.Event()
+        if channel.renderer is None and channel.placing is None and not channel.raw \
+                and (self.cursor == 0 or self.cursor == channel.last_seq > 0):
+            # The history from seq 1, or only the renderer's state to read:
+            # others may wait, and go live from what this member wrote.
+            placing = channel.placing = Placing(channel, self.cursor)
             try:
-                await self._catch_up_from_store(store)
+                await self._catch_up_from_store(store, placing)
             finally:
-                channel.placing.set()
-                channel.placing = None
+                placing.release()
             return
         await self._catch_up_from_store(store)
 
-    async def _catch_up_from_store(self, store: EventReader) -> None:
+    async def _catch_up_from_store(self, store: EventReader,
+                                   placing: Placing | None = None) -> None:
+        """Read the store after the cursor, then the buffer; go live (a placing
+        member keeps what it writes and offers it to the channel then)."""
         channel = self.channel
         assert isinstance(channel.topic, JobTopic)
         job_id = channel.topic.job_id
@@ -515,7 +480,7 @@ class Member:
                     elif page and page[0].seq == self.cursor:
                         renderer = renderer.after(page[0])
                         page = page[1:]
-                if await self._write(renderer, page):
+                if await self._write(renderer, page, placing):
                     return
             if more:
                 continue
@@ -523,10 +488,12 @@ class Member:
                 fresh = [e for e in self._buffer if e.seq > self.cursor]
                 self._buffer.clear()
                 if fresh:
-                    if await self._write(renderer, fresh):
+                    if await self._write(renderer, fresh, placing):
                         return
                 elif channel.last_seq >= self.cursor:
                     channel.promote(self, renderer)
+                    if placing is not None:
+                        placing.went_live()
                     return
                 else:
                     self._buffered.clear()
@@ -535,9 +502,11 @@ class Member:
                         return
             self._overflow = False  # the buffer overflowed: back to the store
 
-    async def _write(self, renderer: Renderer, events: Sequence[Any]) -> bool:
+    async def _write(self, renderer: Renderer, events: Sequence[Any],
+                     placing: Placing | None = None) -> bool:
         """Write `events` and wait until the backlog is low again (the connection's
-        writer sends it); True when done (ended/detached)."""
+        writer sends it); True when done (ended/detached). Each event's bytes
+        are kept by `placing` too, when given."""
         if self.detached:
             return True
         if not events:
@@ -554,7 +523,10 @@ class Member:
         # Shared encodings help when the channel encodes these too (it has live
         # members) or others read the same history; alone, caching costs only.
         shared = bool(channel.live) or len(channel.pending) + len(channel.behind) > 1
-        data, used, end = channel.encode_events(renderer, events, cached=shared)
+        parts, used, end = channel.encode_parts(renderer, events, cached=shared)
+        data = b"".join(parts)
+        if placing is not None:
+            placing.keep(events, parts, end)
         self.cursor = events[used - 1].seq
         outbox = self.outbox
         outbox.write_nowait(data, used)

@@ -41,7 +41,8 @@ from ..dialects import (
 )
 from ..engine import Engine, Submission
 from ..errors import JobserverError, NotFound, Unauthenticated
-from .fanout import Channel, ChannelKey, FrameCache, Member, Sink
+from .encoded import ChannelKey, FrameCache
+from .fanout import Channel, Member, Sink
 from .outbox import Counters
 from .routes import DEFAULT_ROUTES, Route, RouteTable
 from .wire import ENCODERS
