@@ -291,6 +291,8 @@ async def _catch_up_all(plane: DataPlane, reader: CountingReader, members: list[
             for member in members:
                 await member.outbox.flush(stall_timeout=5)
             await trio.sleep(0.001)
+        for member in members:  # what the last write left queued
+            await member.outbox.flush(stall_timeout=5)
         nursery.cancel_scope.cancel()
 
 
@@ -377,6 +379,7 @@ async def test_a_long_history_lets_the_waiters_read_for_themselves(plane: DataPl
                 while not stuck.live:  # its client reads at last: it catches up too
                     await stuck.outbox.flush(stall_timeout=5)
                     await trio.sleep(0.001)
+                await stuck.outbox.flush(stall_timeout=5)
                 nursery.cancel_scope.cancel()
         assert reader.reads > 3 * 2
         for client in clients:

@@ -440,6 +440,7 @@ class Member:
             if recent is not None:
                 data, count, end = recent
                 self._buffer.clear()  # what arrived while waiting is in `data`
+                self._overflow = False
                 self.cursor = channel.last_seq
                 self.outbox.write_nowait(data, count)
                 if end:
