@@ -30,7 +30,7 @@ BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "multiplex", "live",
            "retention")
-TARGETS = ("fastapi", "quart", "c", "jobserver")
+TARGETS = ("fastapi", "quart", "c", "cbatch", "jobserver")
 
 
 def ensure_requirements() -> None:
@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="idle subscribers to hold (capped by the fd limit)")
     parser.add_argument("--profile", action="store_true",
                         help="sample the server with py-spy during one more log-throughput "
-                             "run and print where its time goes")
+                             "(and spawn) run and print where its time goes")
     parser.add_argument("--no-install", action="store_true",
                         help="skip tsp and wrk rather than apt-get install them")
     args = parser.parse_args(argv)
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from .idle import run_idle
     from .jobserver_benches import log_throughput, spawn_rate
     from .jobserver_target import JobserverTarget
-    from .targets import CTarget, QuartTarget, Target, UvicornTarget
+    from .targets import CBatchedTarget, CTarget, QuartTarget, Target, UvicornTarget
 
     def say(text: str) -> None:
         print(text, flush=True)
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs = args.runs or (1 if args.quick else 3)
     makers: dict[str, Callable[[], Target]] = {
         "fastapi": UvicornTarget, "quart": QuartTarget, "c": CTarget,
-        "jobserver": JobserverTarget}
+        "cbatch": CBatchedTarget, "jobserver": JobserverTarget}
     results: dict[str, Any] = {"machine": machine(), "started": dt.datetime.now(dt.UTC)
                                .isoformat(timespec="seconds"), "args": vars(args)}
     if "fanout" in args.only:
@@ -165,6 +165,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             say(f"  tsp: skipped: {exc}")
             spawn["tsp"] = {"skipped": str(exc)}
         spawn["jobserver"] = repeat(runs, lambda: spawn_rate(count), say, "jobserver")
+        if args.profile:
+            from .profile import print_summary, summary
+            raw = RESULTS / "spawn-profile.txt"
+            say(f"spawn rate under py-spy (samples in {raw}):")
+            rate = spawn_rate(count, profile=raw)
+            found = summary(raw) if raw.exists() else {}
+            say(f"  {rate:,.0f} jobs/s while sampled")
+            print_summary(found, say)
+            results["spawn_profile"] = {k: [list(r) for r in v] for k, v in found.items()}
         results["spawn"] = spawn
     if "rest" in args.only:
         results["rest"] = rest_bench(args, runs, say)

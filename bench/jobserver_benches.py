@@ -70,54 +70,62 @@ def log_throughput(lines: int = 2_000_000, profile: Path | None = None) -> float
         server.stop()
 
 
-def spawn_rate(count: int = 2000, slots: int = 2) -> float:
+def spawn_rate(count: int = 2000, slots: int = 2, profile: Path | None = None) -> float:
     """Jobs/s from the first submit to the last job's completion, as the server
     recorded it (`completed_at`): the bench's own polling is not counted, as
-    xargs and tsp are timed without any."""
+    xargs and tsp are timed without any. With `profile`, py-spy samples the
+    server meanwhile into that file."""
     server = JobserverServer(slots=slots)
     try:
         server.start()
-        parts = urlsplit(server.url)
-        conn = HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
-        headers = {"Authorization": f"Bearer {server.token}",
-                   "Content-Type": "application/json"}
-
-        def call(method: str, path: str, body: str | None = None) -> dict[str, Any]:
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            reply = response.read()
-            if response.status not in (200, 201):
-                raise TargetUnavailable(f"{method} {path} answered {response.status}")
-            answer: dict[str, Any] = json.loads(reply)
-            return answer
-
-        body = json.dumps({"template": "bench-true", "params": {}})
-        start = time.time()
-        ids = [call("POST", "/api/v1/jobs", body)["id"] for _ in range(count)]
-        deadline = time.monotonic() + SPAWN_TIMEOUT
-        while call("GET", f"/api/v1/jobs/{ids[-1]}")["status"] not in TERMINAL:
-            if time.monotonic() > deadline:
-                raise RuntimeError("bench-true jobs did not finish in time")
-            time.sleep(0.01)
-        done: dict[str, dict[str, Any]] = {}
-        while len(done) < count and time.monotonic() < deadline:
-            cursor = ""
-            while True:
-                page = call("GET", f"/api/v1/jobs?template=bench-true&limit=500&cursor={cursor}")
-                done.update((j["id"], j) for j in page["jobs"] if j["status"] in TERMINAL)
-                if page["next_cursor"] is None:
-                    break
-                cursor = page["next_cursor"]
-            time.sleep(0.01)
-        conn.close()
-        failed = [j for j in done.values() if j["status"] != "SUCCEEDED"]
-        if len(done) < count or failed:
-            raise RuntimeError(f"{len(done)} of {count} bench-true jobs finished, "
-                               f"{len(failed)} not SUCCEEDED")
-        end = max(_epoch(j["completed_at"]) for j in done.values())
-        return count / (end - start)
+        with Sampler(server.pid, profile) if profile else nullcontext() as sampler:
+            if sampler is not None and sampler.problem:
+                print(f"  no profile: {sampler.problem}", flush=True)
+            return _spawn(server, count)
     finally:
         server.stop()
+
+
+def _spawn(server: JobserverServer, count: int) -> float:
+    parts = urlsplit(server.url)
+    conn = HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    headers = {"Authorization": f"Bearer {server.token}",
+               "Content-Type": "application/json"}
+
+    def call(method: str, path: str, body: str | None = None) -> dict[str, Any]:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        reply = response.read()
+        if response.status not in (200, 201):
+            raise TargetUnavailable(f"{method} {path} answered {response.status}")
+        answer: dict[str, Any] = json.loads(reply)
+        return answer
+
+    body = json.dumps({"template": "bench-true", "params": {}})
+    start = time.time()
+    ids = [call("POST", "/api/v1/jobs", body)["id"] for _ in range(count)]
+    deadline = time.monotonic() + SPAWN_TIMEOUT
+    while call("GET", f"/api/v1/jobs/{ids[-1]}")["status"] not in TERMINAL:
+        if time.monotonic() > deadline:
+            raise RuntimeError("bench-true jobs did not finish in time")
+        time.sleep(0.01)
+    done: dict[str, dict[str, Any]] = {}
+    while len(done) < count and time.monotonic() < deadline:
+        cursor = ""
+        while True:
+            page = call("GET", f"/api/v1/jobs?template=bench-true&limit=500&cursor={cursor}")
+            done.update((j["id"], j) for j in page["jobs"] if j["status"] in TERMINAL)
+            if page["next_cursor"] is None:
+                break
+            cursor = page["next_cursor"]
+        time.sleep(0.01)
+    conn.close()
+    failed = [j for j in done.values() if j["status"] != "SUCCEEDED"]
+    if len(done) < count or failed:
+        raise RuntimeError(f"{len(done)} of {count} bench-true jobs finished, "
+                           f"{len(failed)} not SUCCEEDED")
+    end = max(_epoch(j["completed_at"]) for j in done.values())
+    return count / (end - start)
 
 
 def _epoch(iso: str) -> float:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 # Fan-out ratios worth a column: (numerator, denominator), issue 4's targets first.
-FANOUT_RATIOS = (("jobserver", "c"), ("jobserver", "fastapi"), ("fastapi", "c"), ("quart", "c"))
+FANOUT_RATIOS = (("jobserver", "cbatch"), ("jobserver", "c"), ("jobserver", "fastapi"),
+                 ("fastapi", "c"), ("quart", "c"))
 
 
 def _num(value: float | None, digits: int = 0) -> str:

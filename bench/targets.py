@@ -184,5 +184,17 @@ class CTarget(BaselineTarget):
         return [str(self.binary), str(port)]
 
 
+class CBatchedTarget(CTarget):
+    """The same C server doing what the data plane does: a producer's lines read
+    from a pipe, each read's frames encoded once and joined, one non-blocking
+    send() per subscriber per read, a bounded backlog per slow one."""
+
+    key = "cbatch"
+    label = "(d) C, one send() per subscriber per read"
+
+    def argv(self, port: int) -> list[str]:
+        return [str(self.binary), str(port), "batched"]
+
+
 def baseline_targets() -> list[Target]:
-    return [UvicornTarget(), QuartTarget(), CTarget()]
+    return [UvicornTarget(), QuartTarget(), CTarget(), CBatchedTarget()]

@@ -1,7 +1,7 @@
 /*
- * Baseline (c) of the fan-out benchmark: the machine's limit.
+ * Baselines (c) and (d) of the fan-out benchmark: the machine's limits.
  *
- * One thread, one process. Accepts on 127.0.0.1:PORT; a GET of
+ * One thread, one process (and, in batched mode, the producer's). Accepts on 127.0.0.1:PORT; a GET of
  * /api/v1/ws/jobs/<id>/logs?token=... with a WebSocket upgrade gets a minimal
  * RFC 6455 handshake and the logs dialect's `system` message, and joins
  * topic <id>. POST /publish?job=<id>&count=K&burst=B&rate=R answers 202 and
@@ -11,7 +11,15 @@
  * out). GET /stats answers {"subscribers": n, "publishing": 0}; GET /health 200.
  * While idle it polls subscribers and drops those that closed.
  *
- * Build: cc -O2 -o fanout fanout.c      Run: fanout PORT
+ * `fanout PORT batched` (d) does what jobserver's data plane does instead: a
+ * forked producer writes the events' lines ("SEQ T_NS\n") into a pipe on the
+ * same schedule; the server reads the pipe (64 KiB at a time, non-blocking),
+ * encodes each line read once, joins the frames of one read and gives them to
+ * every subscriber in one non-blocking send(). What a socket does not take
+ * goes to that subscriber's backlog (grown as needed up to MAX_BACKLOG, then
+ * it is dropped), sent when poll() says it is writable, before anything newer.
+ *
+ * Build: cc -O2 -o fanout fanout.c      Run: fanout PORT [batched]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -27,6 +35,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,10 +45,21 @@
 #define EVENT_BYTES 150
 #define FRAME_MAX (EVENT_BYTES + 64)
 
-struct sub { int fd; char job[64]; };
+/* What a slow subscriber may have queued in batched mode. jobserver's outbox
+   holds 2 MiB, then that subscriber catches up from the store; with no store
+   here, the backlog grows (a ceiling should not lose the bench's batched
+   readers), up to this, then the subscriber is dropped. */
+#define MAX_BACKLOG (64 << 20)
+/* Bytes per read of the producer's pipe (jobserver's pump reads as much). */
+#define PIPE_READ 65536
+/* The shortest line the producer writes ("S T\n", T 19 digits). */
+#define MIN_LINE 22
+
+struct sub { int fd; char job[64]; char *backlog; size_t blen, boff, bcap; };
 static struct sub subs[MAX_SUBS];
 static int nsubs;
 static struct pollfd pfds[MAX_SUBS + 1];
+static int batched;
 
 /* ---- SHA-1 and base64, just enough for Sec-WebSocket-Accept ---------- */
 
@@ -183,6 +203,7 @@ static void query_str(const char *query, const char *key, char *out, size_t size
 
 static void drop_sub(int i) {
     close(subs[i].fd);
+    free(subs[i].backlog);
     subs[i] = subs[--nsubs];
 }
 
@@ -214,6 +235,136 @@ static void publish(const char *job, long count, long burst, double rate) {
     }
 }
 
+/* ---- batched mode: one send per subscriber per read, backlogs ---------- */
+
+/* Queue `len` bytes behind `s`'s backlog; 0 when that passes MAX_BACKLOG. */
+static int queue(struct sub *s, const unsigned char *data, size_t len) {
+    if (s->blen - s->boff + len > MAX_BACKLOG) return 0;
+    if (s->boff && s->blen + len > s->bcap) {  /* compact before growing */
+        memmove(s->backlog, s->backlog + s->boff, s->blen - s->boff);
+        s->blen -= s->boff;
+        s->boff = 0;
+    }
+    if (s->blen + len > s->bcap) {
+        size_t cap = s->bcap ? s->bcap : 65536;
+        while (cap < s->blen + len) cap *= 2;
+        char *grown = realloc(s->backlog, cap);
+        if (!grown) return 0;
+        s->backlog = grown;
+        s->bcap = cap;
+    }
+    memcpy(s->backlog + s->blen, data, len);
+    s->blen += len;
+    return 1;
+}
+
+/* Send what `s` has queued; 0 when its connection is gone. */
+static int flush_backlog(struct sub *s) {
+    while (s->boff < s->blen) {
+        ssize_t n = send(s->fd, s->backlog + s->boff, s->blen - s->boff,
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0) return errno == EAGAIN || errno == EINTR;
+        s->boff += (size_t)n;
+    }
+    s->boff = s->blen = 0;
+    return 1;
+}
+
+/* One read's frames to every subscriber of `job`: one send each, or queued. */
+static void deliver(const char *job, const unsigned char *data, size_t len) {
+    for (int i = 0; i < nsubs; i++) {
+        struct sub *s = &subs[i];
+        if (strcmp(s->job, job) != 0) continue;
+        size_t sent = 0;
+        if (s->blen == s->boff) {
+            ssize_t n = send(s->fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n < 0 && errno != EAGAIN && errno != EINTR) { drop_sub(i--); continue; }
+            sent = n < 0 ? 0 : (size_t)n;
+        }
+        if (sent < len && !queue(s, data + sent, len - sent)) drop_sub(i--);
+    }
+}
+
+/* The producer: the events' lines on the publish schedule, then exit. */
+static void produce(int wfd, long count, long burst, double rate) {
+    static char lines[MAX_BURST * 48];
+    struct timespec next;
+    long interval_ns = rate > 0 ? (long)(burst * 1e9 / rate) : 0;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    for (long start = 0; start < count; start += burst) {
+        if (interval_ns) {
+            clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
+            next.tv_nsec += interval_ns;
+            next.tv_sec += next.tv_nsec / 1000000000;
+            next.tv_nsec %= 1000000000;
+        }
+        int k = (int)(count - start < burst ? count - start : burst), n = 0;
+        int64_t t = now_ns();
+        for (int j = 0; j < k; j++)
+            n += snprintf(lines + n, sizeof lines - (size_t)n, "%ld %lld\n", start + j,
+                          (long long)t);
+        for (char *p = lines; n > 0;) {
+            ssize_t w = write(wfd, p, (size_t)n);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) _exit(1);
+            p += w; n -= (int)w;
+        }
+    }
+    _exit(0);
+}
+
+static void publish_batched(const char *job, long count, long burst, double rate) {
+    static char in[PIPE_READ + 64];
+    static unsigned char out[(PIPE_READ / MIN_LINE + 2) * FRAME_MAX];
+    static int index_of[MAX_SUBS + 1];
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) return;
+    pid_t pid = fork();
+    if (pid < 0) { close(p[0]); close(p[1]); return; }
+    if (pid == 0) { close(p[0]); produce(p[1], count, burst, rate); }
+    close(p[1]);
+    fcntl(p[0], F_SETFL, O_NONBLOCK);
+    size_t have = 0;
+    int open_pipe = 1;
+    for (;;) {
+        int n = 0;
+        if (open_pipe) pfds[n++] = (struct pollfd){.fd = p[0], .events = POLLIN};
+        for (int i = 0; i < nsubs; i++)
+            if (subs[i].blen > subs[i].boff) {
+                index_of[n] = i;
+                pfds[n++] = (struct pollfd){.fd = subs[i].fd, .events = POLLOUT};
+            }
+        if (n == 0) break;  /* the producer is done and every backlog sent */
+        int ready = poll(pfds, (nfds_t)n, 5000);
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready <= 0) break;  /* a stalled subscriber: its backlog stays */
+        /* Backlogs first (walking down: drop_sub moves the last into the hole). */
+        for (int k = n - 1; k >= open_pipe; k--)
+            if (pfds[k].revents && !flush_backlog(&subs[index_of[k]])) drop_sub(index_of[k]);
+        if (!open_pipe || !pfds[0].revents) continue;
+        ssize_t got = read(p[0], in + have, PIPE_READ - have);
+        if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+        if (got <= 0) { open_pipe = 0; continue; }
+        have += (size_t)got;
+        size_t olen = 0, used = 0;
+        for (;;) {  /* each whole line read, encoded once */
+            char *nl = memchr(in + used, '\n', have - used);
+            if (!nl) break;
+            *nl = 0;
+            long seq;
+            long long t;
+            if (sscanf(in + used, "%ld %lld", &seq, &t) == 2)
+                olen += (size_t)event_frame(out + olen, seq, (int64_t)t);
+            used = (size_t)(nl - in) + 1;
+        }
+        memmove(in, in + used, have - used);
+        have -= used;
+        if (olen) deliver(job, out, olen);
+    }
+    close(p[0]);
+    waitpid(pid, NULL, 0);
+}
+
 static void upgrade(int fd, const char *head, const char *path) {
     const char *key = strcasestr(head, "\r\nSec-WebSocket-Key:");
     if (!key || nsubs >= MAX_SUBS) { respond(fd, "400 Bad Request", "{}"); close(fd); return; }
@@ -231,7 +382,7 @@ static void upgrade(int fd, const char *head, const char *path) {
                      "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", accept);
     send_all(fd, out, (size_t)n);
     struct sub *s = &subs[nsubs++];
-    s->fd = fd;
+    *s = (struct sub){.fd = fd};
     const char *id = path + strlen("/api/v1/ws/jobs/");
     size_t idlen = strcspn(id, "/? ");
     if (idlen >= sizeof s->job) idlen = sizeof s->job - 1;
@@ -243,6 +394,7 @@ static void upgrade(int fd, const char *head, const char *path) {
                         "streaming started.\",\"job_id\":\"%s\",\"ts\":\"%s\"}}", s->job, ts);
     unsigned char buf[300];
     send_all(fd, buf, (size_t)frame(buf, text, tlen));
+    if (batched) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 }
 
 static void serve_one(int fd) {
@@ -277,7 +429,8 @@ static void serve_one(int fd) {
         if (burst > MAX_BURST) burst = MAX_BURST;
         respond(fd, "202 Accepted", "{\"publishing\":1}");
         close(fd);
-        publish(job, count, burst, rate);
+        if (batched) publish_batched(job, count, burst, rate);
+        else publish(job, count, burst, rate);
         return;
     }
     if (strcmp(path, "/stats") == 0) {
@@ -293,7 +446,11 @@ static void serve_one(int fd) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) { fprintf(stderr, "usage: fanout PORT\n"); return 2; }
+    if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "batched") != 0)) {
+        fprintf(stderr, "usage: fanout PORT [batched]\n");
+        return 2;
+    }
+    batched = argc == 3;
     signal(SIGPIPE, SIG_IGN);
     int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
