@@ -441,8 +441,10 @@ class Engine:
         if live is not None:
             async with live.lock:  # `record` writes live.job back under it
                 live.job = dataclasses.replace(live.job, pinned=pinned)
-                return live.job
+                live.published = dataclasses.replace(live.published, pinned=pinned)
+                return live.published
         return dataclasses.replace(job, pinned=pinned)
+
 
 def may_see(principal: Principal, job: Job) -> bool:
     """Admins see every job, users their own; a progress token's principal only its job."""
