@@ -59,6 +59,8 @@ class LiveJob:
     cancel_scope: trio.CancelScope | None = None
     stop_reason: str | None = None  # "cancel" | "bounce"
     cap: LogCap | None = None  # the log cap of its run (set by the run)
+    # What it adds to the system topic's counts, as published: QUEUED, RUNNING or None.
+    counted: Status | None = None
     # The hub topics its events go to, made once (publishing runs per read of output).
     topic: JobTopic = field(init=False)
     owner_topic: OwnerTopic = field(init=False)
@@ -96,6 +98,7 @@ class Engine:
         self._queue: dict[JobId, None] = {}  # FIFO of queued job ids
         self._queue_changed = trio.Event()
         self.accepting = True
+        self._counts = {Status.QUEUED: 0, Status.RUNNING: 0}  # see system_status
         # component -> "up" | "down" | ..., from the health checks that are configured.
         self.health: dict[str, str] = {}
 
@@ -125,6 +128,7 @@ class Engine:
         owner's, all jobs' and, when the counts moved, the system topic."""
         hub = self.hub
         live.published = job
+        self._count(live, job.status)
         hub.publish(live.topic, events)
         summary = [e for e in events if type(e) is not ev.Log]
         if summary:
@@ -133,19 +137,24 @@ class Engine:
             if any(isinstance(e, _SYSTEM_CHANGES) for e in summary):
                 self.publish_system_status()
 
+    def _count(self, live: LiveJob, status: Status) -> None:
+        """Move `live` between the system topic's counts, as its published status
+        says (a job that ended, even one already forgotten, leaves them)."""
+        new = status if status in (Status.QUEUED, Status.RUNNING) else None
+        if live.counted is not new:
+            if live.counted is not None:
+                self._counts[live.counted] -= 1
+            if new is not None:
+                self._counts[new] += 1
+            live.counted = new
+
     def system_status(self) -> SystemStatus:
-        """The system topic's state now (its seq: the hub's position when read).
-        Counted from the live jobs' records as published (committed): a job's
-        Queued event counts it as queued in the status that event publishes."""
-        running = queued = 0
-        for live in self._live.values():
-            status = live.published.status  # as clients were told (committed)
-            if status is Status.RUNNING:
-                running += 1
-            elif status is Status.QUEUED:
-                queued += 1
-        return SystemStatus(seq=self.hub.position(), ts=self.now(), queued=queued,
-                            running=running, health=dict(self.health))
+        """The system topic's state now (its seq: the hub's position when read),
+        counted as published (committed): a job's Queued event counts it as queued
+        in the status that event publishes, its Started as running."""
+        return SystemStatus(seq=self.hub.position(), ts=self.now(),
+                            queued=self._counts[Status.QUEUED],
+                            running=self._counts[Status.RUNNING], health=dict(self.health))
 
     def publish_system_status(self) -> None:
         if self.hub.subscriber_count(SYSTEM):
@@ -292,6 +301,7 @@ class Engine:
         now = self.now()
         restart = partial(ev.Queued, job_id=jid, ts=now, reason="restart")
         if job.status is Status.QUEUED:
+            self._count(live, Status.QUEUED)
             if job.started_at is not None:  # bounced as the server stopped: a new attempt
                 await self.record(live, [lambda s: restart(seq=s)])
             self.enqueue(jid)
