@@ -61,6 +61,7 @@ class LiveJob:
     cap: LogCap | None = None  # the log cap of its run (set by the run)
     # What it adds to the system topic's counts, as published: QUEUED, RUNNING or None.
     counted: Status | None = None
+    forgotten: bool = False  # done, to leave `_live` once all its events are published
     # The hub topics its events go to, made once (publishing runs per read of output).
     topic: JobTopic = field(init=False)
     owner_topic: OwnerTopic = field(init=False)
@@ -129,6 +130,8 @@ class Engine:
         hub = self.hub
         live.published = job
         self._count(live, job.status)
+        if live.forgotten and job.last_seq >= live.job.last_seq:
+            self._live.pop(job.id, None)
         hub.publish(live.topic, events)
         summary = [e for e in events if type(e) is not ev.Log]
         if summary:
@@ -352,7 +355,16 @@ class Engine:
         return await self.store.events_after(job_id, after, limit=limit)
 
     def forget(self, job_id: JobId) -> None:
-        self._live.pop(job_id, None)
+        """The job is done here. It leaves once its last events are published (they
+        commit after `record` returns): until then a subscriber joining "from now"
+        still finds it live and gets its end."""
+        live = self._live.get(job_id)
+        if live is None:
+            return
+        if live.published.last_seq >= live.job.last_seq:
+            del self._live[job_id]
+        else:
+            live.forgotten = True
 
     async def get_any(self, job_id: JobId) -> Job | None:
         live = self._live.get(job_id)

@@ -51,7 +51,7 @@ class Mx:
             message: Msg = json.loads(texts[0])
             return message
         self.closed = True
-        raise EOFError(f"closed with {self.ws.close_code}")
+        raise EOFError(f"closed with {self.ws.close_code} {self.ws.close_reason}")
 
     async def until(self, done: Callable[[Msg], bool], timeout: float = 10.0) -> list[Msg]:
         """Messages up to and including the first that is `done`."""
