@@ -64,6 +64,8 @@ class Config:
     anonymous_user: str = "local"
     # The async dialect: the smallest `interval_ms` a client gets (the spec's 1000).
     async_min_interval_ms: int = 1000
+    # Seconds an Idempotency-Key of a submit is remembered (api/idempotency.py).
+    idempotency_ttl: float = 86400.0
     templates: Mapping[str, Template] = field(default_factory=dict)
 
 

@@ -31,7 +31,8 @@ from .core.templates import ParamError, Template
 from .core.topics import ALL_JOBS, SYSTEM, JobTopic, OwnerTopic, SystemStatus, Topic
 from .errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
 from .hub import Hub
-from .store import JobFilter, Store
+from .metrics import Metrics
+from .store import IdempotencyRecord, JobFilter, Store
 
 log = logging.getLogger("jobserver.engine")
 
@@ -71,15 +72,24 @@ class Submission:
     attempt: int = 1
     input: Mapping[str, Any] | None = None
     resume_from: int = 0
+    # An Idempotency-Key to remember with the job, in the job's first write.
+    claim: KeyClaim | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    key: str
+    fingerprint: str  # of the route and the canonical body (idempotency.py)
 
 
 class Engine:
     def __init__(self, config: Config, store: Store, hub: Hub, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
         self.config = config
         self.store = store
         self.hub = hub
         self.clock = clock
+        self.metrics = metrics
         self._live: dict[JobId, LiveJob] = {}
         self._queue: dict[JobId, None] = {}  # FIFO of queued job ids
         self._queue_changed = trio.Event()
@@ -89,8 +99,10 @@ class Engine:
 
     # ---- recording --------------------------------------------------------
 
-    async def record(self, live: LiveJob, make: Sequence[Callable[[int], ev.Event]]) -> Job:
-        """Number, fold, persist and publish events built by `make(seq)`."""
+    async def record(self, live: LiveJob, make: Sequence[Callable[[int], ev.Event]], *,
+                     key: IdempotencyRecord | None = None) -> Job:
+        """Number, fold, persist (with `key`, in the same transaction) and publish
+        events built by `make(seq)`."""
         async with live.lock:
             job = live.job
             seq = job.last_seq
@@ -101,8 +113,10 @@ class Engine:
                 job = apply(job, event)
                 out.append(event)
             live.job = job
-            await self.store.write(out, job)
+            await self.store.write(out, job, key=key)
             self._publish(live, out)
+            if self.metrics is not None:
+                self.metrics.job_events(job, out)
             return job
 
     def _publish(self, live: LiveJob, events: list[ev.Event]) -> None:
@@ -202,8 +216,12 @@ class Engine:
         live = LiveJob(job, role=principal.role)
         self._live[job_id] = live
         reason = "retry" if sub.retry_of else "submitted"
+        key = None if sub.claim is None else IdempotencyRecord(
+            owner=principal.sub, key=sub.claim.key, fingerprint=sub.claim.fingerprint,
+            job_id=job_id, created_at=job.created_at,
+            expires_at=job.created_at + self.config.idempotency_ttl)
         job = await self.record(live, [lambda s: ev.Queued(job_id=job_id, seq=s, ts=self.now(),
-                                                            reason=reason)])
+                                                            reason=reason)], key=key)
         self.enqueue(job_id)
         log.info("job %s queued: template=%s owner=%s correlation=%s", job_id, template_name,
                  principal.sub, job.correlation_id)

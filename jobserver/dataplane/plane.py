@@ -7,7 +7,8 @@ A channel exists while it has members and is the hub's subscriber for just
 that long. `open_session` runs a session's opening (its needs, then its one
 Accept or Refuse) for every transport; `fulfil` is the table of needs
 (dialects/__init__.py) to the engine and the key ring: add a need, add a row.
-`statistics()` is a frozen snapshot for /metrics.
+`statistics()` is a frozen snapshot for /metrics (read at scrape time: the
+per-event paths make no metric call; an opening is counted once, here).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..dialects import (
 )
 from ..engine import Engine, Submission
 from ..errors import JobserverError, NotFound, Unauthenticated
+from ..metrics import Metrics
 from .fanout import Channel, ChannelKey, FrameCache, Member, Sink
 from .outbox import Counters
 from .routes import DEFAULT_ROUTES, Route, RouteTable
@@ -60,6 +62,9 @@ class DataPlaneStatistics:
     backlog_bytes: int  # queued in those backlogs, all together
     channels: int  # (topic, dialect variant, encoding) rendered once each
     bytes_sent: int  # by the raw data plane, since start
+    messages_sent: int  # events and session messages queued for stream sockets, since start
+    lagged: int  # aggregate topics' subscribers dropped for falling behind, since start
+    stalled: int  # stream connections closed because the peer stopped reading, since start
     frame_cache_hits: int
     frame_cache_misses: int
 
@@ -67,12 +72,14 @@ class DataPlaneStatistics:
 class DataPlane:
     def __init__(self, *, config: Config, engine: Engine, keyring: KeyRing,
                  routes: RouteTable = DEFAULT_ROUTES,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
         self.engine = engine
         self.keyring = keyring
         self.routes = routes
         self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
         self.env = SessionEnv(config=config, clock=clock)
         self.cache = FrameCache()
         self.counters = Counters()
@@ -100,6 +107,9 @@ class DataPlane:
         while pending:
             action = pending.popleft()
             if isinstance(action, (Accept, Refuse)):
+                status = action.status if isinstance(action, Refuse) else \
+                    101 if route.transport == "ws" else 200
+                self.metrics.stream_accepted(route.name, status)
                 return session, action, list(pending)
             if type(action) in _HANDLERS:
                 result = await self.fulfil(action)
@@ -168,6 +178,9 @@ class DataPlane:
             backlog_bytes=self.counters.backlog_bytes,
             channels=len(self._channels),
             bytes_sent=self.counters.bytes_sent,
+            messages_sent=self.counters.messages_sent,
+            lagged=self.counters.lagged,
+            stalled=self.counters.stalled,
             frame_cache_hits=self.cache.hits,
             frame_cache_misses=self.cache.misses,
         )

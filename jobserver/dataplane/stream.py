@@ -141,6 +141,7 @@ class StreamConnection:
 
     def send(self, message: str | SseEvent) -> None:
         if not self.closing:
+            self.plane.counters.messages_sent += 1
             self._outbox.write_nowait(self._encode((message,)))
 
     def apply_nowait(self, actions: Sequence[Action]) -> None:
@@ -226,7 +227,9 @@ class StreamConnection:
                     await self.handle(actions)
                     await self._write_loop(nursery)
                     await self.after_close()
-                except (PeerGone, Stalled):
+                except Stalled:
+                    plane.counters.stalled += 1
+                except PeerGone:
                     pass
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
@@ -253,6 +256,8 @@ class StreamConnection:
                 await self._give_events()
             for topic, member in list(self.members.items()):
                 if member.ended or member.lagged:
+                    if not member.ended:
+                        self.plane.counters.lagged += 1
                     self._drop(topic)
                     session = self.session
                     await self.handle(session.on_end(topic) if member.ended

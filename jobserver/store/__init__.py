@@ -1,5 +1,5 @@
 """Persistence behind one interface, `Store`; SQLite is the embedded default."""
 
-from .base import JobFilter, Store, StoreStatistics
+from .base import IdempotencyRecord, JobFilter, Store, StoreStatistics
 
-__all__ = ["JobFilter", "Store", "StoreStatistics"]
+__all__ = ["IdempotencyRecord", "JobFilter", "Store", "StoreStatistics"]

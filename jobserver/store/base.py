@@ -30,6 +30,18 @@ class JobFilter:
     cursor: str | None = None  # opaque, from the previous page
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotencyRecord:
+    """An `Idempotency-Key` a user sent, what it was sent with and the job it made."""
+
+    owner: str
+    key: str
+    fingerprint: str  # of the route and the canonical body
+    job_id: JobId
+    created_at: float
+    expires_at: float
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStatistics:
     committed_events: int
@@ -42,8 +54,10 @@ class Store(Protocol):
         """Open the database, then commit queued writes in groups until cancelled;
         on the way out, flush what is queued (bounded) and close."""
 
-    async def write(self, events: Sequence[Event], job: Job | None = None) -> None:
-        """Queue events (and the job record as it stands after them) for commit."""
+    async def write(self, events: Sequence[Event], job: Job | None = None, *,
+                    key: IdempotencyRecord | None = None) -> None:
+        """Queue events (and the job record as it stands after them, and an
+        idempotency key naming the job) for commit, in one transaction."""
 
     async def wait_flushed(self) -> None:
         """Return once everything queued before this call is committed."""
@@ -56,10 +70,14 @@ class Store(Protocol):
     async def events_after(self, job_id: JobId, after: int, *, limit: int = 1000) -> list[Event]:
         """Committed events of a job with seq > after, in order, at most `limit`."""
 
+    async def find_key(self, owner: str, key: str) -> IdempotencyRecord | None:
+        """The committed idempotency key `key` of `owner` (expired or not)."""
+
     async def unfinished_jobs(self) -> list[Job]:
         """Jobs QUEUED or RUNNING, oldest first (for recovery at start)."""
 
     async def delete_job(self, job_id: JobId) -> None:
-        """Remove a job and its events (committed in order with other writes)."""
+        """Remove a job, its events and the idempotency keys naming it (committed
+        in order with other writes)."""
 
     def statistics(self) -> StoreStatistics: ...

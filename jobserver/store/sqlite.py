@@ -23,6 +23,7 @@ SQL and the row layout live in `sqlite_blocking.py`.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from ..core.events import Event, Log
 from ..core.ids import JobId
 from ..core.job import Job
 from . import sqlite_blocking as db
-from .base import JobFilter, Store, StoreStatistics
+from .base import IdempotencyRecord, JobFilter, Store, StoreStatistics
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -92,6 +93,7 @@ class SqliteStore:
         max_group_chars: int = MAX_GROUP_CHARS,
         linger: float = LINGER,
         readers: int = READERS,
+        observe_commit: Callable[[float], None] | None = None,
     ) -> None:
         if min(capacity, capacity_chars, max_group, max_group_chars, readers) < 1:
             raise ValueError("capacities, group sizes and readers must be positive")
@@ -100,6 +102,7 @@ class SqliteStore:
         self._max_group = _Size(max_group, max_group_chars)
         self._linger = linger
         self._readers = readers
+        self._observe_commit = observe_commit  # seconds of each group commit (metrics)
         self._queue: deque[tuple[db.Op, _Size]] = deque()
         self._pending = _Size(0, 0)  # queued or being committed
         self._enqueued_ops = 0  # operations ever queued ...
@@ -149,7 +152,10 @@ class SqliteStore:
             ops.append(op)
             size += op_size
         assert self._writer is not None
+        began = time.perf_counter()
         await trio.to_thread.run_sync(db.commit_group, self._writer, ops)
+        if self._observe_commit is not None:
+            self._observe_commit(time.perf_counter() - began)
         # No checkpoint from here on: a cancellation that arrived during the
         # commit (which ran to the end) is delivered after the bookkeeping.
         self._pending -= size
@@ -195,17 +201,19 @@ class SqliteStore:
 
     # ---- writing -------------------------------------------------------------
 
-    async def write(self, events: Sequence[Event], job: Job | None = None) -> None:
-        """Queue events (and the job record as it stands after them) for commit.
+    async def write(self, events: Sequence[Event], job: Job | None = None, *,
+                    key: IdempotencyRecord | None = None) -> None:
+        """Queue events (and the job record as it stands after them, and an
+        idempotency key naming the job) for commit, in one transaction.
 
         Waits only while the queue is full. Writes are committed in the order
         their `write` calls returned; a cancelled `write` queued nothing.
         """
-        if not events and job is None:
+        if not events and job is None and key is None:
             await trio.lowlevel.checkpoint()
             return
         chars = sum([len(e.line) for e in events if type(e) is Log])
-        await self._admit(db.WriteOp(events=tuple(events), job=job),
+        await self._admit(db.WriteOp(events=tuple(events), job=job, key=key),
                           _Size(max(1, len(events)), chars))
 
     async def delete_job(self, job_id: JobId) -> None:
@@ -280,6 +288,9 @@ class SqliteStore:
 
     async def events_after(self, job_id: JobId, after: int, *, limit: int = 1000) -> list[Event]:
         return await self._read(db.events_after, job_id, after, limit)
+
+    async def find_key(self, owner: str, key: str) -> IdempotencyRecord | None:
+        return await self._read(db.find_key, owner, key)
 
     async def unfinished_jobs(self) -> list[Job]:
         return await self._read(db.unfinished_jobs)

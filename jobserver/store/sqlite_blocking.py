@@ -34,9 +34,9 @@ from ..core.ids import JobId
 from ..core.job import Job
 from ..core.states import Status
 from ..errors import ValidationFailed
-from .base import JobFilter
+from .base import IdempotencyRecord, JobFilter
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Statements that take a database from version i to i + 1 (`PRAGMA user_version`).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -62,6 +62,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             data TEXT NOT NULL
         )""",
         "CREATE UNIQUE INDEX events_by_job ON events (job_id, seq_end)",
+    ),
+    # Idempotency keys (api/idempotency.py): one row per (owner, key), written
+    # with the job it made; expired rows go as new keys are written.
+    (
+        """CREATE TABLE idempotency_keys (
+            owner TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (owner, key)
+        )""",
+        "CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at)",
+        "CREATE INDEX idempotency_keys_by_job ON idempotency_keys (job_id)",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -138,6 +153,7 @@ def migrate(conn: sqlite3.Connection) -> None:
 class WriteOp:
     events: Sequence[ev.Event]
     job: Job | None
+    key: IdempotencyRecord | None = None
 
 
 @dataclass(slots=True)
@@ -291,10 +307,13 @@ def commit_group(conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
                 group.add(op.events)
                 if op.job is not None:
                     group.jobs[op.job.id] = op.job
+                if op.key is not None:
+                    _put_key(conn, op.key)
             else:
                 group.flush(conn)
                 conn.execute("DELETE FROM events WHERE job_id = ?", (op.job_id,))
                 conn.execute("DELETE FROM jobs WHERE id = ?", (op.job_id,))
+                conn.execute("DELETE FROM idempotency_keys WHERE job_id = ?", (op.job_id,))
         group.flush(conn)
         conn.execute("COMMIT")
     except BaseException:
@@ -303,7 +322,29 @@ def commit_group(conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
         raise
 
 
+def _put_key(conn: sqlite3.Connection, key: IdempotencyRecord) -> None:
+    """Store `key` (replacing an expired one of the same name), dropping every
+    key that expired by the time it was made."""
+    conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (key.created_at,))
+    conn.execute(
+        "INSERT OR REPLACE INTO idempotency_keys"
+        " (owner, key, fingerprint, job_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (key.owner, key.key, key.fingerprint, key.job_id, key.created_at, key.expires_at),
+    )
+
+
 # ---- reading --------------------------------------------------------------
+
+
+def find_key(conn: sqlite3.Connection, owner: str, key: str) -> IdempotencyRecord | None:
+    row = conn.execute(
+        "SELECT fingerprint, job_id, created_at, expires_at FROM idempotency_keys"
+        " WHERE owner = ? AND key = ?", (owner, key)).fetchone()
+    if row is None:
+        return None
+    fingerprint, job_id, created_at, expires_at = row
+    return IdempotencyRecord(owner=owner, key=key, fingerprint=fingerprint,
+                             job_id=JobId(job_id), created_at=created_at, expires_at=expires_at)
 
 
 def get_job(conn: sqlite3.Connection, job_id: JobId) -> Job | None:
