@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -210,3 +213,24 @@ async def test_each_server_has_its_own_registry(harness: Harness) -> None:
                                          {"template": "echo"}) == 1
         assert (await scrape(harness)).get("jobserver_jobs_submitted_total",
                                            {"template": "echo"}) == 0
+
+
+DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
+
+
+async def test_the_dashboard_graphs_metrics_that_exist(harness: Harness) -> None:
+    """Every series docs/grafana-dashboard.json queries is one /metrics has, and
+    every jobserver family is graphed somewhere."""
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"]
+             for t in p.get("targets", [])]
+    queried = {m for e in exprs for m in re.findall(r"\b(?:jobserver|process)_[a-z_]+", e)}
+    got = await scrape(harness)
+    series = got.names() | set(got.families)
+    # A labelled family's series are there once counted; the family is there at once.
+    missing = {m for m in queried if m not in series
+               and m.removesuffix("_bucket").removesuffix("_total") not in got.families}
+    assert not missing, missing
+    graphed = {m.removesuffix("_bucket").removesuffix("_total") for m in queried}
+    unused = {f for f in got.families
+              if f.startswith("jobserver_") and not f.endswith("_created")} - graphed
+    assert not unused, unused
