@@ -43,6 +43,9 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 HTTP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 # The route label of a request no route matched (a 404, or a 405 of a method).
 UNMATCHED = "unmatched"
+# Methods named as such in labels; any other is "other" (a client may send any
+# token as a method, and each would be a new series).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,7 @@ class Metrics:
                         max(0.0, event.ts - job.started_at))
 
     def http_request(self, method: str, route: str, status: int, seconds: float | None) -> None:
+        method = method if method in METHODS else "other"
         self.http_requests.labels(method, route, str(status)).inc()
         if seconds is not None:
             self.http_duration.labels(method, route).observe(seconds)

@@ -145,6 +145,7 @@ async def test_http_requests_are_counted_by_route_template(harness: Harness) -> 
     assert (await h.client.get(f"/api/v1/jobs/{missing}", headers=h.auth(h.alice))
             ).status_code == 404
     assert (await h.client.get("/no/such/page")).status_code == 404
+    assert (await h.client.request("BREW", "/api/v1/jobs")).status_code == 405
     got = await scrape(h)
     one_job = {"method": "GET", "route": "/api/v1/jobs/<job_id>"}
     assert got.get("jobserver_http_requests_total", {**one_job, "status": "200"}) >= 1
@@ -155,6 +156,10 @@ async def test_http_requests_are_counted_by_route_template(harness: Harness) -> 
                    {"method": "GET", "route": "unmatched", "status": "404"}) == 1
     assert got.get("jobserver_http_request_duration_seconds_count",
                    {"method": "POST", "route": "/api/v1/jobs"}) == 1
+    # A method of the client's invention is "other", not a series of its own.
+    assert got.label_values("jobserver_http_requests_total", "method") <= {"GET", "POST", "other"}
+    assert sum(v for (name, labels), v in got.samples.items()
+               if name == "jobserver_http_requests_total" and ("method", "other") in labels) == 1
     # No ids in any label.
     for name, labels in got.samples:
         for _, value in labels:

@@ -6,7 +6,9 @@ here, the one place errors meet the wire: native JSON `{"code", "message"
 [, "field"]}`, or an RFC 7807 problem under the jobs dialect's /api/jobs. An
 unexpected exception is logged (path only, never the query or a token) and
 shown as a plain 500. Every request has a correlation id (X-Correlation-ID,
-taken or made) echoed in the response.
+taken or made) echoed in the response, and is counted once, by its route
+template (never its path: no ids in labels), in the server's `Metrics`, which
+/metrics renders.
 """
 
 from __future__ import annotations
