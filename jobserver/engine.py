@@ -5,7 +5,10 @@ numbers it (seq), folds it into the job record, queues both for the store and
 then publishes to the hub, in that order, under the job's own lock, so the
 store and every subscriber see one sequence. Jobs that are QUEUED or RUNNING
 live in memory (`_live`); finished ones are read from the store. Access is
-checked here: a user sees only their own jobs, and others' look absent.
+checked here: a user sees only their own jobs, and others' look absent. A
+submit's Idempotency-Key (`Submission.claim`) is written with the job's first
+event, in one transaction; `record` hands the events to the server's metrics
+after publishing (`record_logs`, the output hot path, does not).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,12 @@ import trio
 
 from jobserver.auth import KeyRing
 from jobserver.config import Config
+from jobserver.core import events as ev
+from jobserver.core.ids import JobId, new_job_id
 from jobserver.server import Server, serve
+from jobserver.store import IdempotencyRecord
+from jobserver.store import sqlite_blocking as db
+from jobserver.store.sqlite import SqliteStore
 
 from .conftest import Harness, make_config
 
@@ -179,3 +186,50 @@ async def test_keys_survive_a_restart(data_dir: Path) -> None:
                         await trio.sleep(0.02)
             server.request_shutdown()
     assert ids[0] == ids[1]
+
+
+# ---- the store's half -------------------------------------------------------
+
+
+def _record(job_id: JobId, *, key: str = "k", created_at: float = 1000.0,
+            ttl: float = 60.0) -> IdempotencyRecord:
+    return IdempotencyRecord(owner="alice", key=key, fingerprint="f" * 64, job_id=job_id,
+                             created_at=created_at, expires_at=created_at + ttl)
+
+
+async def test_a_version_1_database_gets_the_keys_table(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for statement in db.MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+    store = SqliteStore(path, linger=0)
+    job_id = new_job_id()
+    async with trio.open_nursery() as n:
+        await n.start(store.run)
+        await store.write([ev.Queued(job_id=job_id, seq=1, ts=1000.0)], key=_record(job_id))
+        await store.wait_flushed()
+        assert await store.find_key("alice", "k") == _record(job_id)
+        assert await store.find_key("bob", "k") is None
+        n.cancel_scope.cancel()
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (db.SCHEMA_VERSION,)
+
+
+async def test_keys_go_with_their_job_and_when_expired(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "keys.db", linger=0)
+    first, second, third = new_job_id(), new_job_id(), new_job_id()
+    async with trio.open_nursery() as n:
+        await n.start(store.run)
+        await store.write([], key=_record(first, key="a", created_at=1000.0))
+        await store.write([], key=_record(second, key="b", created_at=1000.0, ttl=3600.0))
+        await store.delete_job(second)
+        assert await store.find_key("alice", "b") is None  # deleted with its job
+        assert await store.find_key("alice", "a") is not None
+        # A key written after "a" expired takes the expired ones away.
+        await store.write([], key=_record(third, key="c", created_at=1061.0))
+        await store.wait_flushed()
+        assert await store.find_key("alice", "a") is None
+        assert (await store.find_key("alice", "c")) == _record(third, key="c",
+                                                               created_at=1061.0)
+        n.cancel_scope.cancel()
