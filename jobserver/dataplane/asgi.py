@@ -123,7 +123,6 @@ class QueueOutbox:
                 self.pending_bytes -= size
                 self.pending_events -= events
                 self._counters.bytes_sent += size
-                self._counters.messages_sent += events
                 self._sent()
             else:
                 final, self._final = self._final, None

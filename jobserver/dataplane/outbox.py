@@ -41,11 +41,13 @@ class Counters:
     """Mutable counters the data plane's statistics are read from."""
 
     bytes_sent: int = 0
-    messages_sent: int = 0  # events in frames queued or sent, and session messages
+    # Events written to subscribers (a shared frame counts once per member it
+    # goes to: added per channel delivery, not per member) and session messages.
+    messages_sent: int = 0
     slow_writers: int = 0
     backlog_bytes: int = 0
     lagged: int = 0  # aggregate topics' members dropped for falling behind
-    stalled: int = 0  # connections closed because the peer stopped reading
+    stalled: int = 0  # connections closed: the peer stopped reading or answering pings
 
 
 async def recv_some(sock: socket.socket, max_bytes: int = RECV_SIZE) -> bytes:
@@ -127,7 +129,6 @@ class Outbox:
             self.sealed = self.sealed or seal
             return
         self.sealed = seal
-        self._counters.messages_sent += events
         if not self._chunks:
             try:  # send_nowait, inlined: this runs per subscriber per event
                 sent = self._sock.send(data)

@@ -64,7 +64,7 @@ class DataPlaneStatistics:
     bytes_sent: int  # by the raw data plane, since start
     messages_sent: int  # events and session messages queued for stream sockets, since start
     lagged: int  # aggregate topics' subscribers dropped for falling behind, since start
-    stalled: int  # stream connections closed because the peer stopped reading, since start
+    stalled: int  # stream connections closed: the peer stopped reading or answering pings
     frame_cache_hits: int
     frame_cache_misses: int
 
@@ -135,7 +135,8 @@ class DataPlane:
         key: ChannelKey = (subscribe.topic, subscribe.renderer.key, encoding)
         channel = self._channels.get(key)
         if channel is None:
-            channel = Channel(key, ENCODERS[encoding], self.cache, release=self._release)
+            channel = Channel(key, ENCODERS[encoding], self.cache, release=self._release,
+                              counters=self.counters)
             # Where the hub stands now, so that a member whose catch-up reaches it
             # goes live at once, not at the topic's next event (the hub delivers
             # only what is published after this, in the same step).

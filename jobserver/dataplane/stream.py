@@ -70,7 +70,8 @@ class StreamConnection:
     """
 
     __slots__ = ("_encode", "_inbox", "_inbox_events", "_lock", "_outbox", "_readers", "_start",
-                 "_taken", "_timer_at", "_wakeup", "closing", "members", "plane", "session")
+                 "_taken", "_timer_at", "_wakeup", "closing", "members", "plane", "session",
+                 "stalled")
     encoding = "ws"
 
     def __init__(self, plane: DataPlane, session: Session, outbox: SinkOutbox, *,
@@ -81,6 +82,7 @@ class StreamConnection:
         self._encode = ENCODERS[self.encoding]
         self.members: dict[Topic, Member] = {}
         self.closing = False
+        self.stalled = False  # counted as a slow peer closed (once)
         self._wakeup = Wakeup()
         self._timer_at = math.inf
         self._lock: trio.Lock | None = None  # made when a need is first awaited
@@ -122,6 +124,13 @@ class StreamConnection:
         await self._taken.park()
 
     # ---- what the transports specialise ----------------------------------
+
+    def drop_slow(self) -> None:
+        """Count the peer as a slow one closed (its socket stayed full, or it
+        stopped answering pings), once per connection."""
+        if not self.stalled:
+            self.stalled = True
+            self.plane.counters.stalled += 1
 
     def close(self, close: Close) -> None:
         """Begin the end: detach every member and queue the transport's last bytes."""
@@ -228,7 +237,7 @@ class StreamConnection:
                     await self._write_loop(nursery)
                     await self.after_close()
                 except Stalled:
-                    plane.counters.stalled += 1
+                    self.drop_slow()
                 except PeerGone:
                     pass
                 nursery.cancel_scope.cancel()
