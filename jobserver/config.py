@@ -95,6 +95,8 @@ class Config:
     live_batch_window: float = 0.05  # seconds events wait to be sent together
     live_auth_timeout: float = 10.0  # a client that sends no `authorize` in time is dropped
     live_stream_retention: float = 1800.0  # a finished job's stream, after its last event
+    # Seconds an Idempotency-Key of a submit is remembered (api/idempotency.py).
+    idempotency_ttl: float = 86400.0
     templates: Mapping[str, Template] = field(default_factory=dict)
 
 

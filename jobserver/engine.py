@@ -9,7 +9,10 @@ see one sequence, and no client sees a seq that a crash could take back
 its record as of its last committed event (`LiveJob.published`). Jobs that
 are QUEUED or RUNNING live in memory (`_live`); finished ones are read from
 the store. Access is checked here: a user sees only their own jobs, and
-others' look absent.
+others' look absent. A
+submit's Idempotency-Key (`Submission.claim`) is written with the job's first
+event, in one transaction; the server's metrics get a batch's events as it is
+published (`record_logs`, the output hot path, hands them none).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from .core.templates import ParamError, Template
 from .core.topics import ALL_JOBS, SYSTEM, JobTopic, OwnerTopic, SystemStatus, Topic
 from .errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
 from .hub import Hub
-from .store import Expired, JobFilter, Store
+from .metrics import Metrics
+from .store import Expired, IdempotencyRecord, JobFilter, Store
 
 log = logging.getLogger("jobserver.engine")
 
@@ -86,15 +90,24 @@ class Submission:
     attempt: int = 1
     input: Mapping[str, Any] | None = None
     resume_from: int = 0
+    # An Idempotency-Key to remember with the job, in the job's first write.
+    claim: KeyClaim | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    key: str
+    fingerprint: str  # of the route and the canonical body (idempotency.py)
 
 
 class Engine:
     def __init__(self, config: Config, store: Store, hub: Hub, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
         self.config = config
         self.store = store
         self.hub = hub
         self.clock = clock
+        self.metrics = metrics
         self._live: dict[JobId, LiveJob] = {}
         self._queue: dict[JobId, None] = {}  # FIFO of queued job ids
         self._queue_changed = trio.Event()
@@ -105,8 +118,10 @@ class Engine:
 
     # ---- recording --------------------------------------------------------
 
-    async def record(self, live: LiveJob, make: Sequence[Callable[[int], ev.Event]]) -> Job:
-        """Number, fold, persist and publish events built by `make(seq)`."""
+    async def record(self, live: LiveJob, make: Sequence[Callable[[int], ev.Event]], *,
+                     key: IdempotencyRecord | None = None) -> Job:
+        """Number, fold, persist (with `key`, in the same transaction) and publish
+        events built by `make(seq)`."""
         async with live.lock:
             job = live.job
             seq = job.last_seq
@@ -120,8 +135,10 @@ class Engine:
 
             def publish() -> None:  # once committed
                 self._publish(live, job, out)
+                if self.metrics is not None:
+                    self.metrics.job_events(job, out)
 
-            await self.store.write(out, job, on_commit=publish)
+            await self.store.write(out, job, on_commit=publish, key=key)
             return job
 
     def _publish(self, live: LiveJob, job: Job, events: list[ev.Event]) -> None:
@@ -244,8 +261,12 @@ class Engine:
         live = LiveJob(job, role=principal.role)
         self._live[job_id] = live
         reason = "retry" if sub.retry_of else "submitted"
+        key = None if sub.claim is None else IdempotencyRecord(
+            owner=principal.sub, key=sub.claim.key, fingerprint=sub.claim.fingerprint,
+            job_id=job_id, created_at=job.created_at,
+            expires_at=job.created_at + self.config.idempotency_ttl)
         job = await self.record(live, [lambda s: ev.Queued(job_id=job_id, seq=s, ts=self.now(),
-                                                            reason=reason)])
+                                                            reason=reason)], key=key)
         self.enqueue(job_id)
         log.info("job %s queued: template=%s owner=%s correlation=%s", job_id, template_name,
                  principal.sub, job.correlation_id)

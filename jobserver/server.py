@@ -16,7 +16,6 @@ for their children, flush the store); cancelling `serve` is the hard stop.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import trio
 
 from .api.app import create_app
 from .api.common import Services
+from .api.idempotency import IdempotentSubmits
 from .auth import KeyRing
 from .config import Config
 from .dataplane import DataPlane, serve_front_door, stream_fallback
@@ -34,6 +34,7 @@ from .engine import Engine
 from .health import HealthService
 from .housekeeping import Housekeeping
 from .hub import Hub
+from .metrics import Gauges, Metrics
 from .store.sqlite import SqliteStore
 from .supervisor import Supervisor
 
@@ -70,20 +71,27 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
     """The whole server; `routes` are the data plane's stream routes."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     keyring = KeyRing.for_config(config)
-    store = SqliteStore(config.data_dir / "jobserver.db")
+    metrics = Metrics()  # this server's own registry
+    store = SqliteStore(config.data_dir / "jobserver.db", observe_commit=metrics.observe_commit)
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(store.run)
-        engine = Engine(config, store, Hub())
+        engine = Engine(config, store, Hub(), metrics=metrics)
         supervisor = Supervisor(engine)
         async with trio.open_nursery() as engine_nursery:
             await engine.recover()
             await engine_nursery.start(supervisor.run)
             housekeeping = Housekeeping(engine)
             await engine_nursery.start(housekeeping.run)
-            services = Services(config=config, engine=engine, supervisor=supervisor,
-                                keyring=keyring, started_at=time.time())
             http_scope = trio.CancelScope()
-            plane = DataPlane(config=config, engine=engine, keyring=keyring, routes=routes)
+            plane = DataPlane(config=config, engine=engine, keyring=keyring, routes=routes,
+                              metrics=metrics)
+            metrics.watch(Gauges(
+                running=lambda: supervisor.running, queued=lambda: len(engine.queued_ids()),
+                slots=config.slots, hub=engine.hub.statistics, store=store.statistics,
+                stream=plane.statistics))
+            services = Services(config=config, engine=engine, supervisor=supervisor,
+                                keyring=keyring, started_at=time.time(),
+                                submits=IdempotentSubmits(engine), metrics=metrics)
             port = await engine_nursery.start(_serve_http, services, plane, http_scope)
             health = HealthService(engine, config.health_checks, api=(own_host(config.host), port))
             await engine_nursery.start(health.run)
@@ -111,7 +119,6 @@ async def _serve_http(services: Services, plane: DataPlane, scope: trio.CancelSc
                       task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """The front door: stream routes on the data plane, the rest on the Quart app."""
     config, engine, keyring = services.config, services.engine, services.keyring
-    services = dataclasses.replace(services, stream_stats=plane.statistics)
     app = stream_fallback(create_app(services), engine=engine, keyring=keyring, config=config,
                           plane=plane)
     with scope:

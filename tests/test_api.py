@@ -229,7 +229,7 @@ async def test_templates_health_metrics_openapi(harness: Harness) -> None:
     health = (await harness.client.get("/healthz")).json()
     assert health["status"] == "ok"
     metrics = (await harness.client.get("/metrics")).text
-    assert "jobserver_jobs_running 0" in metrics and "jobserver_slots 2" in metrics
+    assert "jobserver_jobs_running 0.0" in metrics and "jobserver_slots 2.0" in metrics
     doc = (await harness.client.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.") and "/api/v1/jobs/{job_id}" in doc["paths"]
     page = await harness.client.get("/")

@@ -240,7 +240,8 @@ async def test_stalled_subscriber_costs_nothing_and_resumes_with_since(data_dir:
             f"RSS rose {(peak - warm_peak) >> 20} MiB with a stalled subscriber "
             f"({missed >> 20} MiB of output it did not read)")
         # The stalled one was dropped once its socket stayed full for the stall timeout.
-        await wait_stats(h, connections=0, slow_writers=0, backlog_bytes=0)
+        stats = await wait_stats(h, connections=0, slow_writers=0, backlog_bytes=0)
+        assert stats["stalled_connections_total"] == 1  # and counted, once
         got = await stalled.collect()
         await stalled.aclose()
         assert stalled.close_code in (1006, 1011)

@@ -6,7 +6,9 @@ here, the one place errors meet the wire: native JSON `{"code", "message"
 [, "field"]}`, or an RFC 7807 problem under the jobs dialect's /api/jobs. An
 unexpected exception is logged (path only, never the query or a token) and
 shown as a plain 500. Every request has a correlation id (X-Correlation-ID,
-taken or made) echoed in the response.
+taken or made) echoed in the response, and is counted once, by its route
+template (never its path: no ids in labels), in the server's `Metrics`, which
+/metrics renders.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..errors import JobserverError
+from ..metrics import CONTENT_TYPE, UNMATCHED
 from .common import Services, services
 from .jobs_dialect import jobs_api
 from .jobs_views import problem
@@ -47,6 +50,7 @@ def create_app(svc: Services) -> QuartTrio:
     app.register_error_handler(Exception, _unexpected)
     app.before_request(_correlation_id)
     app.after_request(_correlation_header)
+    app.after_request(_count_request)
     app.add_url_rule("/healthz", view_func=healthz)
     app.add_url_rule("/metrics", view_func=metrics)
     app.add_url_rule("/openapi.json", view_func=openapi)
@@ -66,6 +70,7 @@ def correlation_id() -> str:
 
 
 async def _correlation_id() -> None:
+    g.began = time.perf_counter()
     given = request.headers.get("X-Correlation-ID", "")
     g.correlation_id = given if _CORRELATION.match(given) else uuid.uuid4().hex
     g.trace_id = secrets.token_hex(7).upper()
@@ -126,41 +131,14 @@ async def openapi() -> dict[str, Any]:
 
 
 async def metrics() -> Response:
-    svc = services()
-    hub, store = svc.engine.hub.statistics(), svc.engine.store.statistics()
-    lines = [
-        "# HELP jobserver_jobs_running Jobs running now.",
-        "# TYPE jobserver_jobs_running gauge",
-        f"jobserver_jobs_running {svc.supervisor.running}",
-        "# HELP jobserver_jobs_queued Jobs waiting for a slot.",
-        "# TYPE jobserver_jobs_queued gauge",
-        f"jobserver_jobs_queued {len(svc.engine.queued_ids())}",
-        "# HELP jobserver_slots Configured concurrent job slots.",
-        "# TYPE jobserver_slots gauge",
-        f"jobserver_slots {svc.config.slots}",
-        "# HELP jobserver_events_published_total Events published to the hub.",
-        "# TYPE jobserver_events_published_total counter",
-        f"jobserver_events_published_total {hub.published}",
-        "# HELP jobserver_hub_subscribers Subscribers attached to the hub.",
-        "# TYPE jobserver_hub_subscribers gauge",
-        f"jobserver_hub_subscribers {hub.subscribers}",
-        "# HELP jobserver_store_committed_events_total Events committed to the store.",
-        "# TYPE jobserver_store_committed_events_total counter",
-        f"jobserver_store_committed_events_total {store.committed_events}",
-        "# HELP jobserver_store_commits_total Group commits.",
-        "# TYPE jobserver_store_commits_total counter",
-        f"jobserver_store_commits_total {store.commits}",
-        "# HELP jobserver_store_pending_events Events queued for the store.",
-        "# TYPE jobserver_store_pending_events gauge",
-        f"jobserver_store_pending_events {store.pending}",
-    ]
-    if svc.stream_stats is not None:
-        for name, value in _stream_metrics(svc.stream_stats()):
-            lines += [f"# TYPE jobserver_stream_{name} gauge", f"jobserver_stream_{name} {value}"]
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    return Response(services().metrics.render(), content_type=CONTENT_TYPE)
 
 
-def _stream_metrics(stats: Any) -> list[tuple[str, int | float]]:
-    fields = getattr(stats, "__dataclass_fields__", {})
-    return [(name, getattr(stats, name)) for name in fields
-            if isinstance(getattr(stats, name), (int, float))]
+async def _count_request(response: Response) -> Response:
+    """Every answer of the app, once: by method, route template and status."""
+    rule = request.url_rule
+    began: float | None = getattr(g, "began", None)
+    seconds = None if began is None else time.perf_counter() - began
+    services().metrics.http_request(request.method, rule.rule if rule is not None else UNMATCHED,
+                                    response.status_code, seconds)
+    return response

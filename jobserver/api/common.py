@@ -20,7 +20,9 @@ from ..core import jsontext
 from ..core.ids import JobId, parse_job_id
 from ..engine import Engine
 from ..errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from ..metrics import Metrics
 from ..supervisor import Supervisor
+from .idempotency import IdempotentSubmits
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +32,8 @@ class Services:
     supervisor: Supervisor
     keyring: KeyRing
     started_at: float
-    stream_stats: Any = None  # a callable returning the data plane's statistics
+    submits: IdempotentSubmits
+    metrics: Metrics
 
 
 def services() -> Services:

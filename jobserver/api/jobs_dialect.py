@@ -24,6 +24,7 @@ from ..core.job import Job
 from ..core.states import Status
 from ..engine import Submission
 from ..errors import Conflict, NotFound, ValidationFailed
+from . import idempotency
 from . import jobs_views as views
 from .common import bearer_token, json_body, services
 from .watch_page import WATCH_PAGE, WATCH_PAGE_CSP
@@ -93,10 +94,15 @@ def _object(body: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-async def _submit(who: Principal, sub: Submission, body: dict[str, Any]) -> Job:
-    """Submit; a bad param is named as the client sent it (inputs.X / options.X)."""
+async def _submit(who: Principal, sub: Submission, body: dict[str, Any], *,
+                  key: str | None = None) -> tuple[Job, bool]:
+    """Submit (once per `key`; replayed: the key's earlier job); a bad param is
+    named as the client sent it (inputs.X / options.X)."""
     try:
-        return await services().engine.submit(who, sub)
+        if key is None:
+            return await services().engine.submit(who, sub), False
+        return await services().submits.submit(
+            who, sub, key=key, fingerprint=idempotency.fingerprint("/api/jobs", body))
     except ValidationFailed as exc:
         if exc.field == "template":
             exc.field = "preset"
@@ -108,12 +114,16 @@ async def _submit(who: Principal, sub: Submission, body: dict[str, Any]) -> Job:
 
 
 @jobs_api.post("/api/jobs")
-async def create_job() -> tuple[dict[str, Any], int]:
+async def create_job() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """202 and the new job; with an Idempotency-Key seen before, 200 and that job
+    as it stands now (its status, stage) with `Idempotent-Replayed: true`."""
     who = principal()
+    key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     body = await json_body()
-    job = await _submit(who, _submission(body), body)
-    return {"jobId": job.id, "correlationId": job.correlation_id, "status": "Queued",
-            "stage": views.stage(job)}, 202
+    job, replayed = await _submit(who, _submission(body), body, key=key)
+    return {"jobId": job.id, "correlationId": job.correlation_id,
+            "status": views.STATUS_NAMES[job.status], "stage": views.stage(job)}, \
+        200 if replayed else 202, idempotency.replay_headers(replayed)
 
 
 @jobs_api.get("/api/jobs/<job_id>")

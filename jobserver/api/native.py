@@ -18,6 +18,7 @@ from ..core.timefmt import iso_ms
 from ..engine import Submission
 from ..errors import ValidationFailed
 from ..store import JobFilter
+from . import idempotency
 from .common import authenticate, job_id_arg, json_body, services
 
 native = Blueprint("native", __name__)
@@ -52,8 +53,9 @@ def _int_arg(name: str, default: int, *, low: int, high: int) -> int:
 
 
 @native.post("/api/v1/jobs")
-async def submit_job() -> tuple[dict[str, Any], int]:
+async def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     principal = authenticate()
+    key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     body = await json_body()
     unknown = set(body) - {"template", "params", "command"}
     if unknown:
@@ -66,10 +68,13 @@ async def submit_job() -> tuple[dict[str, Any], int]:
         raise ValidationFailed("template must be a string", field="template")
     if (template is None) == (command is None):
         raise ValidationFailed("give exactly one of template and command", field="template")
-    job = await services().engine.submit(principal, Submission(
-        template=template, command=command, params=params,
-        correlation_id=g.correlation_id))
-    return job_view(job), 201
+    sub = Submission(template=template, command=command, params=params,
+                     correlation_id=g.correlation_id)
+    if key is None:
+        return job_view(await services().engine.submit(principal, sub)), 201, {}
+    job, replayed = await services().submits.submit(
+        principal, sub, key=key, fingerprint=idempotency.fingerprint("/api/v1/jobs", body))
+    return job_view(job), 200 if replayed else 201, idempotency.replay_headers(replayed)
 
 
 @native.get("/api/v1/jobs")

@@ -29,6 +29,15 @@ _TOKEN = {"name": "token", "in": "query", "description": "A JWT, for clients tha
 _CORRELATION = {"name": "X-Correlation-ID", "in": "header",
                 "description": "Echoed in the response (1 to 128 visible ASCII characters; "
                 "another value is replaced by a new id)", "schema": {"type": "string"}}
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "description": (
+    "1 to 255 visible ASCII characters (another value is a 400 naming the header). The "
+    "same key with the same route and body (as canonical JSON) within `idempotency_ttl` "
+    "(24 h) gives back the job it made, 200 with `Idempotent-Replayed: true`, and runs "
+    "nothing; with another route or body it is a 422 `idempotency_key_reused`. Keys are "
+    "per user."), "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                             "pattern": "^[!-~]+$"}}
+_REPLAYED = {"Idempotent-Replayed": {"description": "The job an earlier request with this "
+                                     "Idempotency-Key made", "schema": {"const": "true"}}}
 _ECHOED = {"X-Correlation-ID": {"description": "The request's correlation id, or a new one",
                                 "schema": {"type": "string"}}}
 _CHALLENGE = {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}}
@@ -76,6 +85,13 @@ def _answers(ok: str, schema: dict[str, Any] | None, *errors: int, problem: bool
     for status in ((401,) if auth else ()) + errors:
         out[str(status)] = _error(status, problem=problem, echoed=echoed)
     return out
+
+
+def _replayed(answers: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """`answers` and the 200 of a replayed Idempotency-Key (with `schema`)."""
+    return {"200": {"description": "An earlier request's job (Idempotency-Key replayed)",
+                    "headers": {**_ECHOED, **_REPLAYED},
+                    "content": {"application/json": {"schema": schema}}}, **answers}
 
 
 def _sse_event(id_pattern: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -179,9 +195,10 @@ def _native_paths() -> dict[str, Any]:
     sse = {"text/event-stream": {"schema": _sse_event(r"^[0-9]+$", {"type": "string"})}}
     return {
         "/api/v1/jobs": {
-            "post": {"summary": "Submit a job", "parameters": [_CORRELATION],
+            "post": {"summary": "Submit a job", "parameters": [_CORRELATION, _IDEMPOTENCY],
                      "requestBody": _body({"$ref": "#/components/schemas/Submit"}),
-                     "responses": _answers("201", _JOB, 400, 403, 413, 415, 422)},
+                     "responses": _replayed(_answers("201", _JOB, 400, 403, 413, 415, 422),
+                                            _JOB)},
             "get": {"summary": "List jobs (newest first)", "parameters": listing,
                     "responses": _answers("200", job_list, 422)},
         },
@@ -264,6 +281,9 @@ def _native_paths() -> dict[str, Any]:
 def _jobs_paths() -> dict[str, Any]:
     created = _obj({"jobId": {"type": "string"}, "correlationId": _NULLABLE_STRING,
                     "status": {"const": "Queued"}, "stage": {"type": "string"}})
+    replayed = _obj({"jobId": {"type": "string"}, "correlationId": _NULLABLE_STRING,
+                     "status": {"enum": ["Queued", "Running", "Succeeded", "Failed",
+                                         "Canceled"]}, "stage": {"type": "string"}})
     cancelled = _obj({"jobId": {"type": "string"}, "message": {"type": "string"},
                       "currentStatus": {"type": "string"}, "correlationId": {"type": "string"}})
     retried = _obj({
@@ -276,10 +296,10 @@ def _jobs_paths() -> dict[str, Any]:
     return {
         "/api/jobs": {
             "post": {"summary": "Submit a job (the jobs dialect)", "parameters": [
-                _TOKEN, _CORRELATION],
+                _TOKEN, _CORRELATION, _IDEMPOTENCY],
                      "requestBody": _body({"$ref": "#/components/schemas/JobsDialectSubmit"}),
-                     "responses": _answers("202", created, 400, 403, 413, 415, 422,
-                                           problem=True)}},
+                     "responses": _replayed(_answers("202", created, 400, 403, 413, 415, 422,
+                                                     problem=True), replayed)}},
         "/api/jobs/{job_id}": {
             "get": {"summary": "The job document", "parameters": both,
                     "responses": _answers("200", _JOBS_JOB, 404, problem=True)}},

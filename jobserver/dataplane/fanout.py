@@ -40,6 +40,10 @@ goes back to catching up from the store. A member with `lines` False gets
 no output lines (filtered once per batch for all such members; the cursor
 still moves past them), and a session flips it at any time, without a read.
 
+The metrics' message count (`Counters.messages_sent`) is added once per
+delivery (events x live members) and once per catch-up write, never per member
+on the publisher's path.
+
 Renderers are deterministic in the topic's history (dialects/__init__.py), so
 `FrameCache` can keep each event's encoding by (channel key, seq), and members
 catching up over the same history share it.
@@ -63,6 +67,7 @@ from ..core.events import Event, Log
 from ..core.ids import JobId
 from ..core.topics import JobTopic, Topic
 from ..dialects import NOTHING, Rendered, Renderer, Subscribe
+from .outbox import Counters
 from .wakeup import Wakeup
 from .wire import Encoder
 
@@ -261,8 +266,9 @@ class Channel:
     batched = False  # see batch.BatchChannel
 
     def __init__(self, key: ChannelKey, encode: Encoder, cache: FrameCache, *,
-                 release: Callable[[Channel], None]) -> None:
+                 release: Callable[[Channel], None], counters: Counters | None = None) -> None:
         self.key = key
+        self.counters = counters if counters is not None else Counters()
         self.topic = key[0]
         self.persisted = type(self.topic) is JobTopic  # the store can replay it
         self.raw = key[2] == EVENTS  # members get the events, not bytes
@@ -302,7 +308,9 @@ class Channel:
             return
         parts, used, end = self.render_live(renderer, events)
         data = b"".join(parts)
-        for member in tuple(self.live):
+        live = tuple(self.live)
+        self.counters.messages_sent += used * len(live)  # once per delivery, not per member
+        for member in live:
             member.push(data, used, self.last_seq, end)
 
     def take(self, events: Sequence[Any]) -> Sequence[Any]:
@@ -550,6 +558,7 @@ class Member:
             if recent is not None:
                 data, count, end = recent
                 self.cursor = sent
+                channel.counters.messages_sent += count
                 self.outbox.write_nowait(channel.wrap(data), count)
                 if end:
                     self._finish()
@@ -648,6 +657,7 @@ class Member:
         data = channel.wrap(b"".join(parts))
         self.cursor = events[used - 1].seq
         outbox = self.outbox
+        channel.counters.messages_sent += used
         outbox.write_nowait(data, used)
         if end:
             self._finish()

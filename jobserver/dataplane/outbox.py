@@ -41,8 +41,13 @@ class Counters:
     """Mutable counters the data plane's statistics are read from."""
 
     bytes_sent: int = 0
+    # Events written to subscribers (a shared frame counts once per member it
+    # goes to: added per channel delivery, not per member) and session messages.
+    messages_sent: int = 0
     slow_writers: int = 0
     backlog_bytes: int = 0
+    lagged: int = 0  # aggregate topics' members dropped for falling behind
+    stalled: int = 0  # connections closed: the peer stopped reading or answering pings
 
 
 async def recv_some(sock: socket.socket, max_bytes: int = RECV_SIZE) -> bytes:

@@ -8,7 +8,9 @@ the front door's nursery. A channel exists while it has members and is the
 hub's subscriber for just that long. `open_session` runs a session's opening
 (its needs, then its one Accept or Refuse) for every transport; `fulfil` is
 the table of needs (dialects/__init__.py) to the engine and the key ring: add
-a need, add a row. `statistics()` is a frozen snapshot for /metrics.
+a need, add a row. `statistics()` is a frozen snapshot for /metrics (read at
+scrape time: the per-event paths make no metric call; an opening is counted
+once, here).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from ..dialects import (
 )
 from ..engine import Engine, Submission
 from ..errors import JobserverError, NotFound, Unauthenticated
+from ..metrics import Metrics
 from .batch import BatchChannel, BatchClock
 from .fanout import Channel, ChannelKey, FrameCache, Member, Sink
 from .outbox import Counters
@@ -66,6 +69,9 @@ class DataPlaneStatistics:
     backlog_bytes: int  # queued in those backlogs, all together
     channels: int  # (topic, dialect variant, encoding) rendered once each
     bytes_sent: int  # by the raw data plane, since start
+    messages_sent: int  # events and session messages queued for stream sockets, since start
+    lagged: int  # aggregate topics' subscribers dropped for falling behind, since start
+    stalled: int  # stream connections closed: the peer stopped reading or answering pings
     frame_cache_hits: int
     frame_cache_misses: int
 
@@ -73,12 +79,14 @@ class DataPlaneStatistics:
 class DataPlane:
     def __init__(self, *, config: Config, engine: Engine, keyring: KeyRing,
                  routes: RouteTable = DEFAULT_ROUTES,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
         self.engine = engine
         self.keyring = keyring
         self.routes = routes
         self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
         self.env = SessionEnv(config=config, clock=clock,
                               sign_progress=progress_signer(keyring, config.progress_token_ttl))
         self.cache = FrameCache()
@@ -110,6 +118,9 @@ class DataPlane:
         while pending:
             action = pending.popleft()
             if isinstance(action, (Accept, Refuse)):
+                status = action.status if isinstance(action, Refuse) else \
+                    101 if route.transport == "ws" else 200
+                self.metrics.stream_accepted(route.name, status)
                 return session, action, list(pending)
             if type(action) in _HANDLERS:
                 result = await self.fulfil(action)
@@ -157,11 +168,13 @@ class DataPlane:
         channel = self._channels.get(key)
         if channel is None:
             if batch is None:
-                channel = Channel(key, ENCODERS[encoding], self.cache, release=self._release)
+                channel = Channel(key, ENCODERS[encoding], self.cache, release=self._release,
+                                  counters=self.counters)
             else:
                 channel = BatchChannel(key, ENCODERS[ITEMS], self.cache, release=self._release,
                                        batch=batch, framing=FRAMING[encoding],
                                        clock=self.batches)
+                channel.counters = self.counters
             # Where the hub stands now, so that a member whose catch-up reaches it
             # goes live at once, not at the topic's next event (the hub delivers
             # only what is published after this, in the same step).
@@ -222,6 +235,9 @@ class DataPlane:
             backlog_bytes=self.counters.backlog_bytes,
             channels=len(self._channels),
             bytes_sent=self.counters.bytes_sent,
+            messages_sent=self.counters.messages_sent,
+            lagged=self.counters.lagged,
+            stalled=self.counters.stalled,
             frame_cache_hits=self.cache.hits,
             frame_cache_misses=self.cache.misses,
         )

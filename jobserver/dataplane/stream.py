@@ -74,7 +74,7 @@ class StreamConnection:
 
     __slots__ = ("_claimed", "_encode", "_inbox", "_inbox_events", "_lock", "_outbox",
                  "_readers", "_start", "_taken", "_timer_at", "_wakeup", "closing", "members",
-                 "plane", "session")
+                 "plane", "session", "stalled")
     encoding = "ws"
 
     def __init__(self, plane: DataPlane, session: Session, outbox: SinkOutbox, *,
@@ -85,6 +85,7 @@ class StreamConnection:
         self._encode = ENCODERS[self.encoding]
         self.members: dict[Topic, Member] = {}
         self.closing = False
+        self.stalled = False  # counted as a slow peer closed (once)
         self._wakeup = Wakeup()
         self._timer_at = math.inf
         self._lock: trio.Lock | None = None  # made when a need is first awaited
@@ -128,6 +129,13 @@ class StreamConnection:
 
     # ---- what the transports specialise ----------------------------------
 
+    def drop_slow(self) -> None:
+        """Count the peer as a slow one closed (its socket stayed full, or it
+        stopped answering pings), once per connection."""
+        if not self.stalled:
+            self.stalled = True
+            self.plane.counters.stalled += 1
+
     def close(self, close: Close) -> None:
         """Begin the end: detach every member and queue the transport's last bytes."""
         raise NotImplementedError
@@ -146,6 +154,7 @@ class StreamConnection:
 
     def send(self, message: str | SseEvent) -> None:
         if not self.closing:
+            self.plane.counters.messages_sent += 1
             self._outbox.write_nowait(self._encode((message,)))
 
     def apply_nowait(self, actions: Sequence[Action]) -> None:
@@ -243,7 +252,9 @@ class StreamConnection:
                     await self.handle(actions)
                     await self._write_loop(nursery)
                     await self.after_close()
-                except (PeerGone, Stalled):
+                except Stalled:
+                    self.drop_slow()
+                except PeerGone:
                     pass
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
@@ -273,6 +284,8 @@ class StreamConnection:
                 await self._give_events()
             for topic, member in list(self.members.items()):
                 if member.ended or member.lagged:
+                    if not member.ended:
+                        self.plane.counters.lagged += 1
                     self._drop(topic)
                     session = self.session
                     await self.handle(session.on_end(topic) if member.ended

@@ -146,6 +146,7 @@ class WebSocketConnection(SocketConnection):
                 continue
             now = trio.current_time()
             if now >= self._pong_deadline:
+                self.drop_slow()
                 self.close(Close(1011, "ping timeout"))
                 break
             if now >= next_ping:

@@ -55,6 +55,18 @@ class Expired:
     last_seq: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotencyRecord:
+    """An `Idempotency-Key` a user sent, what it was sent with and the job it made."""
+
+    owner: str
+    key: str
+    fingerprint: str  # of the route and the canonical body
+    job_id: JobId
+    created_at: float
+    expires_at: float
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStatistics:
     committed_events: int
@@ -68,9 +80,11 @@ class Store(Protocol):
         on the way out, flush what is queued (bounded) and close."""
 
     async def write(self, events: Sequence[Event], job: Job | None = None, *,
-                    on_commit: OnCommit | None = None) -> None:
-        """Queue events (and the job record as it stands after them) for commit;
-        call `on_commit` once they are committed, never if they are not."""
+                    on_commit: OnCommit | None = None,
+                    key: IdempotencyRecord | None = None) -> None:
+        """Queue events (and the job record as it stands after them, and an
+        idempotency key naming the job) for commit, in one transaction; call
+        `on_commit` once they are committed, never if they are not."""
 
     async def wait_flushed(self) -> None:
         """Return once everything queued before this call is committed."""
@@ -83,11 +97,15 @@ class Store(Protocol):
     async def events_after(self, job_id: JobId, after: int, *, limit: int = 1000) -> list[Event]:
         """Committed events of a job with seq > after, in order, at most `limit`."""
 
+    async def find_key(self, owner: str, key: str) -> IdempotencyRecord | None:
+        """The committed idempotency key `key` of `owner` (expired or not)."""
+
     async def unfinished_jobs(self) -> list[Job]:
         """Jobs QUEUED or RUNNING, oldest first (for recovery at start)."""
 
     async def delete_job(self, job_id: JobId) -> None:
-        """Remove a job and its events (committed in order with other writes)."""
+        """Remove a job, its events and the idempotency keys naming it (committed
+        in order with other writes)."""
 
     async def delete_jobs(self, job_ids: Sequence[JobId]) -> None:
         """Remove jobs and their events in one transaction; return once committed."""

@@ -25,6 +25,7 @@ SQL and the row layout live in `sqlite_blocking.py`.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,15 @@ from ..core.events import Event, Log
 from ..core.ids import JobId
 from ..core.job import Job
 from . import sqlite_blocking as db
-from .base import Expired, JobFilter, OnCommit, RetentionRule, Store, StoreStatistics
+from .base import (
+    Expired,
+    IdempotencyRecord,
+    JobFilter,
+    OnCommit,
+    RetentionRule,
+    Store,
+    StoreStatistics,
+)
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -96,6 +105,7 @@ class SqliteStore:
         max_group_chars: int = MAX_GROUP_CHARS,
         linger: float = LINGER,
         readers: int = READERS,
+        observe_commit: Callable[[float], None] | None = None,
     ) -> None:
         if min(capacity, capacity_chars, max_group, max_group_chars, readers) < 1:
             raise ValueError("capacities, group sizes and readers must be positive")
@@ -104,6 +114,7 @@ class SqliteStore:
         self._max_group = _Size(max_group, max_group_chars)
         self._linger = linger
         self._readers = readers
+        self._observe_commit = observe_commit  # seconds of each group commit (metrics)
         self._queue: deque[tuple[db.Op, _Size, OnCommit | None]] = deque()
         self._pending = _Size(0, 0)  # queued or being committed
         self._enqueued_ops = 0  # operations ever queued ...
@@ -156,7 +167,10 @@ class SqliteStore:
             if on_commit is not None:
                 callbacks.append(on_commit)
         assert self._writer is not None
+        began = time.perf_counter()
         await trio.to_thread.run_sync(db.commit_group, self._writer, ops)
+        if self._observe_commit is not None:
+            self._observe_commit(time.perf_counter() - began)
         # No checkpoint from here on: a cancellation that arrived during the
         # commit (which ran to the end) is delivered after the bookkeeping.
         # Nor between callbacks: a pause there lets producers queue more while
@@ -208,19 +222,21 @@ class SqliteStore:
     # ---- writing -------------------------------------------------------------
 
     async def write(self, events: Sequence[Event], job: Job | None = None, *,
-                    on_commit: OnCommit | None = None) -> None:
-        """Queue events (and the job record as it stands after them) for commit.
+                    on_commit: OnCommit | None = None,
+                    key: IdempotencyRecord | None = None) -> None:
+        """Queue events (and the job record as it stands after them, and an
+        idempotency key naming the job) for commit, in one transaction.
 
         Waits only while the queue is full. Writes are committed in the order
         their `write` calls returned; a cancelled `write` queued nothing.
         `on_commit` is called once they are committed (in the writer's task,
         with no await: it must not block or raise), never if they are not.
         """
-        if not events and job is None:
+        if not events and job is None and key is None:
             await trio.lowlevel.checkpoint()
             return
         chars = sum([len(e.line) for e in events if type(e) is Log])
-        await self._admit(db.WriteOp(events=tuple(events), job=job),
+        await self._admit(db.WriteOp(events=tuple(events), job=job, key=key),
                           _Size(max(1, len(events)), chars), on_commit)
 
     async def delete_job(self, job_id: JobId) -> None:
@@ -308,6 +324,9 @@ class SqliteStore:
 
     async def events_after(self, job_id: JobId, after: int, *, limit: int = 1000) -> list[Event]:
         return await self._read(db.events_after, job_id, after, limit)
+
+    async def find_key(self, owner: str, key: str) -> IdempotencyRecord | None:
+        return await self._read(db.find_key, owner, key)
 
     async def unfinished_jobs(self) -> list[Job]:
         return await self._read(db.unfinished_jobs)

@@ -35,9 +35,9 @@ from ..core.ids import JobId, UserId
 from ..core.job import Job
 from ..core.states import Status
 from ..errors import ValidationFailed
-from .base import Expired, JobFilter, RetentionRule
+from .base import Expired, IdempotencyRecord, JobFilter, RetentionRule
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Statements that take a database from version i to i + 1 (`PRAGMA user_version`).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -72,6 +72,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " WHERE completed_at IS NOT NULL AND pinned = 0",
         "CREATE INDEX jobs_expiring_by_template ON jobs (template, completed_at, id)"
         " WHERE completed_at IS NOT NULL AND pinned = 0",
+    ),
+    # Idempotency keys (api/idempotency.py): one row per (owner, key), written
+    # with the job it made; expired rows go as new keys are written.
+    (
+        """CREATE TABLE idempotency_keys (
+            owner TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (owner, key)
+        )""",
+        "CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at)",
+        "CREATE INDEX idempotency_keys_by_job ON idempotency_keys (job_id)",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -148,6 +163,7 @@ def migrate(conn: sqlite3.Connection) -> None:
 class WriteOp:
     events: Sequence[ev.Event]
     job: Job | None
+    key: IdempotencyRecord | None = None
 
 
 @dataclass(slots=True)
@@ -316,12 +332,15 @@ def commit_group(conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
                 group.add(op.events)
                 if op.job is not None:
                     group.jobs[op.job.id] = op.job
+                if op.key is not None:
+                    _put_key(conn, op.key)
                 continue
             group.flush(conn)
             if isinstance(op, DeleteOp):
                 ids = [(job_id,) for job_id in op.job_ids]
                 conn.executemany("DELETE FROM events WHERE job_id = ?", ids)
                 conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
+                conn.executemany("DELETE FROM idempotency_keys WHERE job_id = ?", ids)
             elif isinstance(op, PinOp):
                 conn.execute("UPDATE jobs SET pinned = ? WHERE id = ?", (op.pinned, op.job_id))
             else:
@@ -361,6 +380,17 @@ def _rewrite_without(conn: sqlite3.Connection, rowid: int, op: TrimOp) -> None:
     group.flush(conn)
 
 
+def _put_key(conn: sqlite3.Connection, key: IdempotencyRecord) -> None:
+    """Store `key` (replacing an expired one of the same name), dropping every
+    key that expired by the time it was made."""
+    conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (key.created_at,))
+    conn.execute(
+        "INSERT OR REPLACE INTO idempotency_keys"
+        " (owner, key, fingerprint, job_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (key.owner, key.key, key.fingerprint, key.job_id, key.created_at, key.expires_at),
+    )
+
+
 # ---- reading --------------------------------------------------------------
 
 
@@ -368,6 +398,17 @@ def _job(data: str, pinned: int) -> Job:
     """A job record; whether it is pinned is the column's say (`data` may be older)."""
     job = Job.from_dict(json.loads(data))
     return job if job.pinned == bool(pinned) else dataclasses.replace(job, pinned=bool(pinned))
+
+
+def find_key(conn: sqlite3.Connection, owner: str, key: str) -> IdempotencyRecord | None:
+    row = conn.execute(
+        "SELECT fingerprint, job_id, created_at, expires_at FROM idempotency_keys"
+        " WHERE owner = ? AND key = ?", (owner, key)).fetchone()
+    if row is None:
+        return None
+    fingerprint, job_id, created_at, expires_at = row
+    return IdempotencyRecord(owner=owner, key=key, fingerprint=fingerprint,
+                             job_id=JobId(job_id), created_at=created_at, expires_at=expires_at)
 
 
 def get_job(conn: sqlite3.Connection, job_id: JobId) -> Job | None:
