@@ -21,6 +21,7 @@ by the front door's ReplayStream; there are no pings here (ASGI has none).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -166,11 +167,13 @@ class AsgiConnection(StreamConnection):
         self._send = send
         self._receive = receive
 
+    @abc.abstractmethod
     async def _send_bytes(self, data: bytes) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def _final(self, close: Close) -> None:
-        raise NotImplementedError
+        ...
 
     def close(self, close: Close) -> None:
         if self.closing:

@@ -23,6 +23,7 @@ this returns.
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import socket
@@ -64,7 +65,7 @@ GOING_AWAY_SECONDS = 1.0
 CATCH_UP_READERS = 4
 
 
-class StreamConnection:
+class StreamConnection(abc.ABC):
     """An accepted stream: `actions` (what the session said after its Accept) are
     applied first, `trailing` (bytes the client sent after its request) read first.
 
@@ -136,12 +137,14 @@ class StreamConnection:
             self.stalled = True
             self.plane.counters.stalled += 1
 
+    @abc.abstractmethod
     def close(self, close: Close) -> None:
         """Begin the end: detach every member and queue the transport's last bytes."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def read_loop(self, trailing: bytes, abort: trio.CancelScope) -> None:
-        raise NotImplementedError
+        ...
 
     async def idle(self) -> None:
         """Wait for something to do (a transport may send heartbeats meanwhile)."""
@@ -149,6 +152,7 @@ class StreamConnection:
 
     async def after_close(self) -> None:
         """Once the last bytes are out (a WebSocket waits for the peer's close)."""
+        await trio.lowlevel.checkpoint()
 
     # ---- the session's actions -------------------------------------------
 
