@@ -26,6 +26,7 @@ export class LogView {
     this.liveSeq = after; // the last seq the live stream delivered
     this.atTail = true;
     this.follow = true;
+    this.jumping = false;  // jumpToEnd's own scrolls are not the user's
     this.olderDone = after === 0;
     this.pending = []; // lines taken while a page was being fetched
     this.pendingEnd = after;
@@ -92,9 +93,13 @@ export class LogView {
   }
 
   onScroll() {
+    if (this.jumping) return;  // the page's own scrolls while it jumps to the end
     const fromBottom = this.pane.scrollHeight - this.pane.scrollTop - this.pane.clientHeight;
     const wasFollowing = this.follow;
-    this.follow = this.atTail && fromBottom < 8;
+    // Only a move away from the bottom pauses following (the page's own scrolls,
+    // while a flood is skipped ahead, keep it); back at the tail's bottom resumes it.
+    if (fromBottom >= 8) this.follow = false;
+    else if (this.atTail) this.follow = true;
     if (this.follow !== wasFollowing) this.onChange();
     if (this.pane.scrollTop < NEAR) this.older();
     else if (fromBottom < NEAR && !this.atTail) this.newer();
@@ -156,14 +161,21 @@ export class LogView {
   // Back to the newest lines, following them.
   async jumpToEnd() {
     if (this.busy) return;
-    this.clear();
-    this.end = Math.max(0, this.liveSeq - PAGE);
-    this.olderDone = this.end === 0;
-    this.atTail = false;
-    this.follow = true;
-    this.missed = 0;
-    for (let tries = 0; tries < 8 && !this.atTail; tries++) await this.newer();
-    this.pane.scrollTop = this.pane.scrollHeight;
+    this.jumping = true;
+    try {
+      this.clear();
+      this.end = Math.max(0, this.liveSeq - PAGE);
+      this.olderDone = this.end === 0;
+      this.atTail = false;
+      this.follow = true;
+      this.missed = 0;
+      for (let tries = 0; tries < 8 && !this.atTail; tries++) await this.newer();
+      this.pane.scrollTop = this.pane.scrollHeight;
+    } finally {
+      this.jumping = false;
+      this.follow = true;
+      this.onChange();
+    }
   }
 
   fetch(after, limit) {
