@@ -17,7 +17,8 @@ import trio.testing
 
 from jobserver.core.ids import new_job_id
 from jobserver.core.topics import JobTopic
-from jobserver.dataplane.fanout import REPLAY_PAGE, Channel, FrameCache, Member
+from jobserver.dataplane.encoded import FrameCache
+from jobserver.dataplane.fanout import REPLAY_PAGE, Channel, Member
 from jobserver.dataplane.outbox import MAX_BACKLOG_BYTES, Counters, Outbox
 from jobserver.dataplane.wire import encode_ws
 from jobserver.dialects import Subscribe

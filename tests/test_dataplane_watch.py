@@ -12,11 +12,11 @@ import trio.testing
 from jobserver.core import events as ev
 from jobserver.core.ids import JobId, new_job_id
 from jobserver.core.topics import JobTopic
+from jobserver.dataplane.encoded import FrameCache
 from jobserver.dataplane.fanout import (
     EVENTS,
     UNRENDERED,
     Channel,
-    FrameCache,
     Member,
 )
 from jobserver.dataplane.wire import encode_nothing

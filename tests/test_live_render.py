@@ -21,7 +21,8 @@ from jobserver.core.job import Job
 from jobserver.core.states import Status
 from jobserver.core.topics import JobTopic
 from jobserver.dataplane.batch import BatchChannel, BatchClock
-from jobserver.dataplane.fanout import FrameCache, Member
+from jobserver.dataplane.encoded import FrameCache
+from jobserver.dataplane.fanout import Member
 from jobserver.dataplane.outbox import Counters, Outbox
 from jobserver.dataplane.wire import ENCODERS, FRAMING, ITEMS
 from jobserver.dialects import Authenticate, Batch, LookUp, SessionEnv, StreamRequest, Subscribe

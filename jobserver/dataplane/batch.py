@@ -32,7 +32,8 @@ from typing import Any
 import trio
 
 from ..dialects import Batch
-from .fanout import Channel, ChannelKey, FrameCache
+from .encoded import ChannelKey, FrameCache
+from .fanout import Channel
 from .wakeup import Wakeup
 from .wire import Encoder, Framing
 

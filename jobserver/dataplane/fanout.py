@@ -45,7 +45,7 @@ delivery (events x live members) and once per catch-up write, never per member
 on the publisher's path.
 
 Renderers are deterministic in the topic's history (dialects/__init__.py), so
-`FrameCache` can keep each event's encoding by (channel key, seq), and members
+`FrameCache` (encoded.py, with `Recent`) can keep each event's encoding by (channel key, seq), and members
 catching up over the same history share it.
 
 A batching channel (batch.py's `BatchChannel`, for a `Subscribe` with a
@@ -57,8 +57,7 @@ wait in its window), and a member catching up joins its live set only at
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import trio
@@ -67,6 +66,7 @@ from ..core.events import Event, Log
 from ..core.ids import JobId
 from ..core.topics import JobTopic, Topic
 from ..dialects import NOTHING, Rendered, Renderer, Subscribe
+from .encoded import RECENT_EVENTS, ChannelKey, FrameCache, Recent
 from .outbox import Counters
 from .wakeup import Wakeup
 from .wire import Encoder
@@ -74,19 +74,12 @@ from .wire import Encoder
 # Events one store read of a catch-up returns (engine.REPLAY_PAGE's reason:
 # a page of typical lines is a few hundred KB, sent before the next is read).
 REPLAY_PAGE = 2000
-# Encoded events the frame cache keeps, and their bytes at most.
-FRAME_CACHE_ENTRIES = 8192
-FRAME_CACHE_BYTES = 8 * 1024 * 1024
-# The last events a channel keeps encoded for members joining just behind.
-RECENT_EVENTS = 1024
-RECENT_BYTES = 1024 * 1024
 # How long a joining member waits for another to place the channel's renderer
 # before it reads the store itself.
 PLACING_WAIT = 1.0
 # A catch-up writes its next page once its connection's backlog is below this.
 CATCH_UP_LOW_WATER = 256 * 1024
 
-ChannelKey = tuple[Topic, Hashable, str]  # (topic, renderer key, encoding)
 # The encoding of a raw channel: a session's `Watch`, whose members get the
 # events themselves (handed to their connection's session), nothing encoded.
 EVENTS = "events"
@@ -166,98 +159,6 @@ def without_lines(events: Sequence[Event]) -> list[Event]:
 
 class EventReader(Protocol):
     async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[Event]: ...
-
-
-class FrameCache:
-    """Encoded bytes of recently rendered events by (channel key, seq); FIFO, bounded."""
-
-    def __init__(self, *, max_entries: int = FRAME_CACHE_ENTRIES,
-                 max_bytes: int = FRAME_CACHE_BYTES) -> None:
-        # An OrderedDict evicts its oldest in O(1); a dict's next(iter()) walks
-        # every slot left behind by earlier evictions.
-        self._entries: OrderedDict[tuple[ChannelKey, int], tuple[bytes, bool]] = OrderedDict()
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: tuple[ChannelKey, int]) -> tuple[bytes, bool] | None:
-        found = self._entries.get(key)
-        if found is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return found
-
-    def put(self, key: tuple[ChannelKey, int], value: tuple[bytes, bool]) -> None:
-        if len(value[0]) > self._max_bytes or key in self._entries:
-            return
-        self._entries[key] = value
-        self._bytes += len(value[0])
-        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
-            self._bytes -= len(self._entries.popitem(last=False)[1][0])
-
-
-class Recent:
-    """The encodings of a channel's last events, while they are contiguous: a
-    member that joins a few events behind catches up from here, at once,
-    instead of from the store (a thousand subscribers arriving together would
-    each wait for a read). Bounded in events and bytes; the bytes are the ones
-    the live members got, shared."""
-
-    __slots__ = ("_bytes", "_entries")
-
-    def __init__(self) -> None:
-        self._entries: deque[tuple[int, bytes, bool]] = deque()
-        self._bytes = 0
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
-
-    def extend(self, events: Sequence[Event], parts: Sequence[bytes], end: bool) -> None:
-        entries = self._entries
-        last = len(parts) - 1
-        for i, part in enumerate(parts):
-            entries.append((events[i].seq, part, end and i == last))
-            self._bytes += len(part)
-        while len(entries) > RECENT_EVENTS or self._bytes > RECENT_BYTES:
-            self._bytes -= len(entries.popleft()[1])
-
-    def prepend(self, entries: Sequence[tuple[int, bytes, bool]]) -> None:
-        """Earlier events (a catch-up's, read from the store) in front of these, when
-        they join up and fit: later joiners need no store read for them."""
-        held = self._entries
-        if not entries or len(entries) + len(held) > RECENT_EVENTS or (
-                held and held[0][0] != entries[-1][0] + 1):
-            return
-        size = sum(len(part) for _, part, _ in entries)
-        if size + self._bytes <= RECENT_BYTES:
-            held.extendleft(reversed(entries))
-            self._bytes += size
-
-    def after(self, cursor: int, last_seq: int, upto: int | None = None
-              ) -> tuple[bytes, int, bool] | None:
-        """(bytes, events, ended) of the events after `cursor` up to `last_seq` (or
-        only up to `upto`), or None when they are not all here."""
-        entries = self._entries
-        if cursor == last_seq or cursor == upto:
-            return b"", 0, False
-        if not entries or entries[-1][0] != last_seq or entries[0][0] > cursor + 1:
-            return None
-        parts = []
-        for seq, part, end in entries:
-            if upto is not None and seq > upto:
-                break
-            if seq > cursor:
-                parts.append(part)
-                if end:
-                    return b"".join(parts), len(parts), True
-        return b"".join(parts), len(parts), False
 
 
 class Channel:

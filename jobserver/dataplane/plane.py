@@ -49,7 +49,8 @@ from ..engine import Engine, Submission
 from ..errors import JobserverError, NotFound, Unauthenticated
 from ..metrics import Metrics
 from .batch import BatchChannel, BatchClock
-from .fanout import Channel, ChannelKey, FrameCache, Member, Sink
+from .encoded import ChannelKey, FrameCache
+from .fanout import Channel, Member, Sink
 from .outbox import Counters
 from .routes import DEFAULT_ROUTES, Route, RouteTable
 from .wire import ENCODERS, FRAMING, ITEMS
