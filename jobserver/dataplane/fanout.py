@@ -45,8 +45,8 @@ delivery (events x live members) and once per catch-up write, never per member
 on the publisher's path.
 
 Renderers are deterministic in the topic's history (dialects/__init__.py), so
-`FrameCache` (encoded.py, with `Recent`) can keep each event's encoding by (channel key, seq), and members
-catching up over the same history share it.
+`FrameCache` (encoded.py, with `Recent`) can keep each event's encoding by
+(channel key, seq), and members catching up over the same history share it.
 
 A batching channel (batch.py's `BatchChannel`, for a `Subscribe` with a
 `Batch`) sends its live members one message per window instead of one per
