@@ -19,6 +19,9 @@ from jobserver.auth import KeyRing
 from jobserver.config import Config, load_config
 from jobserver.server import Server, serve
 
+from .pg import PgServer
+from .pg import Unavailable as PgUnavailable
+
 PY = sys.executable
 # Jobs find `python3` and `python3 -m jobserver.progress` in this environment,
 # as they would under an activated virtualenv.
@@ -75,6 +78,26 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
     config = load_config({"config_file": str(TEMPLATES), "data_dir": str(data_dir), "port": 0},
                          environ={})
     return Config(**{**{f: getattr(config, f) for f in config.__slots__}, **overrides})
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The test session's own PostgreSQL server (tests/pg.py); skips without one."""
+    try:
+        server = PgServer()
+        server.start()
+    except PgUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(pg_server: PgServer) -> str:
+    """A fresh, empty PostgreSQL database of the session's server."""
+    return pg_server.create_database()
 
 
 @pytest.fixture
