@@ -98,7 +98,8 @@ class ExecutionSink(Protocol):
 
     async def lines(self, stream: str, ts: float, lines: list[str]) -> None: ...
 
-    async def control(self, message: control.Message) -> None: ...
+    async def control(self, messages: list[control.Message]) -> None:
+        """The control messages of one read of the pipe, in order (never empty)."""
 
     async def warning(self, message: str) -> None: ...
 
@@ -190,16 +191,22 @@ def _lines_to(sink: ExecutionSink, stream: str) -> _Handler:
 
 
 def _control_to(sink: ExecutionSink) -> _Handler:
+    """One read's control messages go on together (one record, one write, for a
+    job reporting progress in a tight loop); a bad line's warning keeps its place."""
     async def handle(ts: float, lines: list[str]) -> None:
+        messages: list[control.Message] = []
         for line in lines:
             if not line or line.isspace():
                 continue
             try:
-                message = control.parse(line)
+                messages.append(control.parse(line))
             except control.ControlError as exc:
+                if messages:
+                    await sink.control(messages)
+                    messages = []
                 await sink.warning(exc.reason)
-            else:
-                await sink.control(message)
+        if messages:
+            await sink.control(messages)
     return handle
 
 

@@ -15,6 +15,7 @@ import shutil
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,38 +136,49 @@ class Run:
         await self.engine.record(self.live, [lambda s: ev.Warning(
             job_id=jid, seq=s, ts=self.engine.now(), message=message)])
 
-    async def control(self, message: ctl.Message) -> None:
+    async def control(self, messages: list[ctl.Message]) -> None:
+        """One read's control messages: their events in one record (a spawn, which
+        submits a job, goes in its place between them)."""
+        made: list[Callable[[int], ev.Event]] = []
+        for message in messages:
+            if isinstance(message, ctl.SpawnMsg):
+                if made:
+                    await self.engine.record(self.live, made)
+                    made = []
+                await self._spawn(message)
+                continue
+            event = self._event_for(message)
+            if event is not None:
+                made.append(event)
+        if made:
+            await self.engine.record(self.live, made)
+
+    def _event_for(self, message: ctl.Message) -> Callable[[int], ev.Event] | None:
+        """How to make `message`'s event at a seq (None: it makes none)."""
         jid, now = self.live.job.id, self.engine.now()
-        event: Any
         match message:
             case ctl.Progress():
                 pct = message.pct
                 if pct is None and message.at is not None and message.of:
                     pct = 100.0 * message.at / message.of
-                step = message.step or self.current_step
-                event = lambda s: ev.Progress(  # noqa: E731
-                    job_id=jid, seq=s, ts=now, pct=round(min(max(pct or 0.0, 0.0), 100.0), 2),
-                    at=message.at, of=message.of, message=message.message, step=step)
+                return _at_seq(ev.Progress, job_id=jid, ts=now,
+                               pct=round(min(max(pct or 0.0, 0.0), 100.0), 2), at=message.at,
+                               of=message.of, message=message.message,
+                               step=message.step or self.current_step)
             case ctl.StepMsg():
-                event = lambda s: ev.Step(job_id=jid, seq=s, ts=now, name=message.name,  # noqa: E731
-                                          status=message.status)
+                return _at_seq(ev.Step, job_id=jid, ts=now, name=message.name,
+                               status=message.status)
             case ctl.ResultMsg():
                 data = dict(message.data)
                 if isinstance(data.get("message"), str):
                     self.result_message = data["message"]
-                event = lambda s: ev.Result(job_id=jid, seq=s, ts=now, data=data)  # noqa: E731
+                return _at_seq(ev.Result, job_id=jid, ts=now, data=data)
             case ctl.ErrorMsg():
                 self.reported_error = message.message
-                step = message.step or self.current_step
-                event = lambda s: ev.Error(  # noqa: E731
-                    job_id=jid, seq=s, ts=now, code=message.code, message=message.message,
-                    remediation=message.remediation, step=step)
-            case ctl.SpawnMsg():
-                await self._spawn(message)
-                return
-            case _:
-                return
-        await self.engine.record(self.live, [event])
+                return _at_seq(ev.Error, job_id=jid, ts=now, code=message.code,
+                               message=message.message, remediation=message.remediation,
+                               step=message.step or self.current_step)
+        return None
 
     async def _spawn(self, message: ctl.SpawnMsg) -> None:
         parent = self.live.job
@@ -350,6 +362,13 @@ class Run:
         if job.input is not None:
             env["JOBSERVER_INPUT_FILE"] = str(self.work_dir / "input.json")
         return env
+
+
+def _at_seq(kind: Callable[..., ev.Event], **fields: Any) -> Callable[[int], ev.Event]:
+    """An event of `kind` with `fields`, made once its seq is known (Engine.record)."""
+    def make(seq: int) -> ev.Event:
+        return kind(seq=seq, **fields)
+    return make
 
 
 def _mkdir(path: Path) -> bool:

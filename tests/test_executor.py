@@ -72,8 +72,9 @@ class RecordingSink:
         self._poke()
         await trio.sleep(self._delay)  # backpressure: the executor must wait for us
 
-    async def control(self, message: control.Message) -> None:
-        self.controls.append(message)
+    async def control(self, messages: list[control.Message]) -> None:
+        assert messages
+        self.controls.extend(messages)
 
     async def warning(self, message: str) -> None:
         self.warnings.append(message)

@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from .multiplex_helpers import Mx
-from .test_dataplane_helpers import running_server
+from .test_dataplane_helpers import running_server, submit_command
 from .test_multiplex_dialect import mx_after_rest
 
 
@@ -104,3 +104,56 @@ async def test_subscriptions_per_connection(data_dir: Path) -> None:
             await mx.until(lambda m: m["type"] == "task_completion")
             await mx.sync()
         await mx.aclose()
+
+
+PROGRESS_FLOOD = """
+import json, os, sys
+n = int(sys.argv[1])
+with os.fdopen(int(os.environ['JOBSERVER_CONTROL_FD']), 'w') as c:
+    for i in range(n):
+        c.write(json.dumps(dict(progress=dict(at=i, of=n))) + '\\n')
+"""
+
+
+async def test_a_connection_too_far_behind_on_tasks_is_closed_too_slow(data_dir: Path) -> None:
+    """`tasks` is an aggregate topic: one that stops draining cannot catch up from
+    the store, so past `max_lag_events` it is told `too_slow` and closed 1013,
+    and the server counts it as lagged; a connection that reads is unharmed."""
+    async with running_server(data_dir, max_lag_events=100) as h:
+        port = h.server.port
+        sock = trio.socket.socket()
+        # Before connecting, so the window the server sees is small from the start.
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        stalled = await Mx.open(port, h.admin, stream=trio.SocketStream(sock))
+        await stalled.send("subscribe", {"channel": "tasks"})
+        assert await stalled.sync() == []
+        reader = await Mx.open(port, h.admin)
+        await reader.send("subscribe", {"channel": "tasks"})
+        assert await reader.sync() == []
+        job = await submit_command(h, ["python3", "-c", PROGRESS_FLOOD, "30000"])
+        updates = 0
+        with trio.fail_after(60):
+            while True:  # the reading connection sees the job to its end
+                message = await reader.recv()
+                if message["data"].get("task_id") != job["id"]:
+                    continue
+                if message["type"] == "task_completion":
+                    break
+                assert message["type"] == "task_update", message
+                updates += 1
+        assert updates > 1
+        assert (await h.job(job["id"]))["status"] == "SUCCEEDED"
+        # The stalled one reads again: what was sent before it fell behind, then goodbye.
+        rest = await stalled.rest(timeout=30)
+        assert rest[-1] == {"type": "connection_closed",
+                            "data": {"reason": "too_slow",
+                                     "message": "The connection fell too far behind its "
+                                                "subscriptions"}}, rest[-3:]
+        assert stalled.close_code == 1013
+        metrics = (await h.client.get("/metrics", headers=h.auth(h.admin))).text
+        lagged = [line for line in metrics.splitlines()
+                  if line.startswith("jobserver_stream_lagged_subscribers_total")]
+        assert lagged and float(lagged[0].split()[-1]) >= 1, lagged
+        await reader.aclose()
+        await stalled.aclose()
