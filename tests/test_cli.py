@@ -259,6 +259,30 @@ async def test_wait_cancel_retry_and_rm(harness: Harness, tmp_path: Path) -> Non
     assert ran.rc == 1 and "only failed or cancelled jobs can be retried" in ran.err.lower()
 
 
+async def test_pin_and_unpin_keep_a_job_from_retention_and_let_it_go(
+        harness: Harness, tmp_path: Path) -> None:
+    env = env_for(harness, tmp_path)
+    done = await harness.submit("echo", {"message": "keep me"})
+    await harness.wait(done["id"])
+    ran = await cli(env, "pin", done["id"][:8])
+    assert ran.rc == 0 and ran.lines == [f"{done['id']} pinned"], ran
+    assert (await harness.job(done["id"]))["pinned"] is True
+    ran = await cli(env, "pin", done["id"], "--json")  # again: still pinned, no error
+    assert ran.rc == 0 and json.loads(ran.out)["pinned"] is True
+    ran = await cli(env, "unpin", done["id"])
+    assert ran.rc == 0 and ran.lines == [f"{done['id']} unpinned"], ran
+    assert (await harness.job(done["id"]))["pinned"] is False
+    for command in ("pin", "unpin"):
+        ran = await cli(env, command, "0123abcd")
+        assert ran.rc == 66 and ran.err == "jobserver: job 0123abcd not found\n", ran
+    bobs = await harness.submit("echo", {"message": "his"}, token=harness.bob)
+    ran = await cli(env, "pin", bobs["id"])  # someone else's job is not found
+    assert ran.rc == 66 and "not found" in ran.err
+    assert (await harness.job(bobs["id"], token=harness.bob))["pinned"] is False
+    ran = await cli(env, "pin")
+    assert ran.rc == 2 and "ID" in ran.err
+
+
 async def test_run_is_for_admins_and_exits_with_the_command(harness: Harness,
                                                             tmp_path: Path) -> None:
     env = env_for(harness, tmp_path, harness.admin)
