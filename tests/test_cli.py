@@ -272,15 +272,16 @@ async def test_pin_and_unpin_keep_a_job_from_retention_and_let_it_go(
     ran = await cli(env, "unpin", done["id"])
     assert ran.rc == 0 and ran.lines == [f"{done['id']} unpinned"], ran
     assert (await harness.job(done["id"]))["pinned"] is False
-    for command in ("pin", "unpin"):
-        ran = await cli(env, command, "0123abcd")
-        assert ran.rc == 66 and ran.err == "jobserver: job 0123abcd not found\n", ran
     bobs = await harness.submit("echo", {"message": "his"}, token=harness.bob)
-    ran = await cli(env, "pin", bobs["id"])  # someone else's job is not found
-    assert ran.rc == 66 and "not found" in ran.err
+    unknown, unknown_unpin, others, bare = await cli_all(
+        (env, ("pin", "0123abcd")), (env, ("unpin", "0123abcd")),
+        (env, ("pin", bobs["id"])),  # someone else's job is not found
+        (env, ("pin",)))
+    for ran in (unknown, unknown_unpin):
+        assert ran.rc == 66 and ran.err == "jobserver: job 0123abcd not found\n", ran
+    assert others.rc == 66 and "not found" in others.err
     assert (await harness.job(bobs["id"], token=harness.bob))["pinned"] is False
-    ran = await cli(env, "pin")
-    assert ran.rc == 2 and "ID" in ran.err
+    assert bare.rc == 2 and "ID" in bare.err
 
 
 async def test_run_is_for_admins_and_exits_with_the_command(harness: Harness,
