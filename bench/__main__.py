@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "multiplex", "live",
-           "retention")
+           "retention", "logcap")
 TARGETS = ("fastapi", "quart", "c", "cbatch", "jobserver")
 
 
@@ -194,6 +194,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from .retention import main as retention
         say("retention: deleting finished jobs while a job writes (bench/retention.py)")
         results["retention"] = retention(["--jobs", "20000" if args.quick else "100000"])
+    if "logcap" in args.only:
+        from .logcap import main as logcap
+        say("logcap: server RSS while a job prints far past a 1 MiB log cap (bench/logcap.py)")
+        results["logcap"] = logcap(["--mb", "20" if args.quick else "200"])
     return results
 
 

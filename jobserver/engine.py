@@ -197,10 +197,14 @@ class Engine:
             jid = job.id
             out = ev.make_logs(jid, first, ts, stream, lines)
             job = dataclasses.replace(job, last_seq=first + len(lines) - 1)
+            cap = live.cap
+            cut = cap.add(first, lines) if cap is not None else None
+            if cap is not None and cut is not None:
+                # The record carries the counts (for recovery), written before the cut.
+                job = dataclasses.replace(job, log_dropped=_dropped_counts(cap))
             live.job = job
             await self.store.write(out, job, on_commit=partial(self._publish_logs, live, job, out))
-            cap = live.cap
-            if cap is not None and (cut := cap.add(first, lines)) is not None:
+            if cut is not None:
                 await self.store.trim_logs(jid, *cut)
 
     def _publish_logs(self, live: LiveJob, job: Job, out: list[ev.Log]) -> None:
@@ -333,6 +337,13 @@ class Engine:
         notes: list[Callable[[int], ev.Event]] = []
         if report is not None:
             notes.append(lambda s: ev.Warning(job_id=jid, seq=s, ts=now, message=report))
+        if job.log_dropped:
+            # The run's log passed its cap and the server died before its marker:
+            # the record's counts are it (the last cut again, should it not have
+            # been committed: removing a removed range removes nothing).
+            dropped = Dropped(**job.log_dropped)
+            await self.store.trim_logs(jid, dropped.first_seq, dropped.last_seq)
+            notes.append(partial(_truncated, jid, now, dropped))
         template = self.config.templates.get(job.template)
         if template is not None and template.requeue_on_restart:
             await self.record(live, [*notes, lambda s: ev.Bounce(
@@ -515,6 +526,14 @@ def log_marker(live: LiveJob, ts: float) -> list[Callable[[int], ev.Event]]:
     if dropped is None:
         return []
     return [partial(_truncated, live.job.id, ts, dropped)]
+
+
+def _dropped_counts(cap: LogCap) -> dict[str, int] | None:
+    """The cap's counts as the job record keeps them (`Job.log_dropped`)."""
+    dropped = cap.marker()
+    return None if dropped is None else {
+        "lines": dropped.lines, "bytes": dropped.bytes, "first_seq": dropped.first_seq,
+        "last_seq": dropped.last_seq}
 
 
 def _truncated(job_id: JobId, ts: float, dropped: Dropped, seq: int) -> ev.Event:

@@ -46,6 +46,12 @@ UNMATCHED = "unmatched"
 # Methods named as such in labels; any other is "other" (a client may send any
 # token as a method, and each would be a new series).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Why the front door answered (or closed) a connection before any route did:
+# over the connection caps (503), no whole head in time (closed), a head h11
+# refused (400/431), a plain request on a WebSocket path (426), no WebSocket
+# route there (404/405), a bad target (400), a bad WebSocket handshake or origin.
+REFUSALS = ("over_capacity", "slow_head", "bad_head", "upgrade_required", "no_route",
+            "bad_target", "bad_handshake", "origin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,12 @@ class Metrics:
             "jobserver_http_request_duration_seconds", "Time to answer a request of the "
             "app (REST, OpenAPI, page, metrics), by method and route template.",
             ["method", "route"], buckets=HTTP_BUCKETS, registry=r)
+        self.http_refused = Counter(
+            "jobserver_http_refused", "Connections the front door refused before routing, "
+            "by reason (over_capacity, slow_head, bad_head, upgrade_required, no_route, "
+            "bad_target, bad_handshake, origin).", ["reason"], registry=r)
+        for reason in REFUSALS:  # every series there from the start, at 0
+            self.http_refused.labels(reason)
         self.stream_opened = Counter(
             "jobserver_stream_connections_opened", "Stream connections accepted, by route "
             "(the dialect's stream route: logs, native-events, jobs-events, async, ...).",
@@ -137,6 +149,10 @@ class Metrics:
         if seconds is not None:
             self.http_duration.labels(method, route).observe(seconds)
 
+    def refused(self, reason: str) -> None:
+        """The front door refused a connection before routing (`reason` in REFUSALS)."""
+        self.http_refused.labels(reason).inc()
+
     def stream_accepted(self, route: str, status: int) -> None:
         """A stream route's opening was answered (`status`: 101 / 200, or a refusal)."""
         self.http_requests.labels("GET", route, str(status)).inc()
@@ -165,7 +181,8 @@ _STREAM_FIELDS = (
     ("messages_sent", "sent_messages", "counter",
      "Events written to stream subscribers (once per subscriber) and messages sessions sent."),
     ("lagged", "lagged_subscribers", "counter",
-     "Subscribers of an aggregate topic dropped for falling too far behind."),
+     "Subscribers dropped from the live path for falling too far behind (a job's: "
+     "to catch up from the store; an aggregate topic's: their session is told)."),
     ("stalled", "stalled_connections", "counter",
      "Stream connections closed because the peer stopped reading or answering pings."),
     ("frame_cache_hits", "frame_cache_hits", "counter", "Encoded frames found in the cache."),

@@ -259,6 +259,31 @@ async def test_wait_cancel_retry_and_rm(harness: Harness, tmp_path: Path) -> Non
     assert ran.rc == 1 and "only failed or cancelled jobs can be retried" in ran.err.lower()
 
 
+async def test_pin_and_unpin_keep_a_job_from_retention_and_let_it_go(
+        harness: Harness, tmp_path: Path) -> None:
+    env = env_for(harness, tmp_path)
+    done = await harness.submit("echo", {"message": "keep me"})
+    await harness.wait(done["id"])
+    ran = await cli(env, "pin", done["id"][:8])
+    assert ran.rc == 0 and ran.lines == [f"{done['id']} pinned"], ran
+    assert (await harness.job(done["id"]))["pinned"] is True
+    ran = await cli(env, "pin", done["id"], "--json")  # again: still pinned, no error
+    assert ran.rc == 0 and json.loads(ran.out)["pinned"] is True
+    ran = await cli(env, "unpin", done["id"])
+    assert ran.rc == 0 and ran.lines == [f"{done['id']} unpinned"], ran
+    assert (await harness.job(done["id"]))["pinned"] is False
+    bobs = await harness.submit("echo", {"message": "his"}, token=harness.bob)
+    unknown, unknown_unpin, others, bare = await cli_all(
+        (env, ("pin", "0123abcd")), (env, ("unpin", "0123abcd")),
+        (env, ("pin", bobs["id"])),  # someone else's job is not found
+        (env, ("pin",)))
+    for ran in (unknown, unknown_unpin):
+        assert ran.rc == 66 and ran.err == "jobserver: job 0123abcd not found\n", ran
+    assert others.rc == 66 and "not found" in others.err
+    assert (await harness.job(bobs["id"], token=harness.bob))["pinned"] is False
+    assert bare.rc == 2 and "ID" in bare.err
+
+
 async def test_run_is_for_admins_and_exits_with_the_command(harness: Harness,
                                                             tmp_path: Path) -> None:
     env = env_for(harness, tmp_path, harness.admin)

@@ -127,7 +127,10 @@ def _schemas() -> dict[str, Any]:
         "correlation_id": _NULLABLE_STRING, "attempt": {"type": "integer", "minimum": 1},
         "last_seq": {"type": "integer", "minimum": 0}, "pinned": {"type": "boolean"},
         "log_truncated": {"type": ["object", "null"], "description": "What the log cap "
-                          "dropped: lines, bytes, first_seq, last_seq"}})
+                          "dropped: lines, bytes, first_seq, last_seq"},
+        "log_dropped": {"type": ["object", "null"], "description": "What the log cap has "
+                        "dropped of the running attempt so far (as log_truncated), until "
+                        "its truncated event"}})
     dialect_error = _obj({"code": _NULLABLE_STRING, "message": _NULLABLE_STRING,
                           "remediation": _NULLABLE_STRING})
     dialect_step = _obj({"name": {"type": "string"}, "status": {"type": "string"},

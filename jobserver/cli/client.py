@@ -160,6 +160,12 @@ class Client:
             "POST", f"/api/v1/jobs/{job_id}/cancel", job=job_id)).json()
         return job
 
+    async def pin(self, job_id: str, pinned: bool) -> dict[str, Any]:
+        """The job after `POST` (pin) or `DELETE` (unpin) of its pin."""
+        job: dict[str, Any] = (await self.request(
+            "POST" if pinned else "DELETE", f"/api/v1/jobs/{job_id}/pin", job=job_id)).json()
+        return job
+
     async def delete(self, job_id: str) -> None:
         await self.request("DELETE", f"/api/v1/jobs/{job_id}", job=job_id)
 

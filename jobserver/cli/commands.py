@@ -327,7 +327,7 @@ async def wait(ctx: Context) -> int:
     return _finish(ctx, job["id"], final, exit_code=True)
 
 
-# ---- cancel / rm -------------------------------------------------------------
+# ---- cancel / rm / pin -------------------------------------------------------
 
 async def cancel(ctx: Context) -> int:
     for text in ctx.args.ids:
@@ -347,6 +347,24 @@ async def rm(ctx: Context) -> int:
             print_json_line({"id": job_id, "deleted": True})
         else:
             print(f"{job_id} deleted")
+    return 0
+
+
+async def pin(ctx: Context) -> int:
+    return await _set_pinned(ctx, True)
+
+
+async def unpin(ctx: Context) -> int:
+    return await _set_pinned(ctx, False)
+
+
+async def _set_pinned(ctx: Context, pinned: bool) -> int:
+    for text in ctx.args.ids:
+        job = await ctx.client.pin(await ctx.client.resolve(text), pinned)
+        if ctx.json:
+            print_json_line(job)
+        else:
+            print(f"{job['id']} {'pinned' if job['pinned'] else 'unpinned'}")
     return 0
 
 
@@ -394,5 +412,6 @@ def _claims(token: str) -> dict[str, Any]:
 
 COMMANDS: dict[str, Command] = {
     "templates": templates, "submit": submit, "run": run, "retry": retry, "ls": ls,
-    "show": show, "logs": logs, "wait": wait, "cancel": cancel, "rm": rm, "login": login,
+    "show": show, "logs": logs, "wait": wait, "cancel": cancel, "rm": rm, "pin": pin,
+    "unpin": unpin, "login": login,
 }

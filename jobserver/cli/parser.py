@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     _follow_flags(p)
     _reconnect_flag(p)
     add("rm", "delete jobs and their logs").add_argument("ids", nargs="+", metavar="ID")
+    add("pin", "keep jobs from retention").add_argument("ids", nargs="+", metavar="ID")
+    add("unpin", "let retention remove jobs again").add_argument("ids", nargs="+", metavar="ID")
     add("templates", "the templates you may run, with their params").add_argument(
         "name", nargs="?")
     add("login", "check and keep a server URL and token (the token is read from stdin)")

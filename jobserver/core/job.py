@@ -87,6 +87,10 @@ class Job:
     pinned: bool = False
     # The `truncated` event's counts, once the log passed its cap.
     log_truncated: Mapping[str, int] | None = None
+    # What the cap has dropped of this run so far (logcap.Dropped's fields),
+    # until its `truncated` event records it: recovery records that event from
+    # here when the server died first. Older records have none (None).
+    log_dropped: Mapping[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The native API's view of the job (also what the store keeps)."""
@@ -123,6 +127,7 @@ class Job:
             "last_seq": self.last_seq,
             "pinned": self.pinned,
             "log_truncated": dict(self.log_truncated) if self.log_truncated else None,
+            "log_dropped": dict(self.log_dropped) if self.log_dropped else None,
         }
 
     @classmethod
@@ -160,6 +165,7 @@ class Job:
             last_seq=d.get("last_seq", 0),
             pinned=bool(d.get("pinned", False)),
             log_truncated=d.get("log_truncated"),
+            log_dropped=d.get("log_dropped"),
         )
 
 
@@ -236,6 +242,7 @@ def apply(job: Job, event: ev.Event) -> Job:
             changes["steps"] = _close_steps(job.steps, status, event.ts)
         case ev.Truncated():
             changes["log_truncated"] = {k: v for k, v in ev.to_data(event).items()}
+            changes["log_dropped"] = None  # recorded: nothing left to recover
         case ev.Spawned() | ev.Deleted():
             pass
     return dataclasses.replace(job, **changes)

@@ -23,7 +23,9 @@ connection catch up concurrently; the connection's `readers` semaphore bounds
 how many read a page at once, so its memory is bounded whatever the number of
 its subscriptions. Aggregate topics (core/topics.py) have no store behind them:
 their members go live at once, from "now", and one that falls behind leaves
-with `lagged` set (its session is told) instead of catching up.
+with `lagged` set (its session is told) instead of catching up. Either way
+the member counts once in `Counters.lagged` (a job topic's here, as it is
+demoted; an aggregate one's by its connection, as it tells the session).
 
 Joining is cheap when a channel is live already: a member whose cursor is at
 the channel's last seq, or within the last events it encoded (`Recent`), gets
@@ -366,6 +368,7 @@ class Member:
             if self.channel.persisted:
                 self.channel.demote(self)
                 self.needs_catch_up = True
+                self.channel.counters.lagged += 1  # an aggregate one's: its connection's
             else:
                 self.lagged = True
                 self.detach()
@@ -382,6 +385,7 @@ class Member:
         if sink.take_events(self, events) > self._max_lag:
             self.channel.demote(self)
             self.needs_catch_up = True
+            self.channel.counters.lagged += 1
             sink.wake()
 
     def wake_catch_up(self) -> None:

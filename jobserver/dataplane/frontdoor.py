@@ -17,7 +17,8 @@ connection costs one task; a handshake that fails ends it (after a bounded
 linger) and closes its socket. A connection over `max_connections` (or
 `max_connections_per_client`) is answered 503 and closed before it gets a
 task. Cancelling `serve_front_door` closes every stream with 1001, then stops
-the app's lifespan.
+the app's lifespan. Every refusal before routing is counted once, by reason
+(metrics.REFUSALS): these requests never reach the app's request metrics.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class FrontDoor:
                 client = str(address[0])
                 if not self.count.admit(client, trio.current_time()):
                     _refuse(sock)
+                    self.plane.metrics.refused("over_capacity")
                     continue
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 nursery.start_soon(self.connection, sock, client)
@@ -148,11 +150,14 @@ class FrontDoor:
         limit = self.plane.config.handshake_timeout
         with trio.move_on_after(limit) as waited:
             head = await read_head(sock)
+        metrics = self.plane.metrics
         if waited.cancelled_caught:
             self.slow_log.log(trio.current_time(), "closed a connection from %s: no whole "
                               "request head within %g s", client, limit)
+            metrics.refused("slow_head")
         if isinstance(head, BadHead):
             if head.status is not None:
+                metrics.refused("bad_head")
                 await answer(sock, head.status, b"Bad request.\n",
                              stall_timeout=self.plane.stall_timeout)
             return None
@@ -161,6 +166,7 @@ class FrontDoor:
             await self._hand_off(sock, head)
             return None
         if isinstance(decision, Answer):
+            metrics.refused(_ANSWERED.get(decision.status, "no_route"))
             await answer(sock, decision.status, decision.message.encode() + b"\n",
                          content_type=decision.content_type, headers=decision.headers,
                          stall_timeout=self.plane.stall_timeout)
@@ -181,6 +187,10 @@ class FrontDoor:
             await self.hyper.serve(sock, head.raw)
         finally:
             self.plane.handed_off -= 1
+
+
+# The reason (metrics.REFUSALS) of each status the routes answer before a stream.
+_ANSWERED = {426: "upgrade_required", 400: "bad_target", 404: "no_route", 405: "no_route"}
 
 
 def _refuse(sock: socket.socket) -> None:

@@ -46,7 +46,7 @@ class Counters:
     messages_sent: int = 0
     slow_writers: int = 0
     backlog_bytes: int = 0
-    lagged: int = 0  # aggregate topics' members dropped for falling behind
+    lagged: int = 0  # members dropped from the live path for falling behind
     stalled: int = 0  # connections closed: the peer stopped reading or answering pings
 
 

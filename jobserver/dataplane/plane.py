@@ -71,7 +71,7 @@ class DataPlaneStatistics:
     channels: int  # (topic, dialect variant, encoding) rendered once each
     bytes_sent: int  # by the raw data plane, since start
     messages_sent: int  # events and session messages queued for stream sockets, since start
-    lagged: int  # aggregate topics' subscribers dropped for falling behind, since start
+    lagged: int  # subscribers dropped from the live path for falling behind, since start
     stalled: int  # stream connections closed: the peer stopped reading or answering pings
     frame_cache_hits: int
     frame_cache_misses: int

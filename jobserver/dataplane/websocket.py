@@ -53,6 +53,7 @@ async def open_websocket(plane: DataPlane, sock: socket.socket, head: Head,
     stall = plane.stall_timeout
     headers = head.headers()
     if not origin_allowed(headers.get("origin"), headers.get("host"), config.allowed_origins):
+        plane.metrics.refused("origin")
         await answer(sock, 403, b"Origin not allowed.\n", stall_timeout=stall)
         return None
     handshake = H11Handshake(ConnectionType.SERVER)
@@ -62,6 +63,7 @@ async def open_websocket(plane: DataPlane, sock: socket.socket, head: Head,
         hint = exc.event_hint
         status, extra = (hint.status_code, [(k.decode(), v.decode()) for k, v in hint.headers]) \
             if isinstance(hint, RejectConnection) else (400, [])
+        plane.metrics.refused("bad_handshake")
         await answer(sock, status, b"Bad WebSocket handshake.\n", headers=extra,
                      stall_timeout=stall)
         return None
