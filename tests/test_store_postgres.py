@@ -24,9 +24,16 @@ from jobserver.store.postgres import PostgresStore
 from .test_store import logs, make_job
 
 
-def notifications(conn: psycopg.Connection[Any], n: int) -> list[tuple[str, str]]:
-    """The next `n` notifications `conn` LISTENs to (fewer if 5 s pass)."""
-    return [(x.channel, x.payload) for x in conn.notifies(timeout=5, stop_after=n)]
+def notifications(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """The notifications `conn` LISTENs to that came before now: PostgreSQL
+    delivers them in commit order, so until a marker `conn` sends itself."""
+    conn.execute(f"NOTIFY {db.EVENTS_CHANNEL}, 'marker'")
+    got: list[tuple[str, str]] = []
+    for x in conn.notifies(timeout=10):
+        if (x.channel, x.payload) == (db.EVENTS_CHANNEL, "marker"):
+            return got
+        got.append((x.channel, x.payload))
+    raise AssertionError(f"no marker within 10 s after {got}")
 
 
 async def test_a_commit_notifies_cursors_deletes_and_queued_jobs(database_url: str) -> None:
@@ -49,9 +56,9 @@ async def test_a_commit_notifies_cursors_deletes_and_queued_jobs(database_url: s
             await store.write(logs(a.id, 4, 2), dataclasses.replace(a, last_seq=5))
             n.start_soon(store.delete_jobs, [j.id for j in gone])
             await trio.testing.wait_all_tasks_blocked()
-            assert notifications(listener, 1) == []  # nothing before the commit
+            assert notifications(listener) == []  # nothing before the commit
             n.cancel_scope.cancel()
-        got = await trio.to_thread.run_sync(notifications, listener, 6)
+        got = await trio.to_thread.run_sync(notifications, listener)
     assert store.statistics().commits == 1
     events = [p for c, p in got if c == db.EVENTS_CHANNEL]
     assert sorted(events) == sorted([f"{a.id} 5", f"{b.id} 1"])
@@ -72,7 +79,7 @@ async def test_a_failed_commit_notifies_nothing(database_url: str) -> None:
                 listener.execute("ALTER TABLE events ADD CONSTRAINT small CHECK (seq_end < 10)")
                 await store.write(logs(job.id, 9, 2), job)
                 await trio.sleep_forever()
-        assert notifications(listener, 1) == []
+        assert notifications(listener) == []
 
 
 def test_a_repeated_group_is_harmless(database_url: str) -> None:
