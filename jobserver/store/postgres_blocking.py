@@ -26,10 +26,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from ..config import redact_url
 from ..core import events as ev
 from ..core.ids import JobId, UserId
 from ..core.job import Job
@@ -127,22 +127,6 @@ _UNFINISHED = [Status.QUEUED.value, Status.RUNNING.value]
 _QUEUED = Status.QUEUED.value
 
 
-def redact(url: str) -> str:
-    """`url` without its password, fit for a log line."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable database URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
-    query = "&".join("password=***" if q.lower().startswith("password=") else q
-                     for q in parts.query.split("&")) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 # ---- connections ----------------------------------------------------------
 
 
@@ -154,7 +138,7 @@ def connect(url: str, *, writer: bool) -> Connection:
                                application_name="jobserver", keepalives=1,
                                keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {redact(url)}: "
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {redact_url(url)}: "
                                   f"{_reason(exc)}") from None
     try:
         if writer:
