@@ -33,9 +33,8 @@ class Config:
     # Default: the user's data dir (`default_data_dir`), never the working directory.
     data_dir: Path = field(default_factory=lambda: default_data_dir(os.environ))
     config_file: Path | None = None
-    # A postgresql:// URL: keep jobs in that PostgreSQL database (which several
-    # servers may share); None: SQLite in data_dir. Never printed (repr=False;
-    # logs show it through `redact_url`).
+    # A postgresql:// URL: keep jobs in that PostgreSQL database; None: SQLite
+    # in data_dir. Never printed (repr=False; logs show it through `redact_url`).
     database_url: str | None = field(default=None, repr=False)
     # Jobs run at once; the rest wait QUEUED in FIFO order.
     slots: int = 4

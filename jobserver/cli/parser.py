@@ -39,8 +39,7 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
                    "and [templates.*]")
     p.add_argument("--slots", type=int, help="jobs run at once (default 4)")
     p.add_argument("--database-url", dest="database_url", help="postgresql://... : keep jobs "
-                   "in PostgreSQL, which several servers may share (default: SQLite in the "
-                   "data directory)")
+                   "in PostgreSQL (default: SQLite in the data directory)")
 
 
 def _client_flags() -> argparse.ArgumentParser:
