@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import trio
 
 from jobserver.core import events as ev
@@ -39,6 +37,9 @@ from jobserver.core.states import Status
 from jobserver.store.committer import QueuedStore
 from jobserver.store.postgres import PostgresStore
 from jobserver.store.sqlite import SqliteStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+from bench.postgres import database_size, postgres_databases
 
 REPLAY_PAGE = 2000
 BACKENDS = ("sqlite", "postgres")
@@ -108,44 +109,12 @@ def sqlite_runs(args: argparse.Namespace) -> Iterator[float]:
                            args.line_bytes)
 
 
-@contextmanager
-def postgres_server(url: str | None) -> Iterator[str]:
-    """A server's URL: `url`, else a throwaway server of our own, stopped after."""
-    if url is not None:
-        yield url
-        return
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.pg import PgServer
-
-    server = PgServer()
-    try:
-        server.start()
-        yield server.url()
-    finally:
-        server.stop()
-
-
 def postgres_runs(args: argparse.Namespace) -> Iterator[float]:
-    with postgres_server(args.database_url) as server:
-        for i in range(args.runs):
-            name = f"jobserver_bench_{i + 1}"
-            with psycopg.connect(server, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-                admin.execute(f'CREATE DATABASE "{name}"')
-            parts = urlsplit(server)
-            url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-
-            def size(url: str = url) -> int:
-                with psycopg.connect(url) as conn:
-                    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-                    return int(row[0]) if row is not None else 0
-
-            try:
-                yield trio.run(bench, PostgresStore(url), size, args.events, args.batch,
-                               args.line_bytes)
-            finally:
-                with psycopg.connect(server, autocommit=True) as admin:
-                    admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    with postgres_databases(args.database_url) as new_database:
+        for _ in range(args.runs):
+            url = new_database()
+            yield trio.run(bench, PostgresStore(url), functools.partial(database_size, url),
+                           args.events, args.batch, args.line_bytes)
 
 
 def main() -> None:
