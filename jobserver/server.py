@@ -35,7 +35,7 @@ from .health import HealthService
 from .housekeeping import Housekeeping
 from .hub import Hub
 from .metrics import Gauges, Metrics
-from .store.sqlite import SqliteStore
+from .store import open_store
 from .supervisor import Supervisor
 
 log = logging.getLogger("jobserver")
@@ -72,7 +72,7 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
     config.data_dir.mkdir(parents=True, exist_ok=True)
     keyring = KeyRing.for_config(config)
     metrics = Metrics()  # this server's own registry
-    store = SqliteStore(config.data_dir / "jobserver.db", observe_commit=metrics.observe_commit)
+    store = open_store(config, observe_commit=metrics.observe_commit)
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(store.run)
         engine = Engine(config, store, Hub(), metrics=metrics)
