@@ -325,6 +325,10 @@ class SqliteStore:
     async def events_after(self, job_id: JobId, after: int, *, limit: int = 1000) -> list[Event]:
         return await self._read(db.events_after, job_id, after, limit)
 
+    async def events_but_lines_after(self, job_id: JobId, after: int, *,
+                                     limit: int = 1000) -> list[Event]:
+        return await self._read(db.events_but_lines_after, job_id, after, limit)
+
     async def find_key(self, owner: str, key: str) -> IdempotencyRecord | None:
         return await self._read(db.find_key, owner, key)
 

@@ -521,6 +521,17 @@ def events_after(
     return out
 
 
+def events_but_lines_after(
+    conn: sqlite3.Connection, job_id: JobId, after: int, limit: int
+) -> list[ev.Event]:
+    """Like `events_after`, output lines left out (they are most of a job's rows)."""
+    rows = conn.execute(
+        "SELECT seq, type, ts, data FROM events WHERE job_id = ? AND seq_end > ?"
+        " AND type != ? ORDER BY seq_end LIMIT ?", (job_id, after, LOG, limit)).fetchall()
+    return [ev.from_data(type_, job_id=job_id, seq=seq, ts=ts, data=json.loads(data))
+            for seq, type_, ts, data in rows]
+
+
 def _expand(
     out: list[ev.Event], job_id: JobId, seq: int, segments: list[list[Any]],
     after: int, limit: int,
