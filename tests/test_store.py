@@ -24,7 +24,7 @@ from jobserver.core.ids import JobId, UserId, new_job_id
 from jobserver.core.job import Job, StepState
 from jobserver.core.states import Status
 from jobserver.errors import ValidationFailed
-from jobserver.store import JobFilter, StoreStatistics
+from jobserver.store import JobFilter, StoreStatistics, codec
 from jobserver.store import sqlite_blocking as db
 from jobserver.store.sqlite import SqliteStore
 
@@ -106,7 +106,7 @@ async def test_every_event_type_round_trips(store: SqliteStore) -> None:
 async def test_log_runs_become_chunks_and_expand_exactly(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(db, "MAX_CHUNK_LINES", 8)
+    monkeypatch.setattr(codec, "MAX_CHUNK_LINES", 8)
     job = make_job()
     j = job.id
     other = new_job_id()
@@ -146,7 +146,7 @@ async def test_log_runs_become_chunks_and_expand_exactly(
 async def test_chunks_are_cut_by_size(
     store: SqliteStore, path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(db, "MAX_CHUNK_CHARS", 100)
+    monkeypatch.setattr(codec, "MAX_CHUNK_CHARS", 100)
     job = make_job()
     lines = ["a" * 30] * 7 + ["b" * 250] + ["c" * 10] * 3
     written: list[ev.Event] = [ev.Log(job_id=job.id, seq=i + 1, ts=1.0, stream="stdout", line=x)
@@ -296,13 +296,13 @@ class CommitHook:
         self.released = threading.Event()
         real = db.commit_group
 
-        def commit_group(conn: sqlite3.Connection, ops: Sequence[db.Op]) -> None:
+        def commit_group(conn: sqlite3.Connection, ops: Sequence[codec.Op]) -> None:
             self.before(ops)
             real(conn, ops)
 
         monkeypatch.setattr(db, "commit_group", commit_group)
 
-    def before(self, ops: Sequence[db.Op]) -> None:
+    def before(self, ops: Sequence[codec.Op]) -> None:
         pass
 
     def park(self) -> None:
@@ -314,8 +314,8 @@ class CommitHook:
         assert await trio.to_thread.run_sync(self.parked.wait, 10)
 
 
-def lines_of(ops: Sequence[db.Op]) -> set[int]:
-    return {e.seq for op in ops if isinstance(op, db.WriteOp) for e in op.events}
+def lines_of(ops: Sequence[codec.Op]) -> set[int]:
+    return {e.seq for op in ops if isinstance(op, codec.WriteOp) for e in op.events}
 
 
 async def test_wait_flushed_waits_for_earlier_writes_only(
@@ -377,10 +377,10 @@ async def test_cancelling_run_flushes_what_is_queued(path: Path) -> None:
 
 
 async def test_the_final_flush_is_bounded(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("jobserver.store.sqlite.FLUSH_TIMEOUT", 0.05)
+    monkeypatch.setattr("jobserver.store.committer.FLUSH_TIMEOUT", 0.05)
     hook = CommitHook(monkeypatch)
 
-    def before(ops: Sequence[db.Op]) -> None:
+    def before(ops: Sequence[codec.Op]) -> None:
         if 1 in lines_of(ops):
             hook.park()  # until the run is cancelled
         elif 2 in lines_of(ops):

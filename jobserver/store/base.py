@@ -26,6 +26,10 @@ from ..core.states import Status
 OnCommit = Callable[[], None]
 
 
+class IncompatibleDatabase(Exception):
+    """The database was written by a newer jobserver (a higher schema version)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobFilter:
     owner: str | None = None  # None: every owner (admins)
