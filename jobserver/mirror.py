@@ -49,11 +49,10 @@ from .core.job import Job, apply
 from .core.states import InvalidTransition
 from .engine import Engine
 from .store import Expired
+from .store.postgres_blocking import DELETED_CHANNEL, EVENTS_CHANNEL
 
 log = logging.getLogger("jobserver.mirror")
 
-EVENTS_CHANNEL = "jobserver_events"
-DELETED_CHANNEL = "jobserver_deleted"
 CHANNELS = (EVENTS_CHANNEL, DELETED_CHANNEL)
 PAGE = 1000  # events per store read (like a catch-up page: bounded memory per worker)
 WORKERS = 4  # jobs read at once
