@@ -32,6 +32,9 @@ class Config:
     # Default: the user's data dir (`default_data_dir`), never the working directory.
     data_dir: Path = field(default_factory=lambda: default_data_dir(os.environ))
     config_file: Path | None = None
+    # "postgresql://...": the jobs live in that PostgreSQL database, shared by
+    # every node started with it; "" (default): SQLite in the data directory.
+    database_url: str = ""
     # Jobs run at once; the rest wait QUEUED in FIFO order.
     slots: int = 4
     allow_adhoc: bool = True
