@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "multiplex", "live",
-           "retention")
+           "retention", "crossnode")
 TARGETS = ("fastapi", "quart", "c", "cbatch", "jobserver")
 
 
@@ -194,6 +194,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from .retention import main as retention
         say("retention: deleting finished jobs while a job writes (bench/retention.py)")
         results["retention"] = retention(["--jobs", "20000" if args.quick else "100000"])
+    if "crossnode" in args.only:
+        from .cross_node import main as cross_node
+        say("cross-node delivery latency on PostgreSQL, beside same-node (bench/cross_node.py)")
+        results["crossnode"] = cross_node(["--rounds", "1" if args.quick else "3"])
     return results
 
 
