@@ -1,6 +1,7 @@
 """Persistence behind one interface, `Store`; SQLite is the embedded default."""
 
 from .base import (
+    DatabaseUnavailable,
     Expired,
     IdempotencyRecord,
     IncompatibleDatabase,
@@ -10,5 +11,5 @@ from .base import (
     StoreStatistics,
 )
 
-__all__ = ["Expired", "IdempotencyRecord", "IncompatibleDatabase", "JobFilter", "RetentionRule",
-           "Store", "StoreStatistics"]
+__all__ = ["DatabaseUnavailable", "Expired", "IdempotencyRecord", "IncompatibleDatabase",
+           "JobFilter", "RetentionRule", "Store", "StoreStatistics"]
