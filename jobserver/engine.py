@@ -413,7 +413,8 @@ class Engine:
         if job.last_seq >= live.job.last_seq:
             live.job = job
         live.forgotten = live.job.status.terminal
-        self._publish(live, job, list(events))
+        done = live.published.last_seq  # anything up to it was published already
+        self._publish(live, job, [e for e in events if e.seq > done])
 
     def hand_over(self, job_id: JobId) -> None:
         """A job of ours another node takes on (it claimed it): mirrored from now,

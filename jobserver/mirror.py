@@ -74,6 +74,7 @@ class Mirror:
         self._targets: dict[JobId, int] = {}  # the highest seq notified; 0: ask the store
         self._dirty: dict[JobId, None] = {}  # to read, oldest first
         self._busy: set[JobId] = set()
+        self._released = trio.Event()  # set (and replaced) when a worker is done with a job
         self._changed = trio.Event()
         self._resync = False
         self._finished: OrderedDict[JobId, Expired] = OrderedDict()
@@ -149,6 +150,8 @@ class Mirror:
                 await self._sync(job_id)
             finally:
                 self._busy.discard(job_id)
+                self._released.set()
+                self._released = trio.Event()
                 if job_id in self._dirty:
                     self._wake()
 
@@ -217,6 +220,24 @@ class Mirror:
             if engine.remote(job_id) is not live:  # it finished
                 self._remember(job)
                 return
+
+    async def settle(self, job_id: JobId, upto: int) -> None:
+        """Before this node takes on a job another node ran (it claimed or rescued
+        it; `upto` its last seq in the store): publish here what is not yet of its
+        events up to `upto`, then stop mirroring it, so that its subscribers here
+        miss nothing when this node's own events follow. Call it just before the
+        job enters the engine's `_live`, with no await in between (a notification
+        meanwhile would start mirroring it again)."""
+        while job_id in self._busy:  # a worker reads it now: let it finish
+            await self._released.wait()
+        self._busy.add(job_id)
+        try:
+            self._dirty.pop(job_id, None)
+            self._targets[job_id] = max(self._targets.get(job_id, 0), upto)
+            await self._sync(job_id)
+        finally:
+            self._busy.discard(job_id)
+        self.engine.unmirror(job_id)
 
     def _remember(self, job: Job) -> None:
         self._finished[job.id] = Expired(job_id=job.id, owner=job.owner, last_seq=job.last_seq)

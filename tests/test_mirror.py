@@ -207,3 +207,23 @@ async def test_a_job_of_the_other_node_found_at_start_is_mirrored(
     assert running is not None and running.published.status.value == "RUNNING"
     jobs, _ = await b.list(Principal(sub=UserId("root"), role="admin"), JobFilter())
     assert [(j.id, j.status.value) for j in jobs] == [(job_id, "RUNNING")]
+
+
+async def test_settle_publishes_what_is_missing_before_this_node_takes_a_job_on(
+        nodes: Nodes) -> None:
+    a, b = nodes.a, nodes.b
+    live = await start(a)
+    job_id = live.job.id
+    await wait_until(lambda: b.published_seq(JobTopic(job_id)) == 2)
+    follower, owner = Collector(), Collector()
+    b.hub.subscribe(JobTopic(job_id), follower)
+    b.hub.subscribe(OwnerTopic(UserId("alice")), owner)
+    await a.record_logs(live, "stdout", 1.5, ["before the hand-over"] * 30)
+    await a.record(live, [lambda s: ev.Bounce(job_id=job_id, seq=s, ts=3.0, reason="stop"),
+                          lambda s: ev.Queued(job_id=job_id, seq=s, ts=3.0, reason="restart")])
+    await a.store.wait_flushed()
+    await nodes.mirror.settle(job_id, 34)  # as B claims it, from the store's record
+    assert b.remote(job_id) is None and b.published_seq(JobTopic(job_id)) == 0
+    assert [e.seq for e in follower.got] == list(range(3, 35))  # each once, in order
+    assert [type(t.event) for t in owner.got] == [ev.Bounce, ev.Queued]
+    assert b.system_status().queued == 0  # B's own run will count it
