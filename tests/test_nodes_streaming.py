@@ -58,11 +58,13 @@ class Nodes:
         return int(url.rsplit(":", 1)[1])
 
     async def gated(self, name: str, lines: int, *, template: str | None = None,
-                    **params: Any) -> tuple[str, Path]:
+                    command: list[str] | None = None, **params: Any) -> tuple[str, Path]:
         """A job on A waiting (RUNNING) at its gate, to print `lines` lines: the
-        admin's GATED command, or alice's `template` with a `gate` param."""
+        admin's GATED command (or `command` + the gate's path), or alice's
+        `template` with a `gate` param."""
         gate = self.gates / name
-        body: dict[str, Any] = {"command": ["python3", "-c", GATED, str(gate), str(lines)]}
+        argv = ["python3", "-c", GATED] if command is None else command
+        body: dict[str, Any] = {"command": [*argv, str(gate), str(lines)]}
         if template is not None:
             body = {"template": template,
                     "params": {"gate": str(gate), "lines": lines, **params}}
@@ -94,7 +96,8 @@ async def nodes(database_url: str, tmp_path: Path) -> AsyncIterator[Nodes]:
 
 
 async def test_every_line_of_seq_100000_reaches_the_other_node_in_order(nodes: Nodes) -> None:
-    job_id, gate = await nodes.gated("seq", 100_000)
+    job_id, gate = await nodes.gated("seq", 100_000, command=[
+        "sh", "-c", 'while [ ! -e "$1" ]; do sleep 0.01; done; exec seq 100000', "sh"])
     got = Received()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(follow_logs_ws, nodes.ws(nodes.b), nodes.admin, job_id, 0, got)
@@ -104,7 +107,7 @@ async def test_every_line_of_seq_100000_reaches_the_other_node_in_order(nodes: N
         gate.touch()
     assert got.ended, got.items[-1:]
     lines = [m["payload"]["message"] for _, m in got.items if m["type"] == "log"]
-    assert lines == [str(i) for i in range(100_000)]
+    assert lines == [str(i) for i in range(1, 100_001)]
     seqs = [seq for seq, _ in got.items]  # a seq may carry two messages (started)
     assert seqs == sorted(seqs)
     line_seqs = [seq for seq, m in got.items if m["type"] == "log"]
