@@ -38,9 +38,8 @@ from .housekeeping import Housekeeping
 from .hub import Hub
 from .metrics import Gauges, Metrics
 from .mirror import CHANNELS, Mirror
-from .store.postgres import PostgresStore
+from .store import open_store
 from .store.postgres_listen import Listener
-from .store.sqlite import SqliteStore
 from .supervisor import Supervisor
 
 log = logging.getLogger("jobserver")
@@ -77,12 +76,7 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
     config.data_dir.mkdir(parents=True, exist_ok=True)
     keyring = KeyRing.for_config(config)
     metrics = Metrics()  # this server's own registry
-    store: SqliteStore | PostgresStore
-    if config.database_url:
-        store = PostgresStore(config.database_url, observe_commit=metrics.observe_commit)
-    else:
-        store = SqliteStore(config.data_dir / "jobserver.db",
-                            observe_commit=metrics.observe_commit)
+    store = open_store(config, observe_commit=metrics.observe_commit)
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(store.run)
         engine = Engine(config, store, Hub(), metrics=metrics)

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import trio
 
+from jobserver.config import redact_url
 from jobserver.core import events as ev
 from jobserver.core.ids import new_job_id
 from jobserver.core.states import Status
@@ -172,4 +173,4 @@ async def test_servers_starting_at_once_migrate_once(database_url: str) -> None:
     ("postgres://u:p%40ss@[::1]/d", "postgres://u:***@[::1]/d"),
 ])
 def test_urls_are_shown_without_their_password(url: str, shown: str) -> None:
-    assert db.redact(url) == shown
+    assert redact_url(url) == shown

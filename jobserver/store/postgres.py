@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..config import redact_url
 from . import postgres_blocking as db
 from .base import Store
 from .committer import (
@@ -48,7 +49,7 @@ class PostgresStore(QueuedStore[db.Connection]):
         self._url = url
 
     def __repr__(self) -> str:
-        return f"PostgresStore({db.redact(self._url)!r})"
+        return f"PostgresStore({redact_url(self._url)!r})"
 
     def _open_writer(self) -> db.Connection:
         return db.connect(self._url, writer=True)
