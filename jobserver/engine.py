@@ -122,6 +122,7 @@ class Engine:
         self._remote: dict[JobId, LiveJob] = {}
         self._done_here: OrderedDict[JobId, None] = OrderedDict()  # left `_live` lately
         self._deleted_here: OrderedDict[JobId, None] = OrderedDict()  # announced lately
+        self.mirroring = False  # a mirror (mirror.py) follows the other nodes' jobs
         self._queue: dict[JobId, None] = {}  # FIFO of queued job ids
         self._queue_changed = trio.Event()
         self.accepting = True
@@ -419,11 +420,9 @@ class Engine:
     def hand_over(self, job_id: JobId) -> None:
         """A job of ours another node takes on (it claimed it): mirrored from now,
         from the position published here."""
-        live = self._live.pop(job_id, None)
-        if live is not None and not live.published.status.terminal:
-            live.forgotten = False
-            live.cancel_scope = None
-            self._remote[job_id] = live
+        live = self._live.get(job_id)
+        if live is not None:
+            self._leave(live)
 
     def unmirror(self, job_id: JobId) -> None:
         """Stop mirroring a job (it is ours now, or gone); it leaves the counts."""
@@ -436,10 +435,19 @@ class Engine:
         return job_id in self._deleted_here
 
     def _leave(self, live: LiveJob) -> None:
+        """`live` is done here: a finished job leaves (remembered a while, so that
+        its own late notifications are ignored); an unfinished one, with a mirror,
+        is another node's from now on (the database's queue gives it to whichever
+        node claims it) and is mirrored from the position published here."""
         job_id = live.job.id
         if self._live.get(job_id) is live:
             del self._live[job_id]
-            _remember(self._done_here, job_id)
+            if live.published.status.terminal or not self.mirroring:
+                _remember(self._done_here, job_id)
+            else:
+                live.forgotten = False
+                live.cancel_scope = None
+                self._remote[job_id] = live
         elif self._remote.get(job_id) is live:
             del self._remote[job_id]
 

@@ -71,6 +71,7 @@ class MirrorStatistics:
 class Mirror:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        engine.mirroring = True
         self._targets: dict[JobId, int] = {}  # the highest seq notified; 0: ask the store
         self._dirty: dict[JobId, None] = {}  # to read, oldest first
         self._busy: set[JobId] = set()
