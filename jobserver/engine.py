@@ -120,7 +120,8 @@ class Engine:
         self._live: dict[JobId, LiveJob] = {}
         # Jobs other nodes run, as this node's hub has published them (mirror.py).
         self._remote: dict[JobId, LiveJob] = {}
-        self._done_here: OrderedDict[JobId, None] = OrderedDict()  # left `_live` lately
+        # Jobs that left `_live` lately (finished here): what their `deleted` needs.
+        self._done_here: OrderedDict[JobId, Expired | None] = OrderedDict()
         self._deleted_here: OrderedDict[JobId, None] = OrderedDict()  # announced lately
         self.mirroring = False  # a mirror (mirror.py) follows the other nodes' jobs
         self._queue: dict[JobId, None] = {}  # FIFO of queued job ids
@@ -430,6 +431,10 @@ class Engine:
         if live is not None:
             self._count(live, Status.CANCELLED)
 
+    def finished_here(self, job_id: JobId) -> Expired | None:
+        """A job that finished here lately, as its `deleted` event needs it."""
+        return self._done_here.get(job_id)
+
     def deleted_here(self, job_id: JobId) -> bool:
         """This node announced the job's deletion lately (its own notification)."""
         return job_id in self._deleted_here
@@ -443,7 +448,9 @@ class Engine:
         if self._live.get(job_id) is live:
             del self._live[job_id]
             if live.published.status.terminal or not self.mirroring:
-                _remember(self._done_here, job_id)
+                job = live.published
+                _remember(self._done_here, job_id,
+                          Expired(job_id=job_id, owner=job.owner, last_seq=job.last_seq))
             else:
                 live.forgotten = False
                 live.cancel_scope = None
@@ -574,8 +581,8 @@ class Engine:
         return dataclasses.replace(job, pinned=pinned)
 
 
-def _remember(ids: OrderedDict[JobId, None], job_id: JobId) -> None:
-    ids[job_id] = None
+def _remember(ids: OrderedDict[JobId, Any], job_id: JobId, what: Any = None) -> None:
+    ids[job_id] = what
     if len(ids) > _RECENT_IDS:
         ids.popitem(last=False)
 

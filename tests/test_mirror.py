@@ -253,3 +253,16 @@ async def test_a_job_queued_here_and_run_by_the_other_node_is_followed_here(
     assert [e.seq for e in follower.got] == [2, 3, 4]
     assert [type(t.event) for t in owner.got] == [ev.Queued, ev.Started, ev.Finished]
     assert b.live(job.id) is None and b.system_status().queued == 0
+
+
+async def test_a_job_run_here_and_deleted_by_the_other_node_ends_here(nodes: Nodes) -> None:
+    a, b = nodes.a, nodes.b
+    live = await start(b)  # B runs it
+    job_id = live.job.id
+    await finish(b, live)
+    owner = Collector()
+    b.hub.subscribe(OwnerTopic(UserId("alice")), owner)
+    await a.delete(ALICE, job_id)
+    await owner.wait_for(lambda: bool(owner.got))
+    assert [(type(t.event), t.event.job_id, t.event.seq) for t in owner.got] == \
+        [(ev.Deleted, job_id, 4)]
