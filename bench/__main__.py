@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "multiplex", "live",
-           "retention", "logcap")
+           "retention", "logcap", "crossnode")
 TARGETS = ("fastapi", "quart", "c", "cbatch", "jobserver")
 
 
@@ -213,6 +213,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from .logcap import main as logcap
         say("logcap: server RSS while a job prints far past a 1 MiB log cap (bench/logcap.py)")
         results["logcap"] = logcap(["--mb", "20" if args.quick else "200"])
+    if "crossnode" in args.only:
+        from .cross_node import main as cross_node
+        say("cross-node delivery latency on PostgreSQL, beside same-node (bench/cross_node.py)")
+        results["crossnode"] = cross_node(["--rounds", "1" if args.quick else "3"])
     return results
 
 

@@ -8,7 +8,11 @@ see one sequence, and no client sees a seq that a crash could take back
 (DESIGN.md, "What a seq promises"). What clients are shown of a live job is
 its record as of its last committed event (`LiveJob.published`). Jobs that
 are QUEUED or RUNNING live in memory (`_live`); finished ones are read from
-the store. Access is checked here: a user sees only their own jobs, and
+the store. With several nodes on one database, the jobs another node runs are
+mirrored (`_remote`, fed by mirror.py from that node's commits through
+`publish_mirrored`): the lookups (`live`, `published_seq`, `published_jobs`,
+`get_any`, `list`) show them as running, at the position this node's hub has
+published, exactly like local ones. Access is checked here: a user sees only their own jobs, and
 others' look absent. A
 submit's Idempotency-Key (`Submission.claim`) is written with the job's first
 event, in one transaction; the server's metrics get a batch's events as it is
@@ -22,6 +26,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,6 +56,10 @@ MAX_ADHOC_ARGS = 1024
 MAX_ADHOC_ARG_BYTES = 65536
 # Events that change what the system topic reports (queue depth, running count).
 _SYSTEM_CHANGES = (ev.Queued, ev.Started, ev.Finished, ev.Bounce)
+# How many job ids the engine remembers as done here / deleted here, so that the
+# mirror ignores this node's own notifications arriving after the fact (they
+# come within milliseconds of the commit; this is thousands of jobs of margin).
+_RECENT_IDS = 8192
 
 
 @dataclass(eq=False, slots=True)
@@ -109,6 +118,12 @@ class Engine:
         self.clock = clock
         self.metrics = metrics
         self._live: dict[JobId, LiveJob] = {}
+        # Jobs other nodes run, as this node's hub has published them (mirror.py).
+        self._remote: dict[JobId, LiveJob] = {}
+        # Jobs that left `_live` lately (finished here): what their `deleted` needs.
+        self._done_here: OrderedDict[JobId, Expired | None] = OrderedDict()
+        self._deleted_here: OrderedDict[JobId, None] = OrderedDict()  # announced lately
+        self.mirroring = False  # a mirror (mirror.py) follows the other nodes' jobs
         self._queue: dict[JobId, None] = {}  # FIFO of queued job ids
         self._queue_changed = trio.Event()
         self.accepting = True
@@ -148,7 +163,7 @@ class Engine:
         live.published = job
         self._count(live, job.status)
         if live.forgotten and job.last_seq >= live.job.last_seq:
-            self._live.pop(job.id, None)
+            self._leave(live)
         hub.publish(live.topic, events)
         summary = [e for e in events if type(e) is not ev.Log]
         if summary:
@@ -360,7 +375,9 @@ class Engine:
     # ---- looking up -------------------------------------------------------
 
     def live(self, job_id: JobId) -> LiveJob | None:
-        return self._live.get(job_id)
+        """The job's live state if it is QUEUED or RUNNING, here or (mirrored) on
+        another node."""
+        return self._live.get(job_id) or self._remote.get(job_id)
 
     def published_seq(self, topic: Topic) -> int:
         """The position up to which `topic`'s events are published now. A job topic:
@@ -368,17 +385,89 @@ class Engine:
         the job is not live; an aggregate topic: the hub's position."""
         if type(topic) is not JobTopic:
             return self.hub.position()
-        live = self._live.get(topic.job_id)
+        live = self.live(topic.job_id)
         return 0 if live is None else live.published.last_seq
 
     def published_jobs(self, topic: Topic) -> list[Job]:
         """The records, as published, of the live jobs whose events `topic` carries."""
+        every = [*self._live.values(), *self._remote.values()]
         if type(topic) is OwnerTopic:
-            return [live.published for live in self._live.values()
-                    if live.job.owner == topic.owner]
+            return [live.published for live in every if live.job.owner == topic.owner]
         if topic is ALL_JOBS:
-            return [live.published for live in self._live.values()]
+            return [live.published for live in every]
         return []
+
+    # ---- jobs of other nodes (mirror.py) ---------------------------------
+
+    def ran_here(self, job_id: JobId) -> bool:
+        """The job is live here, or was lately (its last notifications are ours)."""
+        return job_id in self._live or job_id in self._done_here
+
+    def remote(self, job_id: JobId) -> LiveJob | None:
+        return self._remote.get(job_id)
+
+    def mirrored_ids(self) -> list[JobId]:
+        return list(self._remote)
+
+    def mirror_job(self, job: Job) -> LiveJob:
+        """Start mirroring `job`, another node's, from its record as read now: none
+        of its events is published here yet (position 0)."""
+        live = LiveJob(job)
+        live.published = dataclasses.replace(job, last_seq=0)
+        self._remote[job.id] = live
+        self._count(live, job.status)
+        return live
+
+    def publish_mirrored(self, live: LiveJob, events: Sequence[ev.Event], job: Job) -> None:
+        """Another node's committed events, published here as `_publish` does for
+        ours (with its output lines, or only the rest when nobody here follows the
+        job), `job` the record after them. `live.job` is the newest record known:
+        a finished job stops being mirrored once published up to it."""
+        if job.last_seq >= live.job.last_seq:
+            live.job = job
+        live.forgotten = live.job.status.terminal
+        done = live.published.last_seq  # anything up to it was published already
+        self._publish(live, job, [e for e in events if e.seq > done])
+
+    def hand_over(self, job_id: JobId) -> None:
+        """A job of ours another node takes on (it claimed it): mirrored from now,
+        from the position published here."""
+        live = self._live.get(job_id)
+        if live is not None:
+            self._leave(live)
+
+    def unmirror(self, job_id: JobId) -> None:
+        """Stop mirroring a job (it is ours now, or gone); it leaves the counts."""
+        live = self._remote.pop(job_id, None)
+        if live is not None:
+            self._count(live, Status.CANCELLED)
+
+    def finished_here(self, job_id: JobId) -> Expired | None:
+        """A job that finished here lately, as its `deleted` event needs it."""
+        return self._done_here.get(job_id)
+
+    def deleted_here(self, job_id: JobId) -> bool:
+        """This node announced the job's deletion lately (its own notification)."""
+        return job_id in self._deleted_here
+
+    def _leave(self, live: LiveJob) -> None:
+        """`live` is done here: a finished job leaves (remembered a while, so that
+        its own late notifications are ignored); an unfinished one, with a mirror,
+        is another node's from now on (the database's queue gives it to whichever
+        node claims it) and is mirrored from the position published here."""
+        job_id = live.job.id
+        if self._live.get(job_id) is live:
+            del self._live[job_id]
+            if live.published.status.terminal or not self.mirroring:
+                job = live.published
+                _remember(self._done_here, job_id,
+                          Expired(job_id=job_id, owner=job.owner, last_seq=job.last_seq))
+            else:
+                live.forgotten = False
+                live.cancel_scope = None
+                self._remote[job_id] = live
+        elif self._remote.get(job_id) is live:
+            del self._remote[job_id]
 
     async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[ev.Event]:
         """A job's stored events with seq > `after`, including everything recorded
@@ -394,12 +483,12 @@ class Engine:
         if live is None:
             return
         if live.published.last_seq >= live.job.last_seq:
-            del self._live[job_id]
+            self._leave(live)
         else:
             live.forgotten = True
 
     async def get_any(self, job_id: JobId) -> Job | None:
-        live = self._live.get(job_id)
+        live = self.live(job_id)
         if live is not None:
             return live.published
         # A job that just finished left `_live` before the store committed it.
@@ -417,8 +506,10 @@ class Engine:
             query = dataclasses.replace(query, owner=principal.sub)
         await self.store.wait_flushed()  # read your writes: a job just submitted is listed
         jobs, cursor = await self.store.list_jobs(query)
-        # The store's copy of a live job can lag by a group commit: prefer ours.
-        return [self._live[j.id].published if j.id in self._live else j for j in jobs], cursor
+        # The store's copy of a live job can lag by a group commit (or, another
+        # node's, run ahead of what this node published): prefer ours.
+        return [live.published if (live := self.live(j.id)) is not None else j
+                for j in jobs], cursor
 
     # ---- cancelling and deleting -----------------------------------------
 
@@ -466,6 +557,7 @@ class Engine:
         by_owner: dict[UserId, list[ev.Event]] = {}
         everyone: list[ev.Event] = []
         for job in jobs:
+            _remember(self._deleted_here, job.job_id)
             gone: list[ev.Event] = [ev.Deleted(job_id=job.job_id, seq=job.last_seq + 1, ts=now)]
             self.hub.publish(JobTopic(job.job_id), gone)
             by_owner.setdefault(job.owner, []).extend(gone)
@@ -498,6 +590,12 @@ class Engine:
                 live.published = dataclasses.replace(live.published, pinned=pinned)
                 return live.published
         return dataclasses.replace(job, pinned=pinned)
+
+
+def _remember(ids: OrderedDict[JobId, Any], job_id: JobId, what: Any = None) -> None:
+    ids[job_id] = what
+    if len(ids) > _RECENT_IDS:
+        ids.popitem(last=False)
 
 
 def may_see(principal: Principal, job: Job) -> bool:

@@ -2,7 +2,9 @@
 
     serve
     └── store                (outermost: flushes last)
+        ├── listener         (PostgreSQL only: other nodes' notifications)
         └── engine nursery
+            ├── mirror       (PostgreSQL only: other nodes' jobs into the hub)
             ├── supervisor   (job runs)
             ├── housekeeping (retention)
             ├── http         (stops accepting first)
@@ -35,7 +37,9 @@ from .health import HealthService
 from .housekeeping import Housekeeping
 from .hub import Hub
 from .metrics import Gauges, Metrics
+from .mirror import CHANNELS, Mirror
 from .store import open_store
+from .store.postgres_listen import Listener
 from .supervisor import Supervisor
 
 log = logging.getLogger("jobserver")
@@ -76,9 +80,17 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(store.run)
         engine = Engine(config, store, Hub(), metrics=metrics)
+        mirror = None
+        if config.database_url:  # other nodes may share the database
+            mirror = Mirror(engine)
+            listener = Listener(config.database_url)
+            listener.listen(CHANNELS, mirror)
+            await store_nursery.start(listener.run)
         supervisor = Supervisor(engine)
         async with trio.open_nursery() as engine_nursery:
             await engine.recover()
+            if mirror is not None:
+                await engine_nursery.start(mirror.run)
             await engine_nursery.start(supervisor.run)
             housekeeping = Housekeeping(engine)
             await engine_nursery.start(housekeeping.run)
