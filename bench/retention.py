@@ -34,6 +34,7 @@ from jobserver.core.topics import JobTopic
 from jobserver.engine import Engine, LiveJob
 from jobserver.housekeeping import BATCH, DAY, Housekeeping
 from jobserver.hub import Hub
+from jobserver.store import codec
 from jobserver.store import sqlite_blocking as db
 from jobserver.store.sqlite import SqliteStore
 
@@ -48,7 +49,7 @@ def fill(path: Path, jobs: int) -> None:
     try:
         now = time.time()
         for start in range(0, jobs, FILL_GROUP):
-            ops: list[db.Op] = []
+            ops: list[codec.Op] = []
             for _ in range(min(FILL_GROUP, jobs - start)):
                 jid = new_job_id()
                 job = Job(id=jid, owner=UserId("bench"), template="t",
@@ -59,7 +60,7 @@ def fill(path: Path, jobs: int) -> None:
                     *ev.make_logs(jid, 3, now, "stdout", ["a line of output"] * 3),
                     ev.Finished(job_id=jid, seq=6, ts=now, status="SUCCEEDED",
                                 outcome="succeeded", exit_code=0)]
-                ops.append(db.WriteOp(events=events, job=job))
+                ops.append(codec.WriteOp(events=events, job=job))
             db.commit_group(conn, ops)
     finally:
         conn.close()

@@ -21,6 +21,7 @@ from jobserver.server import Server, serve
 
 from .pg import PgServer
 from .pg import Unavailable as PgUnavailable
+from .stores import BACKENDS, AnyStore, Backend
 
 PY = sys.executable
 # Jobs find `python3` and `python3 -m jobserver.progress` in this environment,
@@ -98,6 +99,23 @@ def pg_server() -> Iterator[PgServer]:
 def database_url(pg_server: PgServer) -> str:
     """A fresh, empty PostgreSQL database of the session's server."""
     return pg_server.create_database()
+
+
+@pytest.fixture(params=BACKENDS)
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """The store contract tests' backend: a fresh SQLite file, or a fresh
+    PostgreSQL database of the session's server (tests/stores.py)."""
+    if request.param == "postgres":
+        return Backend("postgres", url=request.getfixturevalue("database_url"))
+    return Backend("sqlite", path=tmp_path / "jobserver.db")
+
+
+@pytest.fixture
+async def store(stores: Backend, nursery: trio.Nursery) -> AnyStore:
+    """A running store of `stores`' backend."""
+    s = stores.new(linger=0)
+    await nursery.start(s.run)
+    return s
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).parent.parent / "jobserver"
 # Where outside JSON may be decoded other than through core/jsontext.py: the
 # store reads back what the server itself wrote; progress.py and examples/ run
 # inside jobs, not in the server.
-OWN_JSON = {"core/jsontext.py", "store/sqlite_blocking.py", "progress.py",
+OWN_JSON = {"core/jsontext.py", "store/codec.py", "progress.py",
             "examples/video_pipeline.py"}
 # Ways a Quart handler can read a body; only api/common.json_body may.
 BODY_READERS = {"get_data", "get_json", "json", "form", "files", "values", "body", "data"}

@@ -1,4 +1,7 @@
-"""The SQLite store against a real database file in tmp_path.
+"""The store contract, on each backend (`stores`: a real SQLite file in
+tmp_path, a real PostgreSQL database of the suite's own server), plus what is
+one backend's own (SQLite's file and pragmas; PostgreSQL's below, in
+test_store_postgres.py).
 
 No sleeps as assertions: a writer is held back by not starting `run` yet, by a
 long linger, or by a commit parked on a threading.Event.
@@ -10,11 +13,11 @@ import dataclasses
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
-from contextlib import closing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import trio
 import trio.testing
@@ -24,9 +27,10 @@ from jobserver.core.ids import JobId, UserId, new_job_id
 from jobserver.core.job import Job, StepState
 from jobserver.core.states import Status
 from jobserver.errors import ValidationFailed
-from jobserver.store import JobFilter, StoreStatistics
-from jobserver.store import sqlite_blocking as db
+from jobserver.store import IncompatibleDatabase, JobFilter, StoreStatistics, codec
 from jobserver.store.sqlite import SqliteStore
+
+from .stores import AnyStore, Backend
 
 
 def make_job(
@@ -68,29 +72,10 @@ def every_event_type(job_id: JobId) -> list[ev.Event]:
     return out
 
 
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "jobserver.db"
-
-
-@pytest.fixture
-async def store(path: Path, nursery: trio.Nursery) -> SqliteStore:
-    s = SqliteStore(path, linger=0)
-    await nursery.start(s.run)
-    return s
-
-
-def rows(path: Path, job_id: JobId) -> list[tuple[int, int, str]]:
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        return conn.execute(
-            "SELECT seq, seq_end, type FROM events WHERE job_id = ? ORDER BY seq", (job_id,)
-        ).fetchall()
-
-
 # ---- events -----------------------------------------------------------------
 
 
-async def test_every_event_type_round_trips(store: SqliteStore) -> None:
+async def test_every_event_type_round_trips(store: AnyStore) -> None:
     job = make_job()
     written = every_event_type(job.id)
     await store.write(written, job)
@@ -104,9 +89,9 @@ async def test_every_event_type_round_trips(store: SqliteStore) -> None:
 
 
 async def test_log_runs_become_chunks_and_expand_exactly(
-    path: Path, monkeypatch: pytest.MonkeyPatch
+    stores: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(db, "MAX_CHUNK_LINES", 8)
+    monkeypatch.setattr(codec, "MAX_CHUNK_LINES", 8)
     job = make_job()
     j = job.id
     other = new_job_id()
@@ -114,7 +99,7 @@ async def test_log_runs_become_chunks_and_expand_exactly(
     # One group (the writer is parked in its linger): runs merge across
     # writes while seqs stay contiguous, whatever the ts and stream.
     async with trio.open_nursery() as n:
-        parked = SqliteStore(path, linger=3600)
+        parked = stores.new(linger=3600)
         await n.start(parked.run)
         for batch in (
             logs(j, 1, 5, ts=1.0),
@@ -129,10 +114,10 @@ async def test_log_runs_become_chunks_and_expand_exactly(
             written.extend(e for e in batch if e.job_id == j)
         n.cancel_scope.cancel()  # the final flush commits it all at once
     assert parked.statistics().commits == 1
-    assert rows(path, j) == [
+    assert stores.rows(j) == [
         (1, 8, "log"), (9, 16, "log"), (17, 19, "log"), (20, 20, "progress"), (21, 26, "log"),
     ]
-    reopened = SqliteStore(path)
+    reopened = stores.new()
     async with trio.open_nursery() as n:
         await n.start(reopened.run)
         for after in range(27):
@@ -144,9 +129,9 @@ async def test_log_runs_become_chunks_and_expand_exactly(
 
 
 async def test_chunks_are_cut_by_size(
-    store: SqliteStore, path: Path, monkeypatch: pytest.MonkeyPatch
+    store: AnyStore, stores: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(db, "MAX_CHUNK_CHARS", 100)
+    monkeypatch.setattr(codec, "MAX_CHUNK_CHARS", 100)
     job = make_job()
     lines = ["a" * 30] * 7 + ["b" * 250] + ["c" * 10] * 3
     written: list[ev.Event] = [ev.Log(job_id=job.id, seq=i + 1, ts=1.0, stream="stdout", line=x)
@@ -154,22 +139,22 @@ async def test_chunks_are_cut_by_size(
     await store.write(written, job)
     await store.wait_flushed()
     # 3 x 30 fit in 100; a line longer than a chunk goes alone.
-    assert rows(path, job.id) == [
+    assert stores.rows(job.id) == [
         (1, 3, "log"), (4, 6, "log"), (7, 7, "log"), (8, 8, "log"), (9, 11, "log")]
     assert await store.events_after(job.id, 0) == written
 
 
-async def test_non_contiguous_logs_start_a_new_chunk(store: SqliteStore, path: Path) -> None:
+async def test_non_contiguous_logs_start_a_new_chunk(store: AnyStore, stores: Backend) -> None:
     job = make_job()
     written = logs(job.id, 1, 3) + logs(job.id, 5, 2)  # seq 4 never came
     await store.write(written, job)
     await store.wait_flushed()
-    assert rows(path, job.id) == [(1, 3, "log"), (5, 6, "log")]
+    assert stores.rows(job.id) == [(1, 3, "log"), (5, 6, "log")]
     assert await store.events_after(job.id, 3) == written[3:]
 
 
-async def test_order_is_kept_across_many_writes_and_jobs(path: Path) -> None:
-    store = SqliteStore(path, capacity=50, max_group=20, linger=0)
+async def test_order_is_kept_across_many_writes_and_jobs(stores: Backend) -> None:
+    store = stores.new(capacity=50, max_group=20, linger=0)
     jobs = [make_job() for _ in range(3)]
     expected: dict[JobId, list[ev.Event]] = {j.id: [] for j in jobs}
     async with trio.open_nursery() as n:
@@ -198,8 +183,8 @@ async def test_order_is_kept_across_many_writes_and_jobs(path: Path) -> None:
 # ---- the queue: backpressure and flushing -------------------------------------
 
 
-async def test_write_waits_while_the_queue_is_full(path: Path) -> None:
-    store = SqliteStore(path, capacity=10, linger=0)
+async def test_write_waits_while_the_queue_is_full(stores: Backend) -> None:
+    store = stores.new(capacity=10, linger=0)
     job = make_job()
     await store.write(logs(job.id, 1, 6), job)
     await store.write(logs(job.id, 7, 4), job)  # 10: full, but it fits
@@ -227,8 +212,8 @@ async def test_write_waits_while_the_queue_is_full(path: Path) -> None:
         outer.cancel_scope.cancel()
 
 
-async def test_a_smaller_write_behind_a_waiting_one_keeps_its_place(path: Path) -> None:
-    store = SqliteStore(path, capacity=4, max_group=4, linger=0)
+async def test_a_smaller_write_behind_a_waiting_one_keeps_its_place(stores: Backend) -> None:
+    store = stores.new(capacity=4, max_group=4, linger=0)
     job = make_job()
     await store.write(logs(job.id, 1, 4), job)
     order: list[int] = []
@@ -251,7 +236,7 @@ async def test_a_smaller_write_behind_a_waiting_one_keeps_its_place(path: Path) 
         outer.cancel_scope.cancel()
 
 
-async def assert_write_blocks(store: SqliteStore, batch: list[ev.Event], job: Job) -> None:
+async def assert_write_blocks(store: AnyStore, batch: list[ev.Event], job: Job) -> None:
     """`write(batch)` waits (no writer is running); cancelled, it queued nothing."""
     before = store.statistics()
     async with trio.open_nursery() as n:
@@ -261,16 +246,16 @@ async def assert_write_blocks(store: SqliteStore, batch: list[ev.Event], job: Jo
     assert store.statistics() == before
 
 
-async def test_a_cancelled_waiting_write_queues_nothing(path: Path) -> None:
-    store = SqliteStore(path, capacity=2, linger=0)
+async def test_a_cancelled_waiting_write_queues_nothing(stores: Backend) -> None:
+    store = stores.new(capacity=2, linger=0)
     job = make_job()
     await store.write(logs(job.id, 1, 2), job)
     await assert_write_blocks(store, logs(job.id, 3, 1), job)
     assert store.statistics().pending == 2
 
 
-async def test_a_write_larger_than_the_queue_goes_alone(path: Path) -> None:
-    store = SqliteStore(path, capacity=5, max_group=5, linger=0)
+async def test_a_write_larger_than_the_queue_goes_alone(stores: Backend) -> None:
+    store = stores.new(capacity=5, max_group=5, linger=0)
     job = make_job()
     async with trio.open_nursery() as n:
         await n.start(store.run)
@@ -280,8 +265,8 @@ async def test_a_write_larger_than_the_queue_goes_alone(path: Path) -> None:
         n.cancel_scope.cancel()
 
 
-async def test_long_lines_count_against_the_queue(path: Path) -> None:
-    store = SqliteStore(path, capacity=1000, capacity_chars=100, linger=0)
+async def test_long_lines_count_against_the_queue(stores: Backend) -> None:
+    store = stores.new(capacity=1000, capacity_chars=100, linger=0)
     job = make_job()
     await store.write(logs(job.id, 1, 1, text="x" * 80), job)
     await store.write(logs(job.id, 2, 1, text="y" * 10), job)
@@ -291,18 +276,18 @@ async def test_long_lines_count_against_the_queue(path: Path) -> None:
 class CommitHook:
     """Runs `before(ops)` in the writer's thread before each group commit."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, stores: Backend) -> None:
         self.parked = threading.Event()
         self.released = threading.Event()
-        real = db.commit_group
+        real = stores.blocking.commit_group
 
-        def commit_group(conn: sqlite3.Connection, ops: Sequence[db.Op]) -> None:
+        def commit_group(conn: Any, ops: Sequence[codec.Op]) -> None:
             self.before(ops)
             real(conn, ops)
 
-        monkeypatch.setattr(db, "commit_group", commit_group)
+        monkeypatch.setattr(stores.blocking, "commit_group", commit_group)
 
-    def before(self, ops: Sequence[db.Op]) -> None:
+    def before(self, ops: Sequence[codec.Op]) -> None:
         pass
 
     def park(self) -> None:
@@ -314,17 +299,17 @@ class CommitHook:
         assert await trio.to_thread.run_sync(self.parked.wait, 10)
 
 
-def lines_of(ops: Sequence[db.Op]) -> set[int]:
-    return {e.seq for op in ops if isinstance(op, db.WriteOp) for e in op.events}
+def lines_of(ops: Sequence[codec.Op]) -> set[int]:
+    return {e.seq for op in ops if isinstance(op, codec.WriteOp) for e in op.events}
 
 
 async def test_wait_flushed_waits_for_earlier_writes_only(
-    path: Path, monkeypatch: pytest.MonkeyPatch
+    stores: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hook = CommitHook(monkeypatch)
+    hook = CommitHook(monkeypatch, stores)
     hook.before = lambda ops: hook.park() if 2 in lines_of(ops) else None  # type: ignore[method-assign]
     job = make_job()
-    store = SqliteStore(path, max_group=1, linger=0)
+    store = stores.new(max_group=1, linger=0)
     await store.write(logs(job.id, 1, 1), job)
     flushed = trio.Event()
 
@@ -349,9 +334,9 @@ async def test_wait_flushed_waits_for_earlier_writes_only(
         n.cancel_scope.cancel()
 
 
-async def test_cancelling_run_flushes_what_is_queued(path: Path) -> None:
+async def test_cancelling_run_flushes_what_is_queued(stores: Backend) -> None:
     job = make_job()
-    store = SqliteStore(path, linger=3600)  # the writer would wait an hour
+    store = stores.new(linger=3600)  # the writer would wait an hour
     async with trio.open_nursery() as n:
         await n.start(store.run)
         for first in range(1, 1001, 100):
@@ -366,7 +351,7 @@ async def test_cancelling_run_flushes_what_is_queued(path: Path) -> None:
         await store.get_job(job.id)
     await store.wait_flushed()  # everything it took was committed
 
-    reopened = SqliteStore(path)
+    reopened = stores.new()
     async with trio.open_nursery() as n:
         await n.start(reopened.run)
         assert len(await reopened.events_after(job.id, 0, limit=5000)) == 1000
@@ -376,11 +361,11 @@ async def test_cancelling_run_flushes_what_is_queued(path: Path) -> None:
         n.cancel_scope.cancel()
 
 
-async def test_the_final_flush_is_bounded(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("jobserver.store.sqlite.FLUSH_TIMEOUT", 0.05)
-    hook = CommitHook(monkeypatch)
+async def test_the_final_flush_is_bounded(stores: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("jobserver.store.committer.FLUSH_TIMEOUT", 0.05)
+    hook = CommitHook(monkeypatch, stores)
 
-    def before(ops: Sequence[db.Op]) -> None:
+    def before(ops: Sequence[codec.Op]) -> None:
         if 1 in lines_of(ops):
             hook.park()  # until the run is cancelled
         elif 2 in lines_of(ops):
@@ -388,7 +373,7 @@ async def test_the_final_flush_is_bounded(path: Path, monkeypatch: pytest.Monkey
 
     hook.before = before  # type: ignore[method-assign]
     job = make_job()
-    store = SqliteStore(path, max_group=1, linger=0)
+    store = stores.new(max_group=1, linger=0)
     for seq in (1, 2, 3):
         await store.write(logs(job.id, seq, 1), job)
     failed = trio.Event()
@@ -409,9 +394,11 @@ async def test_the_final_flush_is_bounded(path: Path, monkeypatch: pytest.Monkey
     assert store.statistics() == StoreStatistics(committed_events=2, commits=2, pending=1)
 
 
-async def test_a_failed_commit_stops_the_store(path: Path) -> None:
+async def test_a_failed_commit_stops_the_store(tmp_path: Path) -> None:
+    """(On PostgreSQL a repeated seq is a repeated group, and harmless:
+    test_store_postgres.py.)"""
     job = make_job()
-    store = SqliteStore(path, linger=0)
+    store = SqliteStore(tmp_path / "jobserver.db", linger=0)
     with pytest.RaisesGroup(sqlite3.IntegrityError):
         async with trio.open_nursery() as n:
             await n.start(store.run)
@@ -424,28 +411,28 @@ async def test_a_failed_commit_stops_the_store(path: Path) -> None:
 
 
 async def test_on_commit_runs_after_the_commit_in_order_and_never_for_a_failed_one(
-        path: Path) -> None:
+        stores: Backend) -> None:
     """A full disk (SQLite's "database or disk is full", made here by capping the
-    database's pages) fails the commit: its writes' callbacks never run, so
-    nothing of them is published, and the store stops with the error."""
+    database's pages; on PostgreSQL a constraint the rows break) fails the
+    commit: its writes' callbacks never run, so nothing of them is published,
+    and the store stops with the error."""
     job = make_job()
-    store = SqliteStore(path, linger=0)
+    store = stores.new(linger=0)
     called: list[int] = []
 
     async def seen_by_a_reader(seq: int) -> bool:
         return any(e.seq == seq for e in await store.events_after(job.id, 0, limit=10))
 
-    with pytest.RaisesGroup(pytest.RaisesExc(sqlite3.OperationalError, match="full")):
+    failure: Any = (pytest.RaisesExc(sqlite3.OperationalError, match="full")
+                    if stores.name == "sqlite" else psycopg.errors.CheckViolation)
+    with pytest.RaisesGroup(failure):
         async with trio.open_nursery() as n:
             await n.start(store.run)
             await store.write(logs(job.id, 1, 1), job, on_commit=lambda: called.append(1))
             await store.write(logs(job.id, 2, 1), job, on_commit=lambda: called.append(2))
             await store.wait_flushed()
             assert called == [1, 2] and await seen_by_a_reader(2)
-            writer = store._writer
-            assert writer is not None
-            pages = writer.execute("PRAGMA page_count").fetchone()[0]
-            writer.execute(f"PRAGMA max_page_count = {pages}")
+            stores.refuse_big_rows(store)
             big = [ev.Log(job_id=job.id, seq=3 + i, ts=1.0, stream="stdout", line="x" * 4000)
                    for i in range(100)]
             await store.write(big, job, on_commit=lambda: called.append(3))
@@ -456,16 +443,16 @@ async def test_on_commit_runs_after_the_commit_in_order_and_never_for_a_failed_o
 # ---- jobs ---------------------------------------------------------------------
 
 
-async def test_last_job_record_of_a_group_wins(path: Path) -> None:
+async def test_last_job_record_of_a_group_wins(stores: Backend) -> None:
     job = make_job()
-    store = SqliteStore(path, linger=3600)
+    store = stores.new(linger=3600)
     async with trio.open_nursery() as n:
         await n.start(store.run)
         await store.write(logs(job.id, 1, 1), dataclasses.replace(job, last_seq=1))
         await store.write([], dataclasses.replace(job, status=Status.RUNNING, pid=7, last_seq=1))
         n.cancel_scope.cancel()
     assert store.statistics().commits == 1
-    reopened = SqliteStore(path)
+    reopened = stores.new()
     async with trio.open_nursery() as n:
         await n.start(reopened.run)
         assert await reopened.get_job(job.id) == dataclasses.replace(
@@ -474,7 +461,7 @@ async def test_last_job_record_of_a_group_wins(path: Path) -> None:
         n.cancel_scope.cancel()
 
 
-async def all_pages(store: SqliteStore, query: JobFilter) -> list[list[Job]]:
+async def all_pages(store: AnyStore, query: JobFilter) -> list[list[Job]]:
     pages: list[list[Job]] = []
     while True:
         jobs, cursor = await store.list_jobs(query)
@@ -484,7 +471,7 @@ async def all_pages(store: SqliteStore, query: JobFilter) -> list[list[Job]]:
         query = dataclasses.replace(query, cursor=cursor)
 
 
-async def test_list_jobs_filters_and_pages_without_gaps(store: SqliteStore) -> None:
+async def test_list_jobs_filters_and_pages_without_gaps(store: AnyStore) -> None:
     jobs = [
         make_job(owner=("alice", "bob")[i % 2], template=("a", "b", "c")[i % 3],
                  status=(Status.QUEUED, Status.RUNNING, Status.SUCCEEDED, Status.FAILED)[i % 4],
@@ -495,7 +482,7 @@ async def test_list_jobs_filters_and_pages_without_gaps(store: SqliteStore) -> N
         await store.write([], job)
     await store.wait_flushed()
     newest_first = sorted(jobs, key=lambda j: (j.created_at, j.id), reverse=True)
-    for query, keep in [
+    cases: list[tuple[JobFilter, Callable[[Job], bool]]] = [
         (JobFilter(), lambda j: True),
         (JobFilter(owner="alice"), lambda j: j.owner == "alice"),
         (JobFilter(status=Status.RUNNING), lambda j: j.status is Status.RUNNING),
@@ -503,7 +490,8 @@ async def test_list_jobs_filters_and_pages_without_gaps(store: SqliteStore) -> N
         (JobFilter(owner="bob", template="c", status=Status.FAILED),
          lambda j: (j.owner, j.template, j.status) == ("bob", "c", Status.FAILED)),
         (JobFilter(owner="nobody"), lambda j: False),
-    ]:
+    ]
+    for query, keep in cases:
         expected = [j for j in newest_first if keep(j)]
         for limit in (1, 4, 50):
             pages = await all_pages(store, dataclasses.replace(query, limit=limit))
@@ -513,13 +501,13 @@ async def test_list_jobs_filters_and_pages_without_gaps(store: SqliteStore) -> N
 
 
 @pytest.mark.parametrize("cursor", ["%%%", "bm9waXBl", "MTIzfA", "bmFufHg", "/w"])
-async def test_a_malformed_cursor_is_a_validation_error(store: SqliteStore, cursor: str) -> None:
+async def test_a_malformed_cursor_is_a_validation_error(store: AnyStore, cursor: str) -> None:
     with pytest.raises(ValidationFailed) as info:
         await store.list_jobs(JobFilter(cursor=cursor))
     assert info.value.field == "cursor"
 
 
-async def test_unfinished_jobs_oldest_first(store: SqliteStore) -> None:
+async def test_unfinished_jobs_oldest_first(store: AnyStore) -> None:
     statuses = [Status.RUNNING, Status.SUCCEEDED, Status.QUEUED, Status.CANCELLED,
                 Status.QUEUED, Status.FAILED, Status.RUNNING]
     jobs = [make_job(status=s, created_at=2000.0 - i) for i, s in enumerate(statuses)]
@@ -530,22 +518,22 @@ async def test_unfinished_jobs_oldest_first(store: SqliteStore) -> None:
     assert got == sorted((j for j in jobs if not j.status.terminal), key=lambda j: j.created_at)
 
 
-async def test_delete_removes_the_job_and_its_events(store: SqliteStore, path: Path) -> None:
+async def test_delete_removes_the_job_and_its_events(store: AnyStore, stores: Backend) -> None:
     gone, kept = make_job(), make_job()
     await store.write(every_event_type(gone.id), gone)
     await store.write(logs(kept.id, 1, 3), kept)
     await store.delete_job(gone.id)  # returns once committed
     assert await store.get_job(gone.id) is None
     assert await store.events_after(gone.id, 0) == []
-    assert rows(path, gone.id) == []
+    assert stores.rows(gone.id) == []
     assert await store.get_job(kept.id) == kept
     assert len(await store.events_after(kept.id, 0)) == 3
     await store.delete_job(new_job_id())  # nothing to delete is fine
 
 
-async def test_delete_is_ordered_with_writes_in_one_group(path: Path) -> None:
+async def test_delete_is_ordered_with_writes_in_one_group(stores: Backend) -> None:
     job = make_job()
-    store = SqliteStore(path, linger=0)
+    store = stores.new(linger=0)
     await store.write(logs(job.id, 1, 5), job)
     async with trio.open_nursery() as n:
         n.start_soon(store.delete_job, job.id)
@@ -561,10 +549,10 @@ async def test_delete_is_ordered_with_writes_in_one_group(path: Path) -> None:
         n.cancel_scope.cancel()
 
 
-# ---- the database file ----------------------------------------------------------
+# ---- the database ----------------------------------------------------------
 
 
-async def test_reopening_keeps_everything(path: Path) -> None:
+async def test_reopening_keeps_everything(stores: Backend) -> None:
     job = dataclasses.replace(
         make_job(status=Status.RUNNING), params={"n": 3, "names": ["a", "b"]},
         command=("echo", "hi"), started_at=1001.5, pid=99, command_line="echo hi",
@@ -575,16 +563,16 @@ async def test_reopening_keeps_everything(path: Path) -> None:
         parent_id=new_job_id(), correlation_id="c-1", attempt=2, last_seq=13,
     )
     written = every_event_type(job.id)
-    first = SqliteStore(path)
+    first = stores.new()
     async with trio.open_nursery() as n:
         await n.start(first.run)
         await first.write(written, job)
         await first.wait_flushed()
         n.cancel_scope.cancel()
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (db.SCHEMA_VERSION,)
-        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    second = SqliteStore(path)
+    assert stores.recorded_version() == stores.schema_version
+    if stores.name == "sqlite":
+        assert stores.query("PRAGMA journal_mode") == [("wal",)]
+    second = stores.new()
     async with trio.open_nursery() as n:
         await n.start(second.run)
         assert await second.get_job(job.id) == job
@@ -595,27 +583,43 @@ async def test_reopening_keeps_everything(path: Path) -> None:
         n.cancel_scope.cancel()
 
 
-async def test_a_newer_schema_is_refused(path: Path) -> None:
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        conn.execute(f"PRAGMA user_version = {db.SCHEMA_VERSION + 1}")
-    store = SqliteStore(path)
+async def test_a_newer_schema_is_refused(stores: Backend) -> None:
+    stores.record_version(stores.schema_version + 1)
+    store = stores.new()
     async with trio.open_nursery() as n:
-        with pytest.raises(db.IncompatibleDatabase):
+        with pytest.raises(IncompatibleDatabase) as info:
             await n.start(store.run)
+    # The message names both versions.
+    assert f"version {stores.schema_version + 1} is newer" in str(info.value)
+    assert f"({stores.schema_version})" in str(info.value)
+    assert stores.recorded_version() == stores.schema_version + 1  # left as it was
 
 
-async def test_run_only_once(store: SqliteStore) -> None:
+async def test_run_only_once(store: AnyStore) -> None:
     with pytest.raises(RuntimeError):
         await store.run()
 
 
-async def test_the_database_file_is_private(store: SqliteStore, path: Path) -> None:
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "jobserver.db"
+
+
+@pytest.fixture
+async def sqlite_store(path: Path, nursery: trio.Nursery) -> SqliteStore:
+    s = SqliteStore(path, linger=0)
+    await nursery.start(s.run)
+    return s
+
+
+async def test_the_database_file_is_private(sqlite_store: SqliteStore, path: Path) -> None:
     assert (await trio.Path(path).stat()).st_mode & 0o077 == 0
 
 
 async def test_reads_go_on_while_the_database_is_locked_for_writing(
-    store: SqliteStore, path: Path
+    sqlite_store: SqliteStore, path: Path
 ) -> None:
+    store = sqlite_store
     job = make_job()
     await store.write(logs(job.id, 1, 3), job)
     await store.wait_flushed()

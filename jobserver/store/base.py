@@ -26,6 +26,15 @@ from ..core.states import Status
 OnCommit = Callable[[], None]
 
 
+class IncompatibleDatabase(Exception):
+    """The database was written by a newer jobserver (a higher schema version)."""
+
+
+class DatabaseUnavailable(Exception):
+    """The connection to a database server was lost (or never made): nothing of
+    the operation that met it is known to be committed beyond what was acknowledged."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobFilter:
     owner: str | None = None  # None: every owner (admins)
