@@ -97,6 +97,9 @@ class Config:
     live_stream_retention: float = 1800.0  # a finished job's stream, after its last event
     # Seconds an Idempotency-Key of a submit is remembered (api/idempotency.py).
     idempotency_ttl: float = 86400.0
+    # PostgreSQL (`postgresql://...`) shared by several nodes; None: SQLite in
+    # data_dir. May hold a password: never printed (repr=False).
+    database_url: str | None = field(default=None, repr=False)
     # Several nodes on one PostgreSQL database (cluster.py): each node stamps its
     # heartbeat this often (seconds); one whose stamp is older than node_dead_after
     # is declared dead and its jobs rescued by another node.

@@ -26,6 +26,7 @@ from .api.app import create_app
 from .api.common import Services
 from .api.idempotency import IdempotentSubmits
 from .auth import KeyRing
+from .cluster import Cluster, node_id_for, share_keys
 from .config import Config
 from .dataplane import DataPlane, serve_front_door, stream_fallback
 from .dataplane.frontdoor import bind_socket
@@ -35,7 +36,8 @@ from .health import HealthService
 from .housekeeping import Housekeeping
 from .hub import Hub
 from .metrics import Gauges, Metrics
-from .store.sqlite import SqliteStore
+from .store import open_store
+from .store.postgres_listen import Listener
 from .supervisor import Supervisor
 
 log = logging.getLogger("jobserver")
@@ -70,15 +72,28 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
                 task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
     """The whole server; `routes` are the data plane's stream routes."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    keyring = KeyRing.for_config(config)
     metrics = Metrics()  # this server's own registry
-    store = SqliteStore(config.data_dir / "jobserver.db", observe_commit=metrics.observe_commit)
+    store = open_store(config, observe_commit=metrics.observe_commit)
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(store.run)
+        url = config.database_url
+        listener = None if url is None else Listener(url)
+        if url is not None:
+            await share_keys(config, url)  # before the keys are read: see cluster.py
+        keyring = KeyRing.for_config(config)
         engine = Engine(config, store, Hub(), metrics=metrics)
         supervisor = Supervisor(engine)
+        cluster = None
+        if url is not None:
+            cluster = Cluster(engine, url, node_id=node_id_for(config.data_dir),
+                              running=lambda: supervisor.running, listener=listener)
+            engine.claims = cluster
+            await cluster.register()
         async with trio.open_nursery() as engine_nursery:
             await engine.recover()
+            if listener is not None and cluster is not None:
+                await engine_nursery.start(cluster.run)  # its consumer first, then LISTEN
+                await engine_nursery.start(listener.run)
             await engine_nursery.start(supervisor.run)
             housekeeping = Housekeeping(engine)
             await engine_nursery.start(housekeeping.run)
@@ -102,6 +117,8 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
             engine.accepting = False
             with trio.move_on_after(config.kill_grace + SHUTDOWN_MARGIN):
                 await supervisor.bounce_all()
+                if cluster is not None:
+                    await cluster.leave()  # its queued jobs, bounced or not, to other nodes
             # Subscribers still catching up get the bounces before the 1001.
             with trio.move_on_after(SETTLE_SECONDS):
                 await plane.settle()

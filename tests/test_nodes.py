@@ -141,14 +141,14 @@ async def test_cancel_from_the_other_node_queued_and_running(
                             queued))[0][0] is None  # no free slot: nobody claimed it
         async with httpx.AsyncClient(timeout=30) as client:
             r = await client.post(f"{url_b}/api/v1/jobs/{queued}/cancel", headers=auth(token))
-            assert r.status_code == 200, r.text
+            assert r.status_code == 202, r.text
             assert r.json()["status"] == "CANCELLED"
             for job_id in running:  # each from the node that does not run it
                 holder = await wait_node_of(database_url, job_id, "RUNNING")
                 other = url_b if holder == node_id(dir_a) else url_a
                 r = await client.post(f"{other}/api/v1/jobs/{job_id}/cancel",
                                       headers=auth(token))
-                assert r.status_code == 200, r.text
+                assert r.status_code == 202, r.text
                 assert r.json()["status"] == "CANCELLED", r.json()
         for url in (url_a, url_b):
             for job_id in (queued, *running):

@@ -33,7 +33,7 @@ FIRST_TOKEN_TTL = 7 * 24 * 3600
 # job allocates an event per line, nearly all freed by reference counting, and
 # the default thresholds spend a fifth of the log path walking live objects.
 GC_THRESHOLDS = (50_000, 20, 100)
-SERVER_FLAGS = ("host", "port", "data_dir", "config_file", "slots")
+SERVER_FLAGS = ("host", "port", "data_dir", "config_file", "slots", "database_url")
 
 
 def _config(args: argparse.Namespace) -> Config | None:
