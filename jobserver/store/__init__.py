@@ -29,7 +29,8 @@ def open_store(config: Config, *, observe_commit: Callable[[float], None] | None
     if config.database_url is not None:
         from .postgres import PostgresStore
 
-        return PostgresStore(config.database_url, observe_commit=observe_commit)
+        return PostgresStore(config.database_url, observe_commit=observe_commit,
+                             lost_after=config.database_lost_after)
     from .sqlite import SqliteStore
 
     return SqliteStore(config.data_dir / "jobserver.db", observe_commit=observe_commit)
