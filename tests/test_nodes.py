@@ -224,3 +224,34 @@ async def test_a_token_made_on_one_node_works_on_the_other(
                 for url in (url_a, url_b):
                     r = await client.get(f"{url}/api/v1/jobs", headers=auth(token))
                     assert r.status_code == 200, r.text
+
+
+async def test_delete_retry_and_spawn_from_any_node(tmp_path: Path, database_url: str) -> None:
+    async with node(tmp_path, "a", database_url) as (_, url_a, dir_a), \
+            node(tmp_path, "b", database_url) as (_, url_b, dir_b):
+        token = admin(dir_a)
+        dirs = {node_id(dir_a): (dir_a, url_a), node_id(dir_b): (dir_b, url_b)}
+        failed = await submit(url_a, token, "exit", {"code": 3})
+        await wait_status(url_a, token, failed, "FAILED")
+        ran_on, _ = dirs[await wait_node_of(database_url, failed, "FAILED")]
+        assert (ran_on / "output" / failed).is_dir()
+        async with httpx.AsyncClient(timeout=30) as client:
+            for url in (url_a, url_b):  # a retry from either node, a new job in the queue
+                r = await client.post(f"{url}/api/jobs/{failed}/retry", headers=auth(token))
+                assert r.status_code == 202, r.text
+                again = await wait_status(url, token, r.json()["newJobId"], "FAILED")
+                assert again["retry_of"] == failed and again["attempt"] == 2
+            r = await client.delete(f"{url_b}/api/v1/jobs/{failed}", headers=auth(token))
+            assert r.status_code == 204, r.text
+            for url in (url_a, url_b):
+                r = await client.get(f"{url}/api/v1/jobs/{failed}", headers=auth(token))
+                assert r.status_code == 404
+        with trio.fail_after(10):  # the node that ran it removes its output
+            while (ran_on / "output" / failed).exists():
+                await trio.sleep(0.05)
+        parent = await submit(url_a, token, "spawner", {})
+        await wait_status(url_a, token, parent, "SUCCEEDED")
+        children = await query(database_url, "SELECT id FROM jobs WHERE "
+                               "data::json->>'parent_id' = %s", parent)
+        assert len(children) == 1  # a submit into the database's queue, claimed by either
+        await wait_status(url_b, token, children[0][0], "SUCCEEDED")
