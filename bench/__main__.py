@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "multiplex", "live",
-           "retention")
+           "retention", "nodes")
 TARGETS = ("fastapi", "quart", "c", "cbatch", "jobserver")
 
 
@@ -194,6 +194,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from .retention import main as retention
         say("retention: deleting finished jobs while a job writes (bench/retention.py)")
         results["retention"] = retention(["--jobs", "20000" if args.quick else "100000"])
+    if "nodes" in args.only:
+        from .nodes import run as run_nodes
+        results["nodes"] = run_nodes(300 if args.quick else 1000, 2, runs, say)
     return results
 
 
