@@ -96,7 +96,7 @@ class Cluster:
         self._db_lock = trio.Lock()
         self._beat_lock = trio.Lock()
         self._wake = trio.Event()
-        self._control_in, self._control_out = trio.open_memory_channel[tuple[str, str]](
+        self._control_in, self._control_out = trio.open_memory_channel[tuple[str, list[str]]](
             CONTROL_BACKLOG)
 
     # ---- database calls ----------------------------------------------------
@@ -123,6 +123,7 @@ class Cluster:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat_loop)
+                nursery.start_soon(self._watch_loop)
                 nursery.start_soon(self._claim_loop)
                 nursery.start_soon(self._control_loop)
                 task_status.started()
@@ -147,19 +148,18 @@ class Cluster:
             node, _, rest = payload.partition(" ")
             verb, _, job_id = rest.partition(" ")
             if node == self.node_id:
-                self._control(verb, job_id)
+                self._control(verb, [job_id])
         elif channel == DELETED_CHANNEL:
-            for job_id in payload.split():
-                self._control("removed", job_id)
+            self._control("removed", payload.split())
 
     def connected(self) -> None:
         self.wake()
 
-    def _control(self, verb: str, job_id: str) -> None:
+    def _control(self, verb: str, job_ids: list[str]) -> None:
         try:
-            self._control_in.send_nowait((verb, job_id))
+            self._control_in.send_nowait((verb, job_ids))
         except trio.WouldBlock:
-            log.warning("control backlog full: %s of job %s dropped", verb, job_id)
+            log.warning("control backlog full: %s of %s dropped", verb, " ".join(job_ids))
 
     def wake(self) -> None:
         self._wake.set()
@@ -171,16 +171,25 @@ class Cluster:
         while True:
             try:
                 alive = await self._call(self._beat, self._beat.heartbeat)
+            except psycopg.Error as exc:
+                log.warning("heartbeat failed: %s", type(exc).__name__)
+            else:
                 if not alive:
                     raise NodeFenced(f"node {self.node_id} was declared dead by another node "
                                      "(its heartbeat stopped for longer than node_dead_after); "
                                      "its jobs were taken over: stopping")
+            await trio.sleep(interval)
+
+    async def _watch_loop(self) -> None:
+        """Looks for dead nodes (a task of its own: a rescue never delays a heartbeat)."""
+        while True:
+            await trio.sleep(self.config.node_heartbeat_interval)
+            try:
                 for node in await self._call(self._beat, self._beat.stale_nodes,
                                              self.config.node_dead_after):
                     await self._rescue(node)
             except psycopg.Error as exc:
-                log.warning("heartbeat failed: %s", type(exc).__name__)
-            await trio.sleep(interval)
+                log.warning("looking for dead nodes failed: %s", type(exc).__name__)
 
     async def _rescue(self, node: str) -> None:
         dead_after = self.config.node_dead_after
@@ -215,14 +224,15 @@ class Cluster:
                 await self._wake.wait()
 
     async def _control_loop(self) -> None:
-        async for verb, job_id in self._control_out:
+        async for verb, job_ids in self._control_out:
             if verb == "removed":
-                await self.engine.remove_outputs([JobId(job_id)])
+                await self.engine.remove_outputs([JobId(j) for j in job_ids])
                 continue
-            live = self.engine.live(JobId(job_id))
-            if verb == "cancel" and live is not None and not live.job.status.terminal:
-                log.info("job %s: cancel from another node", job_id)
-                await self.engine.stop(live, "cancel")
+            for job_id in job_ids:
+                live = self.engine.live(JobId(job_id))
+                if verb == "cancel" and live is not None and not live.job.status.terminal:
+                    log.info("job %s: cancel from another node", job_id)
+                    await self.engine.stop(live, "cancel")
 
     # ---- what the engine asks (queueing.Claims) ------------------------------
 

@@ -330,10 +330,10 @@ class Engine:
                     nursery.start_soon(self._end_left_over, job, reports)
         requeued = [job.id for job in jobs
                     if await self._recover(job, reports.get(job.id), lost=lost, bounced=bounced)]
-        if self.claims is not None and requeued:
-            # The database is the queue: back to it, for whichever node has a slot.
+        if self.claims is None:
             for job_id in requeued:
-                self._queue.remove(job_id)
+                self.enqueue(job_id)
+        elif requeued:  # the database is the queue: back to it, for any node's free slot
             await self.store.wait_flushed()
             await self.claims.release(requeued)
             for job_id in requeued:
@@ -361,7 +361,6 @@ class Engine:
             self._count(live, Status.QUEUED)
             if job.started_at is not None:  # bounced as the server stopped: a new attempt
                 await self.record(live, [lambda s: restart(seq=s)])
-            self.enqueue(jid)
             return True
         notes: list[Callable[[int], ev.Event]] = []
         if report is not None:
@@ -371,7 +370,6 @@ class Engine:
             await self.record(live, [*notes, lambda s: ev.Bounce(
                 job_id=jid, seq=s, ts=now, reason=bounced),
                 lambda s: restart(seq=s)])
-            self.enqueue(jid)
             return True
         await self.record(live, [*notes, *closing_steps(job, Status.FAILED.value, now),
                                  lambda s: ev.Finished(
