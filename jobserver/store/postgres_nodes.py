@@ -16,7 +16,6 @@ Rules:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import psycopg
 
 from ..core.ids import JobId
 from ..core.job import Job
+from .codec import decode_job
 
 CONNECT_TIMEOUT = 5  # seconds (psycopg's connect_timeout)
 STATEMENT_TIMEOUT_MS = 5000
@@ -41,6 +41,10 @@ class Rescue:
     node: str
     running: list[Job]
     released: int
+
+
+def _job(row: tuple[object, ...]) -> Job:
+    return decode_job(str(row[0]), row[1])
 
 
 def connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
@@ -109,9 +113,10 @@ class NodesDb:
         rows = self._c().execute(
             "WITH c AS (SELECT id FROM jobs WHERE status = 'QUEUED' AND node IS NULL "
             "ORDER BY created_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
-            "UPDATE jobs SET node = %s FROM c WHERE jobs.id = c.id RETURNING jobs.data",
+            "UPDATE jobs SET node = %s FROM c WHERE jobs.id = c.id "
+            "RETURNING jobs.data, jobs.pinned",
             (limit, self.node_id)).fetchall()
-        jobs = [Job.from_dict(json.loads(str(r[0]))) for r in rows]
+        jobs = [_job(r) for r in rows]
         jobs.sort(key=lambda j: (j.created_at, j.id))
         return jobs
 
@@ -119,8 +124,8 @@ class NodesDb:
         """Take one particular job if it is QUEUED and unclaimed (to cancel it)."""
         row = self._c().execute(
             "UPDATE jobs SET node = %s WHERE id = %s AND status = 'QUEUED' AND node IS NULL "
-            "RETURNING data", (self.node_id, job_id)).fetchone()
-        return None if row is None else Job.from_dict(json.loads(str(row[0])))
+            "RETURNING data, pinned", (self.node_id, job_id)).fetchone()
+        return None if row is None else _job(row)
 
     def release(self, job_ids: Sequence[JobId]) -> int:
         """Give this node's QUEUED jobs among `job_ids` back to the queue."""
@@ -146,9 +151,9 @@ class NodesDb:
     def own_unfinished(self) -> list[Job]:
         """This node's jobs left QUEUED or RUNNING (recovery at start), oldest first."""
         rows = self._c().execute(
-            "SELECT data FROM jobs WHERE node = %s AND status IN ('QUEUED', 'RUNNING') "
+            "SELECT data, pinned FROM jobs WHERE node = %s AND status IN ('QUEUED', 'RUNNING') "
             "ORDER BY created_at, id", (self.node_id,)).fetchall()
-        return [Job.from_dict(json.loads(str(r[0]))) for r in rows]
+        return [_job(r) for r in rows]
 
     def job_node(self, job_id: JobId) -> tuple[str | None, str] | None:
         """(node, status) of a job, None when there is no such job."""
@@ -178,13 +183,13 @@ class NodesDb:
                 return None
             rows = conn.execute(
                 "UPDATE jobs SET node = %s WHERE node = %s AND status = 'RUNNING' "
-                "RETURNING data", (self.node_id, node)).fetchall()
+                "RETURNING data, pinned", (self.node_id, node)).fetchall()
             released = conn.execute(
                 "UPDATE jobs SET node = NULL WHERE node = %s AND status = 'QUEUED'",
                 (node,)).rowcount
             if released:
                 conn.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
-        running = sorted((Job.from_dict(json.loads(str(r[0]))) for r in rows),
+        running = sorted((_job(r) for r in rows),
                          key=lambda j: (j.created_at, j.id))
         return Rescue(node=node, running=running, released=released)
 
