@@ -255,3 +255,27 @@ async def test_delete_retry_and_spawn_from_any_node(tmp_path: Path, database_url
                                "data::json->>'parent_id' = %s", parent)
         assert len(children) == 1  # a submit into the database's queue, claimed by either
         await wait_status(url_b, token, children[0][0], "SUCCEEDED")
+
+
+async def test_a_restarted_node_takes_back_only_its_own_jobs(
+        tmp_path: Path, database_url: str) -> None:
+    # A's watch is slow here: B's restart is a restart, not a death to rescue.
+    async with node(tmp_path, "a", database_url, slots="1",
+                    node_dead_after="60") as (_, url_a, dir_a):
+        token = admin(dir_a)
+        mine = await submit(url_a, token, "sleep_requeue", {"seconds": 30})
+        await wait_node_of(database_url, mine, "RUNNING", node_id(dir_a))
+        async with node(tmp_path, "b", database_url, slots="1") as (proc_b, url_b, dir_b):
+            theirs = await submit(url_b, token, "sleep_requeue", {"seconds": 30})
+            await wait_node_of(database_url, theirs, "RUNNING", node_id(dir_b))
+            proc_b.kill()
+            await proc_b.wait()
+        async with node(tmp_path, "b", database_url, slots="1") as (_, url_b, dir_b):
+            # B's recovery re-queued its own job (and ran it again) ...
+            await wait_node_of(database_url, theirs, "RUNNING", node_id(dir_b))
+            bounces = await query(database_url, "SELECT job_id, count(*) FROM events WHERE "
+                                  "type = 'bounce' GROUP BY job_id")
+            assert dict(bounces) == {theirs: 1}  # ... and never touched A's
+            assert (await get_job(url_b, token, mine))["status"] == "RUNNING"
+            assert dict(await query(database_url, "SELECT id, state FROM nodes")) == {
+                node_id(dir_a): "up", node_id(dir_b): "up"}
