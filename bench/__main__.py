@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "multiplex", "live",
-           "retention", "nodes")
+           "retention", "crossnode", "nodes")
 TARGETS = ("fastapi", "quart", "c", "cbatch", "jobserver")
 
 
@@ -84,6 +84,15 @@ def repeat(runs: int, fn: Callable[[], float], say: Callable[[str], None],
     return {"runs": values, "median": statistics.median(values)}
 
 
+def log_throughput_postgres(lines: int, server_url: str | None) -> float:
+    """The log-throughput bench with the server's store on a fresh PostgreSQL database."""
+    from .jobserver_benches import log_throughput
+    from .postgres import postgres_databases
+
+    with postgres_databases(server_url) as new_database:
+        return log_throughput(lines, database_url=new_database())
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -99,6 +108,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="sample the server with py-spy during one more log-throughput "
                              "(and spawn) run and print where its time goes")
+    parser.add_argument("--database-url", default=None,
+                        help="the PostgreSQL server of the `logs` bench's PostgreSQL row "
+                             "(it makes and drops databases jobserver_bench_N there; "
+                             "default: a throwaway server of its own)")
     parser.add_argument("--no-install", action="store_true",
                         help="skip tsp and wrk rather than apt-get install them")
     args = parser.parse_args(argv)
@@ -143,7 +156,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"log throughput, {lines:,} lines")
         results["logs"] = {
             "seq | wc -l": repeat(runs, lambda: system.seq_wc(lines), say, "seq | wc -l"),
-            "jobserver": repeat(runs, lambda: log_throughput(lines), say, "jobserver")}
+            "jobserver": repeat(runs, lambda: log_throughput(lines), say, "jobserver"),
+            "jobserver on PostgreSQL": repeat(runs, lambda: log_throughput_postgres(
+                lines, args.database_url), say, "jobserver on PostgreSQL")}
         if args.profile:
             from .profile import print_summary, summary
             raw = RESULTS / "logs-profile.txt"
@@ -194,6 +209,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from .retention import main as retention
         say("retention: deleting finished jobs while a job writes (bench/retention.py)")
         results["retention"] = retention(["--jobs", "20000" if args.quick else "100000"])
+    if "crossnode" in args.only:
+        from .cross_node import main as cross_node
+        say("cross-node delivery latency on PostgreSQL, beside same-node (bench/cross_node.py)")
+        results["crossnode"] = cross_node(["--rounds", "1" if args.quick else "3"])
     if "nodes" in args.only:
         from .nodes import run as run_nodes
         results["nodes"] = run_nodes(300 if args.quick else 1000, 2, runs, say)

@@ -4,10 +4,11 @@ Each function starts its own JobserverServer, runs once, returns a number and
 stops the server; until jobserver can run them they raise TargetUnavailable,
 whose message the suite prints as the skip reason.
 
-- log_throughput: one `bench-seq` job (`seq N`, held until its go file
-  exists) streamed to one logs-dialect subscriber; lines/s from go to the
-  later of the job's end and the last line received; every line must arrive
-  and be persisted (`GET /api/v1/jobs/{id}/logs`), else it raises.
+- log_throughput: (on SQLite, or on a PostgreSQL database) one `bench-seq`
+  job (`seq N`, held until its go file exists) streamed to one logs-dialect
+  subscriber; lines/s from go to the later of the job's end and the last
+  line received; every line must arrive and be persisted
+  (`GET /api/v1/jobs/{id}/logs`), else it raises.
 - spawn_rate: N `bench-true` jobs submitted one after another on one
   keep-alive connection; jobs/s from the first submit to the last job's
   `completed_at` (every job must be SUCCEEDED).
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .jobserver_target import TERMINAL, JobserverServer
+from .jobserver_target import TERMINAL, JobserverServer, _toml_str
 from .loadgen import LoadClient
 from .procs import http
 from .profile import Sampler
@@ -37,9 +38,12 @@ SPAWN_TIMEOUT = 300.0
 LOG_MARKER = '"log"'
 
 
-def log_throughput(lines: int = 2_000_000, profile: Path | None = None) -> float:
-    """Lines/s; with `profile`, py-spy samples the server meanwhile into that file."""
-    server = JobserverServer()
+def log_throughput(lines: int = 2_000_000, profile: Path | None = None, *,
+                   database_url: str | None = None) -> float:
+    """Lines/s; with `profile`, py-spy samples the server meanwhile into that file;
+    with `database_url`, the server keeps its store in that PostgreSQL database."""
+    server = JobserverServer(extra_server="" if database_url is None
+                             else f"database_url = {_toml_str(database_url)}\n")
     try:
         server.start()
         go = server.dir / "go-seq"

@@ -138,7 +138,8 @@ def rest_table(rest: dict[str, Any]) -> str:
 
 
 SECTIONS: dict[str, tuple[str, str, tuple[tuple[str, str], ...]]] = {
-    "logs": ("Log throughput: lines/s", "lines/s", (("jobserver", "seq | wc -l"),)),
+    "logs": ("Log throughput: lines/s", "lines/s", (("jobserver", "seq | wc -l"),
+                                                   ("jobserver on PostgreSQL", "jobserver"))),
     "multiplex": ("Multiplex fan-out, 1,000 connections: messages/s", "msgs/s",
                   (("multiplex tasks", "logs"),)),
     "spawn": ("Spawn rate: jobs/s, submit to finished", "jobs/s",

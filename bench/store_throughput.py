@@ -1,23 +1,32 @@
-"""How fast the SQLite store commits a chatty job's log lines, and reads them back.
+"""How fast each store backend commits a chatty job's log lines, and reads them back.
 
     .venv/bin/python bench/store_throughput.py [--events N] [--batch N] [--line-bytes N] [--runs N]
+        [--backends sqlite,postgres] [--database-url postgresql://...]
 
 Writes N Log events of one job in batches (as the engine's `record_logs` does:
 one `write(events, job)` per batch, one timestamp and stream per batch) into a
 fresh database in a temporary directory, waits until all are committed, and
 prints events/s committed; then pages through them with `events_after` as a
 follower replaying history would. Repeats on a fresh database `--runs` times
-and prints the median. Prints numbers; asserts nothing.
+and prints the median, per backend, in one run: SQLite in a temporary
+directory; PostgreSQL in a fresh database per run, on a throwaway server of
+the bench's own (tests/pg.py: initdb + pg_ctl, loopback, fsync off) or, with
+`--database-url`, on that server (the bench creates and drops databases
+named jobserver_bench_N there). Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -25,13 +34,19 @@ from jobserver.core import events as ev
 from jobserver.core.ids import JobId, UserId, new_job_id
 from jobserver.core.job import Job
 from jobserver.core.states import Status
+from jobserver.store.committer import QueuedStore
+from jobserver.store.postgres import PostgresStore
 from jobserver.store.sqlite import SqliteStore
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+from bench.postgres import database_size, postgres_databases
+
 REPLAY_PAGE = 2000
+BACKENDS = ("sqlite", "postgres")
 
 
-async def bench(path: Path, total: int, batch: int, line_bytes: int) -> float:
-    store = SqliteStore(path)
+async def bench(store: QueuedStore[Any], size: Callable[[], int], total: int, batch: int,
+                line_bytes: int) -> float:
     job_id: JobId = new_job_id()
     job = Job(id=job_id, owner=UserId("bench"), template="chatty", status=Status.RUNNING,
               created_at=time.time())
@@ -77,9 +92,29 @@ async def bench(path: Path, total: int, batch: int, line_bytes: int) -> float:
         print(f"replay: {read:,} events in pages of {REPLAY_PAGE:,}"
               f"  {elapsed:.3f} s  ->  {read / elapsed:,.0f} events/s")
         nursery.cancel_scope.cancel()
-    size = sum(p.stat().st_size for p in path.parent.iterdir())
-    print(f"disk:   {size / 1e6:,.1f} MB ({size / total:.1f} B per event)")
+    used = size()
+    print(f"disk:   {used / 1e6:,.1f} MB ({used / total:.1f} B per event)")
     return total / write_elapsed
+
+
+def sqlite_runs(args: argparse.Namespace) -> Iterator[float]:
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            path = Path(tmp) / "jobserver.db"
+
+            def size(path: Path = path) -> int:
+                return sum(p.stat().st_size for p in path.parent.iterdir())
+
+            yield trio.run(bench, SqliteStore(path), size, args.events, args.batch,
+                           args.line_bytes)
+
+
+def postgres_runs(args: argparse.Namespace) -> Iterator[float]:
+    with postgres_databases(args.database_url) as new_database:
+        for _ in range(args.runs):
+            url = new_database()
+            yield trio.run(bench, PostgresStore(url), functools.partial(database_size, url),
+                           args.events, args.batch, args.line_bytes)
 
 
 def main() -> None:
@@ -88,14 +123,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--line-bytes", type=int, default=60)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--dir", type=Path, default=None, help="where to put the database")
+    parser.add_argument("--dir", type=Path, default=None, help="where to put the SQLite database")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="comma-separated, of: " + ", ".join(BACKENDS))
+    parser.add_argument("--database-url", default=None,
+                        help="a PostgreSQL server to use instead of a throwaway one")
     args = parser.parse_args()
-    rates = []
-    for _ in range(args.runs):
-        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            rates.append(trio.run(
-                bench, Path(tmp) / "jobserver.db", args.events, args.batch, args.line_bytes))
-    print(f"median of {args.runs}: {statistics.median(rates):,.0f} events/s committed")
+    medians: dict[str, float] = {}
+    for backend in args.backends.split(","):
+        print(f"--- {backend}")
+        runs = {"sqlite": sqlite_runs, "postgres": postgres_runs}[backend]
+        medians[backend] = statistics.median(runs(args))
+    for backend, rate in medians.items():
+        print(f"{backend}: median of {args.runs}: {rate:,.0f} events/s committed")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -42,7 +42,7 @@ from .config import Config
 from .core.ids import JobId
 from .core.job import Job
 from .core.states import Status
-from .engine import Engine
+from .engine import Engine, LiveJob
 from .errors import NotFound, Unavailable
 from .store.postgres_nodes import CONTROL_CHANNEL, QUEUE_CHANNEL, NodesDb
 
@@ -85,12 +85,13 @@ class Cluster:
     """This node among the others (`queueing.Claims` for the engine)."""
 
     def __init__(self, engine: Engine, url: str, *, node_id: str,
-                 running: Callable[[], int], listener: Listener | None = None) -> None:
+                 running: Callable[[], int], listener: Listener | None = None,
+                 settle: Callable[[JobId, int], Awaitable[None]] | None = None) -> None:
         self.engine = engine
         self.config = engine.config
         self.node_id = node_id
         self._running = running
-        self._listener = listener
+        self._settle = settle
         self._db = NodesDb(url, node_id)  # claims, control, releases
         self._beat = NodesDb(url, node_id)  # heartbeat and liveness
         self._db_lock = trio.Lock()
@@ -98,6 +99,8 @@ class Cluster:
         self._wake = trio.Event()
         self._control_in, self._control_out = trio.open_memory_channel[tuple[str, list[str]]](
             CONTROL_BACKLOG)
+        if listener is not None:
+            listener.listen([QUEUE_CHANNEL, CONTROL_CHANNEL, DELETED_CHANNEL], self)
 
     # ---- database calls ----------------------------------------------------
 
@@ -118,8 +121,6 @@ class Cluster:
         log.info("node %s is up", self.node_id)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if self._listener is not None:
-            self._listener.listen([QUEUE_CHANNEL, CONTROL_CHANNEL, DELETED_CHANNEL], self)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat_loop)
@@ -199,11 +200,24 @@ class Cluster:
         log.warning("node %s declared dead (no heartbeat for %g s): %d running jobs taken "
                     "over, %d queued ones back to the queue", node, dead_after,
                     len(rescue.running), rescue.released)
+        for job in rescue.running:
+            await self._settle_job(job)
         await self.engine.take_over(
             rescue.running,
             lost=f"node {node} died while running it (no heartbeat for {dead_after:g} s)",
             bounced=f"node {node} died")
         self.wake()
+
+    async def _settle_job(self, job: Job) -> None:
+        """What this node's subscribers of `job` have not yet seen of another
+        node's run of it is published first (mirror.py)."""
+        if self._settle is not None:
+            await self._settle(job.id, job.last_seq)
+
+    async def _take(self, job: Job) -> LiveJob:
+        """A job claimed from the database: this node's from now on."""
+        await self._settle_job(job)
+        return self.engine.adopt(job)
 
     async def _claim_loop(self) -> None:
         engine = self.engine
@@ -218,7 +232,7 @@ class Cluster:
                     await trio.sleep(RETRY_DELAY)
                     continue
                 for job in jobs:
-                    engine.adopt(job)
+                    await self._take(job)
                     engine.enqueue(job.id)
             with trio.move_on_after(CLAIM_POLL):
                 await self._wake.wait()
@@ -229,7 +243,7 @@ class Cluster:
                 await self.engine.remove_outputs([JobId(j) for j in job_ids])
                 continue
             for job_id in job_ids:
-                live = self.engine.live(JobId(job_id))
+                live = self.engine.local(JobId(job_id))
                 if verb == "cancel" and live is not None and not live.job.status.terminal:
                     log.info("job %s: cancel from another node", job_id)
                     await self.engine.stop(live, "cancel")
@@ -248,7 +262,7 @@ class Cluster:
             while True:
                 claimed = await self._call(self._db, self._db.claim_one, job.id)
                 if claimed is not None:  # queued, unclaimed: ours now, and cancelled
-                    live = engine.adopt(claimed)
+                    live = await self._take(claimed)
                     await engine.finish_cancelled(live)
                     engine.forget(job.id)
                     await engine.store.wait_flushed()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .core.health import HealthCheck, HealthCheckError, parse_health_checks
 from .core.templates import Template, TemplateError, parse_template
@@ -32,6 +33,9 @@ class Config:
     # Default: the user's data dir (`default_data_dir`), never the working directory.
     data_dir: Path = field(default_factory=lambda: default_data_dir(os.environ))
     config_file: Path | None = None
+    # A postgresql:// URL: keep jobs in that PostgreSQL database; None: SQLite
+    # in data_dir. Never printed (repr=False; logs show it through `redact_url`).
+    database_url: str | None = field(default=None, repr=False)
     # Jobs run at once; the rest wait QUEUED in FIFO order.
     slots: int = 4
     allow_adhoc: bool = True
@@ -97,9 +101,6 @@ class Config:
     live_stream_retention: float = 1800.0  # a finished job's stream, after its last event
     # Seconds an Idempotency-Key of a submit is remembered (api/idempotency.py).
     idempotency_ttl: float = 86400.0
-    # PostgreSQL (`postgresql://...`) shared by several nodes; None: SQLite in
-    # data_dir. May hold a password: never printed (repr=False).
-    database_url: str | None = field(default=None, repr=False)
     # Several nodes on one PostgreSQL database (cluster.py): each node stamps its
     # heartbeat this often (seconds); one whose stamp is older than node_dead_after
     # is declared dead and its jobs rescued by another node.
@@ -118,6 +119,22 @@ def default_data_dir(environ: Mapping[str, str]) -> Path:
         return Path(xdg) / "jobserver"
     home = environ.get("HOME") or str(Path.home())
     return Path(home) / ".local" / "share" / "jobserver"
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password (in the user part or the query), for logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable database URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
+    query = "&".join("password=***" if q.lower().startswith("password=") else q
+                     for q in parts.query.split("&")) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 _SERVER_KEYS = {f.name: f for f in dataclasses.fields(Config)
@@ -197,11 +214,16 @@ def load_config(
     if config_file is not None:
         settings["config_file"] = Path(config_file)
     settings.setdefault("data_dir", default_data_dir(environ))
+    if not settings.get("database_url"):  # empty: SQLite, as when unset
+        settings.pop("database_url", None)
     try:
         checks = parse_health_checks(doc.get("health", {}))
     except HealthCheckError as exc:
         raise ConfigError(str(exc)) from None
     config = Config(**settings, templates=load_templates(doc), health_checks=checks)
+    if config.database_url is not None and not config.database_url.startswith(
+            ("postgresql://", "postgres://")):
+        raise ConfigError("setting 'database_url': must be a postgresql:// URL")
     if not 0 <= config.port <= 65535:
         raise ConfigError("setting 'port': must be 0..65535")
     if config.slots < 1:

@@ -8,7 +8,11 @@ see one sequence, and no client sees a seq that a crash could take back
 (DESIGN.md, "What a seq promises"). What clients are shown of a live job is
 its record as of its last committed event (`LiveJob.published`). Jobs that
 are QUEUED or RUNNING live in memory (`_live`); finished ones are read from
-the store. Access is checked here: a user sees only their own jobs, and
+the store. With several nodes on one database, the jobs another node runs are
+mirrored (`_remote`, fed by mirror.py from that node's commits through
+`publish_mirrored`): the lookups (`live`, `published_seq`, `published_jobs`,
+`get_any`, `list`) show them as running, at the position this node's hub has
+published, exactly like local ones. Access is checked here: a user sees only their own jobs, and
 others' look absent. A
 submit's Idempotency-Key (`Submission.claim`) is written with the job's first
 event, in one transaction; the server's metrics get a batch's events as it is
@@ -22,6 +26,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,6 +57,10 @@ MAX_ADHOC_ARGS = 1024
 MAX_ADHOC_ARG_BYTES = 65536
 # Events that change what the system topic reports (queue depth, running count).
 _SYSTEM_CHANGES = (ev.Queued, ev.Started, ev.Finished, ev.Bounce)
+# How many job ids the engine remembers as done here / deleted here, so that the
+# mirror ignores this node's own notifications arriving after the fact (they
+# come within milliseconds of the commit; this is thousands of jobs of margin).
+_RECENT_IDS = 8192
 
 
 @dataclass(eq=False, slots=True)
@@ -110,6 +119,10 @@ class Engine:
         self.clock = clock
         self.metrics = metrics
         self._live: dict[JobId, LiveJob] = {}
+        # Jobs other nodes run, as this node's hub has published them (mirror.py).
+        self._remote: dict[JobId, LiveJob] = {}
+        self._done_here: OrderedDict[JobId, None] = OrderedDict()  # left `_live` lately
+        self._deleted_here: OrderedDict[JobId, None] = OrderedDict()  # announced lately
         self._queue = LocalQueue()  # the QUEUED jobs this node holds (queueing.py)
         # Several nodes: the database's queue; None: the local queue is the queue.
         self.claims: Claims | None = None
@@ -272,7 +285,7 @@ class Engine:
         if self.claims is None:
             self.enqueue(job_id)
         else:  # the database is the queue: whichever node claims it runs it
-            self.forget(job_id)
+            self.hand_over(job_id)
         log.info("job %s queued: template=%s owner=%s correlation=%s", job_id, template_name,
                  principal.sub, job.correlation_id)
         await self.store.wait_flushed()  # a job acknowledged is a job that survives a crash
@@ -299,6 +312,7 @@ class Engine:
 
     def adopt(self, job: Job) -> LiveJob:
         """A job this node claimed from the database: live here from now on."""
+        self.unmirror(job.id)
         live = self._live.get(job.id)
         if live is None or live.job.last_seq != job.last_seq:
             live = LiveJob(job)
@@ -337,7 +351,7 @@ class Engine:
             await self.store.wait_flushed()
             await self.claims.release(requeued)
             for job_id in requeued:
-                self.forget(job_id)
+                self.hand_over(job_id)
 
     async def _end_left_over(self, job: Job, reports: dict[JobId, str]) -> None:
         if job.process is None:
@@ -352,6 +366,7 @@ class Engine:
 
     async def _recover(self, job: Job, report: str | None, *, lost: str, bounced: str) -> bool:
         """True when the job is QUEUED again."""
+        self.unmirror(job.id)  # a dead node's job: ours from now on
         live = LiveJob(job)
         self._live[job.id] = live
         jid = job.id
@@ -380,8 +395,14 @@ class Engine:
 
     # ---- looking up -------------------------------------------------------
 
-    def live(self, job_id: JobId) -> LiveJob | None:
+    def local(self, job_id: JobId) -> LiveJob | None:
+        """The job's live state if it is QUEUED or RUNNING on this node."""
         return self._live.get(job_id)
+
+    def live(self, job_id: JobId) -> LiveJob | None:
+        """The job's live state if it is QUEUED or RUNNING, here or (mirrored) on
+        another node."""
+        return self._live.get(job_id) or self._remote.get(job_id)
 
     def published_seq(self, topic: Topic) -> int:
         """The position up to which `topic`'s events are published now. A job topic:
@@ -389,17 +410,76 @@ class Engine:
         the job is not live; an aggregate topic: the hub's position."""
         if type(topic) is not JobTopic:
             return self.hub.position()
-        live = self._live.get(topic.job_id)
+        live = self.live(topic.job_id)
         return 0 if live is None else live.published.last_seq
 
     def published_jobs(self, topic: Topic) -> list[Job]:
         """The records, as published, of the live jobs whose events `topic` carries."""
+        every = [*self._live.values(), *self._remote.values()]
         if type(topic) is OwnerTopic:
-            return [live.published for live in self._live.values()
-                    if live.job.owner == topic.owner]
+            return [live.published for live in every if live.job.owner == topic.owner]
         if topic is ALL_JOBS:
-            return [live.published for live in self._live.values()]
+            return [live.published for live in every]
         return []
+
+    # ---- jobs of other nodes (mirror.py) ---------------------------------
+
+    def ran_here(self, job_id: JobId) -> bool:
+        """The job is live here, or was lately (its last notifications are ours)."""
+        return job_id in self._live or job_id in self._done_here
+
+    def remote(self, job_id: JobId) -> LiveJob | None:
+        return self._remote.get(job_id)
+
+    def mirrored_ids(self) -> list[JobId]:
+        return list(self._remote)
+
+    def mirror_job(self, job: Job) -> LiveJob:
+        """Start mirroring `job`, another node's, from its record as read now: none
+        of its events is published here yet (position 0)."""
+        live = LiveJob(job)
+        live.published = dataclasses.replace(job, last_seq=0)
+        self._remote[job.id] = live
+        self._count(live, job.status)
+        return live
+
+    def publish_mirrored(self, live: LiveJob, events: Sequence[ev.Event], job: Job) -> None:
+        """Another node's committed events, published here as `_publish` does for
+        ours (with its output lines, or only the rest when nobody here follows the
+        job), `job` the record after them. `live.job` is the newest record known:
+        a finished job stops being mirrored once published up to it."""
+        if job.last_seq >= live.job.last_seq:
+            live.job = job
+        live.forgotten = live.job.status.terminal
+        done = live.published.last_seq  # anything up to it was published already
+        self._publish(live, job, [e for e in events if e.seq > done])
+
+    def hand_over(self, job_id: JobId) -> None:
+        """A job of ours another node takes on (it claimed it): mirrored from now,
+        from the position published here."""
+        live = self._live.pop(job_id, None)
+        if live is not None and not live.published.status.terminal:
+            live.forgotten = False
+            live.cancel_scope = None
+            self._remote[job_id] = live
+
+    def unmirror(self, job_id: JobId) -> None:
+        """Stop mirroring a job (it is ours now, or gone); it leaves the counts."""
+        live = self._remote.pop(job_id, None)
+        if live is not None:
+            self._count(live, Status.CANCELLED)
+
+    def deleted_here(self, job_id: JobId) -> bool:
+        """This node announced the job's deletion lately (its own notification)."""
+        return job_id in self._deleted_here
+
+    def _leave(self, live: LiveJob) -> None:
+        job_id = live.job.id
+        if self._live.get(job_id) is live:
+            del self._live[job_id]
+            _remember(self._done_here, job_id)
+        elif self._remote.get(job_id) is live:
+            del self._remote[job_id]
 
     async def events_after(self, job_id: JobId, after: int, *, limit: int) -> list[ev.Event]:
         """A job's stored events with seq > `after`, including everything recorded
@@ -419,16 +499,8 @@ class Engine:
         else:
             live.forgotten = True
 
-    def _leave(self, live: LiveJob) -> None:
-        """`live` is no longer this node's: out of `_live` and of the counts (a
-        QUEUED job handed to the database's queue leaves them unfinished)."""
-        self._live.pop(live.job.id, None)
-        if live.counted is not None:
-            self._counts[live.counted] -= 1
-            live.counted = None
-
     async def get_any(self, job_id: JobId) -> Job | None:
-        live = self._live.get(job_id)
+        live = self.live(job_id)
         if live is not None:
             return live.published
         # A job that just finished left `_live` before the store committed it.
@@ -446,8 +518,10 @@ class Engine:
             query = dataclasses.replace(query, owner=principal.sub)
         await self.store.wait_flushed()  # read your writes: a job just submitted is listed
         jobs, cursor = await self.store.list_jobs(query)
-        # The store's copy of a live job can lag by a group commit: prefer ours.
-        return [self._live[j.id].published if j.id in self._live else j for j in jobs], cursor
+        # The store's copy of a live job can lag by a group commit (or, another
+        # node's, run ahead of what this node published): prefer ours.
+        return [live.published if (live := self.live(j.id)) is not None else j
+                for j in jobs], cursor
 
     # ---- cancelling and deleting -----------------------------------------
 
@@ -499,6 +573,7 @@ class Engine:
         by_owner: dict[UserId, list[ev.Event]] = {}
         everyone: list[ev.Event] = []
         for job in jobs:
+            _remember(self._deleted_here, job.job_id)
             gone: list[ev.Event] = [ev.Deleted(job_id=job.job_id, seq=job.last_seq + 1, ts=now)]
             self.hub.publish(JobTopic(job.job_id), gone)
             by_owner.setdefault(job.owner, []).extend(gone)
@@ -531,6 +606,12 @@ class Engine:
                 live.published = dataclasses.replace(live.published, pinned=pinned)
                 return live.published
         return dataclasses.replace(job, pinned=pinned)
+
+
+def _remember(ids: OrderedDict[JobId, None], job_id: JobId) -> None:
+    ids[job_id] = None
+    if len(ids) > _RECENT_IDS:
+        ids.popitem(last=False)
 
 
 def may_see(principal: Principal, job: Job) -> bool:

@@ -2,7 +2,9 @@
 
     serve
     └── store                (outermost: flushes last)
+        ├── listener         (PostgreSQL only: other nodes' notifications)
         └── engine nursery
+            ├── mirror       (PostgreSQL only: other nodes' jobs into the hub)
             ├── supervisor   (job runs)
             ├── housekeeping (retention)
             ├── http         (stops accepting first)
@@ -36,6 +38,7 @@ from .health import HealthService
 from .housekeeping import Housekeeping
 from .hub import Hub
 from .metrics import Gauges, Metrics
+from .mirror import CHANNELS, Mirror
 from .store import open_store
 from .store.postgres_listen import Listener
 from .supervisor import Supervisor
@@ -77,23 +80,27 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(store.run)
         url = config.database_url
-        listener = None if url is None else Listener(url)
-        if url is not None:
+        if url is not None:  # other nodes may share the database
             await share_keys(config, url)  # before the keys are read: see cluster.py
         keyring = KeyRing.for_config(config)
         engine = Engine(config, store, Hub(), metrics=metrics)
         supervisor = Supervisor(engine)
-        cluster = None
+        mirror = cluster = None
         if url is not None:
+            listener = Listener(url)
+            mirror = Mirror(engine)
+            listener.listen(CHANNELS, mirror)
             cluster = Cluster(engine, url, node_id=node_id_for(config.data_dir),
-                              running=lambda: supervisor.running, listener=listener)
+                              running=lambda: supervisor.running, listener=listener,
+                              settle=mirror.settle)
             engine.claims = cluster
+            await store_nursery.start(listener.run)
             await cluster.register()
         async with trio.open_nursery() as engine_nursery:
             await engine.recover()
-            if listener is not None and cluster is not None:
-                await engine_nursery.start(cluster.run)  # its consumer first, then LISTEN
-                await engine_nursery.start(listener.run)
+            if mirror is not None and cluster is not None:
+                await engine_nursery.start(mirror.run)
+                await engine_nursery.start(cluster.run)
             await engine_nursery.start(supervisor.run)
             housekeeping = Housekeeping(engine)
             await engine_nursery.start(housekeeping.run)

@@ -36,6 +36,24 @@ def test_precedence(tmp_path: Path) -> None:
     assert load_config({"config_file": str(path)}, environ=env).port == 9002
 
 
+def test_database_url_from_file_env_and_flag_never_shown(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\ndatabase_url = "postgresql://app:f1le@db/jobs"\n')
+    assert load_config({}, environ={}).database_url is None  # SQLite in the data dir
+    config = load_config({"config_file": str(path)}, environ={})
+    assert config.database_url == "postgresql://app:f1le@db/jobs"
+    env = {"JOBSERVER_DATABASE_URL": "postgres://app:env@db/jobs"}
+    assert load_config({"config_file": str(path)}, environ=env).database_url == env[
+        "JOBSERVER_DATABASE_URL"]
+    flagged = load_config({"config_file": str(path), "database_url": "postgresql://f/x"},
+                          environ=env)
+    assert flagged.database_url == "postgresql://f/x"
+    assert load_config({}, environ={"JOBSERVER_DATABASE_URL": ""}).database_url is None
+    assert "f1le" not in repr(config) and "postgresql:" not in repr(config)
+    with pytest.raises(ConfigError, match="database_url"):
+        load_config({}, environ={"JOBSERVER_DATABASE_URL": "mysql://db/jobs"})
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("[server]\nport = 70000\n", "port"),
     ("[server]\nslots = 0\n", "slots"),

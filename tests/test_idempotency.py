@@ -21,6 +21,7 @@ from jobserver.store import sqlite_blocking as db
 from jobserver.store.sqlite import SqliteStore
 
 from .conftest import Harness, make_config
+from .stores import Backend
 
 NATIVE = "/api/v1/jobs"
 JOBS = "/api/jobs"
@@ -216,8 +217,8 @@ async def test_a_version_1_database_gets_the_keys_table(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone() == (db.SCHEMA_VERSION,)
 
 
-async def test_keys_go_with_their_job_and_when_expired(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "keys.db", linger=0)
+async def test_keys_go_with_their_job_and_when_expired(stores: Backend) -> None:
+    store = stores.new(linger=0)
     first, second, third = new_job_id(), new_job_id(), new_job_id()
     async with trio.open_nursery() as n:
         await n.start(store.run)

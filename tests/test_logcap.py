@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from itertools import pairwise
-from pathlib import Path
 
 import trio
 
 from jobserver.core import events as ev
 from jobserver.core.ids import new_job_id
 from jobserver.core.logcap import SLACK, TAIL_ENTRIES, LogCap
-from jobserver.store.sqlite import SqliteStore
 
+from .stores import Backend
 from .test_store import make_job
 
 
@@ -64,8 +63,8 @@ def test_memory_stays_bounded_whatever_the_number_of_lines() -> None:
     assert dropped is not None and dropped.lines > 300_000 - (1 << 16)
 
 
-async def test_the_store_trims_inside_chunks_and_keeps_other_events(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db", linger=0)
+async def test_the_store_trims_inside_chunks_and_keeps_other_events(stores: Backend) -> None:
+    store = stores.new(linger=0)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         job = make_job()

@@ -88,6 +88,21 @@ async def test_every_event_type_round_trips(store: AnyStore) -> None:
     assert (stats.committed_events, stats.commits, stats.pending) == (14, 1, 0)
 
 
+async def test_events_but_lines_after_leaves_only_the_lines_out(store: AnyStore) -> None:
+    job = make_job()
+    j = job.id
+    written = [*every_event_type(j)[:2], *logs(j, 3, 500),
+               ev.Progress(job_id=j, seq=503, ts=3.0, pct=1.0), *logs(j, 504, 10),
+               ev.Finished(job_id=j, seq=514, ts=4.0, status="SUCCEEDED", outcome="succeeded")]
+    await store.write(written, job)
+    await store.wait_flushed()
+    rest = [e for e in written if type(e) is not ev.Log]
+    assert await store.events_but_lines_after(j, 0) == rest
+    assert await store.events_but_lines_after(j, 2) == rest[2:]
+    assert await store.events_but_lines_after(j, 0, limit=2) == rest[:2]
+    assert await store.events_but_lines_after(j, 514) == []
+
+
 async def test_log_runs_become_chunks_and_expand_exactly(
     stores: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,6 +26,7 @@ from ..config import Config, ConfigError, load_config
 from ..core.ids import parse_job_id
 from ..core.timefmt import iso_ms
 from ..server import Server, serve
+from ..store import DatabaseUnavailable, IncompatibleDatabase
 from .client import EXIT_FAILED, EXIT_USAGE
 
 FIRST_TOKEN_TTL = 7 * 24 * 3600
@@ -92,8 +93,19 @@ def serve_command(args: argparse.Namespace) -> int:
                         "%(message)s")
     first_start = not (config.data_dir / SIGNING_KEY_FILE).exists()
     gc.set_threshold(*GC_THRESHOLDS)
-    trio.run(_serve_until_signal, config, first_start)
-    return 0
+    unusable: list[BaseException] = []
+    try:
+        trio.run(_serve_until_signal, config, first_start)
+    except* (IncompatibleDatabase, DatabaseUnavailable) as group:
+        unusable.extend(_leaves(group))
+    for exc in unusable:  # a database the server cannot use: say why, no traceback
+        print(f"jobserver: {exc}", file=sys.stderr)
+    return EXIT_FAILED if unusable else 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [leaf for exc in group.exceptions
+            for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])]
 
 
 async def _serve_until_signal(config: Config, first_start: bool) -> None:

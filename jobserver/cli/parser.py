@@ -38,8 +38,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", dest="config_file", help="TOML file with [server] settings "
                    "and [templates.*]")
     p.add_argument("--slots", type=int, help="jobs run at once (default 4)")
-    p.add_argument("--database-url", dest="database_url", help="postgresql://... : several "
-                   "nodes share that database (default: SQLite in the data dir)")
+    p.add_argument("--database-url", dest="database_url", help="postgresql://... : keep jobs "
+                   "in PostgreSQL (default: SQLite in the data directory)")
 
 
 def _client_flags() -> argparse.ArgumentParser:

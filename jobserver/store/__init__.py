@@ -1,11 +1,14 @@
-"""Persistence behind one interface, `Store`; SQLite is the embedded default."""
+"""Persistence behind one interface, `Store`; SQLite is the embedded default,
+PostgreSQL the one several servers share (`database_url`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .base import (
+    DatabaseUnavailable,
     Expired,
     IdempotencyRecord,
     IncompatibleDatabase,
@@ -17,20 +20,26 @@ from .base import (
 
 if TYPE_CHECKING:
     from ..config import Config
-    from .committer import QueuedStore
 
-__all__ = ["Expired", "IdempotencyRecord", "IncompatibleDatabase", "JobFilter", "RetentionRule",
-           "Store", "StoreStatistics", "open_store"]
+__all__ = ["DatabaseUnavailable", "Expired", "IdempotencyRecord", "IncompatibleDatabase",
+           "JobFilter", "RetentionRule", "Store", "StoreStatistics"]
+
+log = logging.getLogger("jobserver.store")
 
 
-def open_store(config: Config, *, observe_commit: Callable[[float], None] | None = None
-               ) -> QueuedStore[Any]:
-    """The configured backend: PostgreSQL at `database_url`, else SQLite in the data dir."""
+def open_store(config: Config, *, observe_commit: Callable[[float], None] | None = None) -> Store:
+    """The store `config` names (not yet running): PostgreSQL at `database_url`,
+    else SQLite in the data directory."""
+    from ..config import redact_url
+
     if config.database_url is not None:
         from .postgres import PostgresStore
 
+        log.info("PostgreSQL at %s", redact_url(config.database_url))
         return PostgresStore(config.database_url, observe_commit=observe_commit,
                              lost_after=config.database_lost_after)
     from .sqlite import SqliteStore
 
-    return SqliteStore(config.data_dir / "jobserver.db", observe_commit=observe_commit)
+    path = config.data_dir / "jobserver.db"
+    log.info("SQLite at %s", path)
+    return SqliteStore(path, observe_commit=observe_commit)

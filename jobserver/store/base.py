@@ -106,6 +106,10 @@ class Store(Protocol):
     async def events_after(self, job_id: JobId, after: int, *, limit: int = 1000) -> list[Event]:
         """Committed events of a job with seq > after, in order, at most `limit`."""
 
+    async def events_but_lines_after(self, job_id: JobId, after: int, *,
+                                     limit: int = 1000) -> list[Event]:
+        """Like `events_after`, without the output lines (`Log` events)."""
+
     async def find_key(self, owner: str, key: str) -> IdempotencyRecord | None:
         """The committed idempotency key `key` of `owner` (expired or not)."""
 

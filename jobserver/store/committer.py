@@ -86,6 +86,8 @@ class Blocking(Protocol[C_contra]):
     def list_jobs(self, conn: C_contra, query: JobFilter, /) -> tuple[list[Job], str | None]: ...
     def events_after(self, conn: C_contra, job_id: JobId, after: int, limit: int,
                      /) -> list[Event]: ...
+    def events_but_lines_after(self, conn: C_contra, job_id: JobId, after: int, limit: int,
+                               /) -> list[Event]: ...
     def find_key(self, conn: C_contra, owner: str, key: str, /) -> IdempotencyRecord | None: ...
     def unfinished_jobs(self, conn: C_contra, /) -> list[Job]: ...
     def expired_jobs(self, conn: C_contra, rule: RetentionRule, limit: int, /) -> list[Expired]: ...
@@ -378,6 +380,10 @@ class QueuedStore(ABC, Generic[C]):
 
     async def events_after(self, job_id: JobId, after: int, *, limit: int = 1000) -> list[Event]:
         return await self._read(self._sql.events_after, job_id, after, limit)
+
+    async def events_but_lines_after(self, job_id: JobId, after: int, *,
+                                     limit: int = 1000) -> list[Event]:
+        return await self._read(self._sql.events_but_lines_after, job_id, after, limit)
 
     async def find_key(self, owner: str, key: str) -> IdempotencyRecord | None:
         return await self._read(self._sql.find_key, owner, key)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..config import redact_url
 from . import postgres_blocking as db
 from .base import DatabaseUnavailable, Store
 from .codec import Op
@@ -69,7 +70,7 @@ class PostgresStore(QueuedStore[db.Connection]):
         self._lost_after = lost_after
 
     def __repr__(self) -> str:
-        return f"PostgresStore({db.redact(self._url)!r})"
+        return f"PostgresStore({redact_url(self._url)!r})"
 
     def _open_writer(self) -> db.Connection:
         return db.connect(self._url, writer=True)

@@ -26,10 +26,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from ..config import redact_url
 from ..core import events as ev
 from ..core.ids import JobId, UserId
 from ..core.job import Job
@@ -127,22 +127,6 @@ _UNFINISHED = [Status.QUEUED.value, Status.RUNNING.value]
 _QUEUED = Status.QUEUED.value
 
 
-def redact(url: str) -> str:
-    """`url` without its password, fit for a log line."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable database URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
-    query = "&".join("password=***" if q.lower().startswith("password=") else q
-                     for q in parts.query.split("&")) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 # ---- connections ----------------------------------------------------------
 
 
@@ -154,7 +138,7 @@ def connect(url: str, *, writer: bool) -> Connection:
                                application_name="jobserver", keepalives=1,
                                keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {redact(url)}: "
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {redact_url(url)}: "
                                   f"{_reason(exc)}") from None
     try:
         if writer:
@@ -255,11 +239,16 @@ def _joined(ids: Sequence[str]) -> Iterator[str]:
         yield " ".join(batch)
 
 
+# Rows go as one array per column (one statement however many rows), in binary:
+# a text array literal of megabytes of log lines is several times slower to
+# quote and parse than the lines themselves are to write.
+
+
 def _insert_rows(conn: Connection, rows: Sequence[Row]) -> None:
     conn.execute(
         "INSERT INTO events (job_id, seq, seq_end, type, ts, data)"
-        " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[],"
-        " %s::float8[], %s::text[]) ON CONFLICT DO NOTHING",
+        " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::text[],"
+        " %b::float8[], %b::text[]) ON CONFLICT DO NOTHING",
         [list(column) for column in zip(*rows, strict=True)],
     )
 
@@ -267,8 +256,8 @@ def _insert_rows(conn: Connection, rows: Sequence[Row]) -> None:
 def _upsert_jobs(conn: Connection, jobs: Sequence[JobRow]) -> None:
     conn.execute(
         "INSERT INTO jobs (id, owner, status, template, created_at, completed_at, data)"
-        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[],"
-        " %s::float8[], %s::text[]) ON CONFLICT (id) DO UPDATE SET"
+        " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::float8[],"
+        " %b::float8[], %b::text[]) ON CONFLICT (id) DO UPDATE SET"
         " owner = excluded.owner, status = excluded.status,"
         " template = excluded.template, created_at = excluded.created_at,"
         " completed_at = excluded.completed_at, data = excluded.data",
@@ -432,6 +421,19 @@ def expired_jobs(conn: Connection, rule: RetentionRule, limit: int) -> list[Expi
     with _lost(conn, "a read"):
         rows = conn.execute(sql, args).fetchall()
     return [Expired(job_id=JobId(i), owner=UserId(o), last_seq=int(n or 0)) for i, o, n in rows]
+
+
+def events_but_lines_after(conn: Connection, job_id: JobId, after: int,
+                           limit: int) -> list[ev.Event]:
+    """Like `events_after`, output lines left out (they are most of a job's rows)."""
+    out: list[ev.Event] = []
+    with _lost(conn, "a read"):
+        rows = conn.execute(
+            "SELECT seq, type, ts, data FROM events WHERE job_id = %s AND seq_end > %s"
+            " AND type <> %s ORDER BY seq_end LIMIT %s", (job_id, after, codec.LOG, limit),
+        ).fetchall()
+    codec.decode_rows(rows, job_id, after, limit, out)
+    return out
 
 
 def events_after(conn: Connection, job_id: JobId, after: int, limit: int) -> list[ev.Event]:
