@@ -2,9 +2,11 @@
 logs-dialect client on node B, next to a client of node A itself, same run.
 
     .venv/bin/python -m bench.cross_node [--lines N] [--rate R] [--rounds K]
+                                         [--database-url URL]
 
-Starts a throw-away PostgreSQL server (tests/pg.py: initdb + pg_ctl into a
-temp dir, loopback only), two jobserver processes on one database of it (each
+On a throw-away PostgreSQL server (bench/postgres.py; or the server
+`--database-url` names, in a database of the bench's own) starts two
+jobserver processes on one database (each
 its own data directory, node B given node A's signing key), submits to A a job
 that waits for its gate file and then prints N lines, each the wall-clock time
 it was printed, R lines a second; one WebSocket client follows the job on A
@@ -29,9 +31,9 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from .jobserver_target import JobserverServer
+from .postgres import postgres_databases
 from .procs import http
 
-ROOT = Path(__file__).resolve().parent.parent
 # Waits for its gate, then prints `n` lines of time.time() at `rate` a second.
 TIMED = (
     "import os, sys, time\n"
@@ -107,15 +109,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lines", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=500.0, help="lines a second")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--database-url", help="a PostgreSQL server to use (default: "
+                        "a throw-away one)")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from tests.pg import PgServer  # the test suite's throw-away PostgreSQL
+    with postgres_databases(args.database_url) as new_database:
+        return measure(args, new_database())
 
-    pg = PgServer()
-    pg.start()
+
+def measure(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
     a, b = JobserverServer(), JobserverServer()
     try:
-        os.environ["JOBSERVER_DATABASE_URL"] = pg.create_database()
+        os.environ["JOBSERVER_DATABASE_URL"] = database_url
         a.start()
         (b.dir / "data").mkdir(parents=True)
         shutil.copy2(a.dir / "data" / "signing.key", b.dir / "data" / "signing.key")
@@ -141,7 +145,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         os.environ.pop("JOBSERVER_DATABASE_URL", None)
         a.stop()
         b.stop()
-        pg.stop()
 
 
 if __name__ == "__main__":

@@ -121,8 +121,10 @@ class Engine:
         self._live: dict[JobId, LiveJob] = {}
         # Jobs other nodes run, as this node's hub has published them (mirror.py).
         self._remote: dict[JobId, LiveJob] = {}
-        self._done_here: OrderedDict[JobId, None] = OrderedDict()  # left `_live` lately
+        # Jobs that left `_live` lately (finished here): what their `deleted` needs.
+        self._done_here: OrderedDict[JobId, Expired | None] = OrderedDict()
         self._deleted_here: OrderedDict[JobId, None] = OrderedDict()  # announced lately
+        self.mirroring = False  # a mirror (mirror.py) follows the other nodes' jobs
         self._queue = LocalQueue()  # the QUEUED jobs this node holds (queueing.py)
         # Several nodes: the database's queue; None: the local queue is the queue.
         self.claims: Claims | None = None
@@ -457,11 +459,9 @@ class Engine:
     def hand_over(self, job_id: JobId) -> None:
         """A job of ours another node takes on (it claimed it): mirrored from now,
         from the position published here."""
-        live = self._live.pop(job_id, None)
-        if live is not None and not live.published.status.terminal:
-            live.forgotten = False
-            live.cancel_scope = None
-            self._remote[job_id] = live
+        live = self._live.get(job_id)
+        if live is not None:
+            self._leave(live)
 
     def unmirror(self, job_id: JobId) -> None:
         """Stop mirroring a job (it is ours now, or gone); it leaves the counts."""
@@ -469,15 +469,30 @@ class Engine:
         if live is not None:
             self._count(live, Status.CANCELLED)
 
+    def finished_here(self, job_id: JobId) -> Expired | None:
+        """A job that finished here lately, as its `deleted` event needs it."""
+        return self._done_here.get(job_id)
+
     def deleted_here(self, job_id: JobId) -> bool:
         """This node announced the job's deletion lately (its own notification)."""
         return job_id in self._deleted_here
 
     def _leave(self, live: LiveJob) -> None:
+        """`live` is done here: a finished job leaves (remembered a while, so that
+        its own late notifications are ignored); an unfinished one, with a mirror,
+        is another node's from now on (the database's queue gives it to whichever
+        node claims it) and is mirrored from the position published here."""
         job_id = live.job.id
         if self._live.get(job_id) is live:
             del self._live[job_id]
-            _remember(self._done_here, job_id)
+            if live.published.status.terminal or not self.mirroring:
+                job = live.published
+                _remember(self._done_here, job_id,
+                          Expired(job_id=job_id, owner=job.owner, last_seq=job.last_seq))
+            else:
+                live.forgotten = False
+                live.cancel_scope = None
+                self._remote[job_id] = live
         elif self._remote.get(job_id) is live:
             del self._remote[job_id]
 
@@ -608,8 +623,8 @@ class Engine:
         return dataclasses.replace(job, pinned=pinned)
 
 
-def _remember(ids: OrderedDict[JobId, None], job_id: JobId) -> None:
-    ids[job_id] = None
+def _remember(ids: OrderedDict[JobId, Any], job_id: JobId, what: Any = None) -> None:
+    ids[job_id] = what
     if len(ids) > _RECENT_IDS:
         ids.popitem(last=False)
 

@@ -28,8 +28,11 @@ Rules:
 - After the listener (re)connects, notifications may have been lost: every
   mirrored job is read again from its position, and the store's unfinished
   jobs that are not ours are mirrored (a job deleted meanwhile is announced).
-- `jobserver_deleted "<id> <id> ..."` ends the streams of a mirrored (or
-  lately finished mirrored) job with its `deleted` event (`announce_deleted`).
+- `jobserver_deleted "<id> <id> ..."` ends the streams of a mirrored job, or
+  of one that finished lately (mirrored, or run here), with its `deleted`
+  event (`announce_deleted`); older ones no client here follows any more
+  (their job topics ended at their end), and the store no longer knows
+  their owners.
 
 Without PostgreSQL there is no mirror at all: the single-node path is as it was.
 """
@@ -71,6 +74,7 @@ class MirrorStatistics:
 class Mirror:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        engine.mirroring = True
         self._targets: dict[JobId, int] = {}  # the highest seq notified; 0: ask the store
         self._dirty: dict[JobId, None] = {}  # to read, oldest first
         self._busy: set[JobId] = set()
@@ -123,9 +127,9 @@ class Mirror:
                            last_seq=live.published.last_seq)
             engine.unmirror(job_id)
         else:
-            found = self._finished.pop(job_id, None)
+            found = self._finished.pop(job_id, None) or engine.finished_here(job_id)
             if found is None:
-                return  # not a job this node has shown anyone
+                return  # not a job this node has shown anyone lately
             gone = found
         engine.announce_deleted([gone])
 

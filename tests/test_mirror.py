@@ -227,3 +227,42 @@ async def test_settle_publishes_what_is_missing_before_this_node_takes_a_job_on(
     assert [e.seq for e in follower.got] == list(range(3, 35))  # each once, in order
     assert [type(t.event) for t in owner.got] == [ev.Bounce, ev.Queued]
     assert b.system_status().queued == 0  # B's own run will count it
+
+
+async def test_a_job_queued_here_and_run_by_the_other_node_is_followed_here(
+        nodes: Nodes) -> None:
+    a, b = nodes.a, nodes.b
+    owner = Collector()
+    b.hub.subscribe(OwnerTopic(UserId("alice")), owner)
+    job = await b.submit(ALICE, Submission(template="echo", params={"message": "hi"}))
+    follower = Collector()
+    b.hub.subscribe(JobTopic(job.id), follower)
+    # The database is the queue: B lets the QUEUED job go, A claims it (as the
+    # nodes' claiming does: the record from the store, live on A).
+    b.forget(job.id)
+    assert b.live(job.id) is not None and b.published_seq(JobTopic(job.id)) == 1
+    record = await a.store.get_job(job.id)
+    assert record is not None
+    claimed = LiveJob(record)
+    a._live[job.id] = claimed
+    await a.record(claimed, [lambda s: ev.Started(job_id=job.id, seq=s, ts=1.0, pid=1,
+                                                  command="echo hi")])
+    await a.record_logs(claimed, "stdout", 1.5, ["hi"])
+    await finish(a, claimed)
+    await follower.wait_for(lambda: bool(follower.got) and follower.got[-1].seq == 4)
+    assert [e.seq for e in follower.got] == [2, 3, 4]
+    assert [type(t.event) for t in owner.got] == [ev.Queued, ev.Started, ev.Finished]
+    assert b.live(job.id) is None and b.system_status().queued == 0
+
+
+async def test_a_job_run_here_and_deleted_by_the_other_node_ends_here(nodes: Nodes) -> None:
+    a, b = nodes.a, nodes.b
+    live = await start(b)  # B runs it
+    job_id = live.job.id
+    await finish(b, live)
+    owner = Collector()
+    b.hub.subscribe(OwnerTopic(UserId("alice")), owner)
+    await a.delete(ALICE, job_id)
+    await owner.wait_for(lambda: bool(owner.got))
+    assert [(type(t.event), t.event.job_id, t.event.seq) for t in owner.got] == \
+        [(ev.Deleted, job_id, 4)]

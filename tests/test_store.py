@@ -1,7 +1,6 @@
 """The store contract, on each backend (`stores`: a real SQLite file in
-tmp_path, a real PostgreSQL database of the suite's own server), plus what is
-one backend's own (SQLite's file and pragmas; PostgreSQL's below, in
-test_store_postgres.py).
+tmp_path, a real PostgreSQL database of the suite's own server), and SQLite's
+own (its file, its errors); PostgreSQL's own are in test_store_postgres.py.
 
 No sleeps as assertions: a writer is held back by not starting `run` yet, by a
 long linger, or by a commit parked on a threading.Event.
