@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 BENCHES = ("fanout", "idle", "logs", "spawn", "rest", "async", "multiplex", "live",
-           "retention", "logcap", "crossnode")
+           "retention", "logcap", "crossnode", "nodes")
 TARGETS = ("fastapi", "quart", "c", "cbatch", "jobserver")
 
 
@@ -217,6 +217,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from .cross_node import main as cross_node
         say("cross-node delivery latency on PostgreSQL, beside same-node (bench/cross_node.py)")
         results["crossnode"] = cross_node(["--rounds", "1" if args.quick else "3"])
+    if "nodes" in args.only:
+        from .nodes import run as run_nodes
+        results["nodes"] = run_nodes(300 if args.quick else 1000, 2, runs, say)
     return results
 
 

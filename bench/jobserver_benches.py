@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from http.client import HTTPConnection
 from pathlib import Path
@@ -91,6 +92,13 @@ def spawn_rate(count: int = 2000, slots: int = 2, profile: Path | None = None) -
 
 
 def _spawn(server: JobserverServer, count: int) -> float:
+    start = time.time()
+    ids = submit_jobs(server, count)
+    return completed_rate(server, ids, start)
+
+
+def _api(server: JobserverServer) -> tuple[HTTPConnection, Callable[..., dict[str, Any]]]:
+    """A keep-alive connection to `server` and a JSON call on it (admin token)."""
     parts = urlsplit(server.url)
     conn = HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
     headers = {"Authorization": f"Bearer {server.token}",
@@ -105,9 +113,23 @@ def _spawn(server: JobserverServer, count: int) -> float:
         answer: dict[str, Any] = json.loads(reply)
         return answer
 
+    return conn, call
+
+
+def submit_jobs(server: JobserverServer, count: int) -> list[str]:
+    """Submit `count` bench-true jobs one after another on one connection; their ids."""
+    conn, call = _api(server)
     body = json.dumps({"template": "bench-true", "params": {}})
-    start = time.time()
-    ids = [call("POST", "/api/v1/jobs", body)["id"] for _ in range(count)]
+    try:
+        return [call("POST", "/api/v1/jobs", body)["id"] for _ in range(count)]
+    finally:
+        conn.close()
+
+
+def completed_rate(server: JobserverServer, ids: list[str], start: float) -> float:
+    """Jobs/s from `start` to the last of `ids`' `completed_at` (all must be SUCCEEDED)."""
+    conn, call = _api(server)
+    count = len(ids)
     deadline = time.monotonic() + SPAWN_TIMEOUT
     while call("GET", f"/api/v1/jobs/{ids[-1]}")["status"] not in TERMINAL:
         if time.monotonic() > deadline:

@@ -101,6 +101,13 @@ class Config:
     live_stream_retention: float = 1800.0  # a finished job's stream, after its last event
     # Seconds an Idempotency-Key of a submit is remembered (api/idempotency.py).
     idempotency_ttl: float = 86400.0
+    # Several nodes on one PostgreSQL database (cluster.py): each node stamps its
+    # heartbeat this often (seconds); one whose stamp is older than node_dead_after
+    # is declared dead and its jobs rescued by another node.
+    node_heartbeat_interval: float = 2.0
+    node_dead_after: float = 15.0
+    # The database gone this long (seconds, retrying) fails the node's writes clearly.
+    database_lost_after: float = 60.0
     templates: Mapping[str, Template] = field(default_factory=dict)
 
 
@@ -226,7 +233,8 @@ def load_config(
         if getattr(config, name) <= 0:
             raise ConfigError(f"setting {name!r}: must be more than 0")
     for name in ("progress_token_ttl", "live_batch_window", "live_auth_timeout",
-                 "live_stream_retention"):
+                 "live_stream_retention", "node_heartbeat_interval", "node_dead_after",
+                 "database_lost_after"):
         if not getattr(config, name) > 0:
             raise ConfigError(f"setting {name!r}: must be positive")
     for name in ("max_log_bytes", "retention_days", "retention_max_jobs"):

@@ -47,6 +47,7 @@ from .core.topics import ALL_JOBS, SYSTEM, JobTopic, OwnerTopic, SystemStatus, T
 from .errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
 from .hub import Hub
 from .metrics import Metrics
+from .queueing import Claims, LocalQueue
 from .store import Expired, IdempotencyRecord, JobFilter, Store
 
 log = logging.getLogger("jobserver.engine")
@@ -124,8 +125,9 @@ class Engine:
         self._done_here: OrderedDict[JobId, Expired | None] = OrderedDict()
         self._deleted_here: OrderedDict[JobId, None] = OrderedDict()  # announced lately
         self.mirroring = False  # a mirror (mirror.py) follows the other nodes' jobs
-        self._queue: dict[JobId, None] = {}  # FIFO of queued job ids
-        self._queue_changed = trio.Event()
+        self._queue = LocalQueue()  # the QUEUED jobs this node holds (queueing.py)
+        # Several nodes: the database's queue; None: the local queue is the queue.
+        self.claims: Claims | None = None
         self.accepting = True
         self._counts = {Status.QUEUED: 0, Status.RUNNING: 0}  # see system_status
         # component -> "up" | "down" | ..., from the health checks that are configured.
@@ -286,45 +288,76 @@ class Engine:
             expires_at=job.created_at + self.config.idempotency_ttl)
         job = await self.record(live, [lambda s: ev.Queued(job_id=job_id, seq=s, ts=self.now(),
                                                             reason=reason)], key=key)
-        self.enqueue(job_id)
+        if self.claims is None:
+            self.enqueue(job_id)
+        else:  # the database is the queue: whichever node claims it runs it
+            self.hand_over(job_id)
         log.info("job %s queued: template=%s owner=%s correlation=%s", job_id, template_name,
                  principal.sub, job.correlation_id)
         await self.store.wait_flushed()  # a job acknowledged is a job that survives a crash
         return job
 
     def enqueue(self, job_id: JobId) -> None:
-        self._queue[job_id] = None
-        self._queue_changed.set()
+        self._queue.put(job_id)
 
     def take_queued(self) -> LiveJob | None:
-        for job_id in self._queue:
-            del self._queue[job_id]
-            return self._live[job_id]
-        return None
+        job_id = self._queue.take()
+        return None if job_id is None else self._live[job_id]
 
     def kick(self) -> None:
-        """Wake the supervisor: a slot freed or the queue changed."""
-        self._queue_changed.set()
+        """Wake the supervisor (and the claims): a slot freed or the queue changed."""
+        self._queue.kick()
+        if self.claims is not None:
+            self.claims.wake()
 
     async def wait_queue_changed(self) -> None:
-        self._queue_changed = trio.Event()
-        await self._queue_changed.wait()
+        await self._queue.wait_changed()
 
     def queued_ids(self) -> list[JobId]:
-        return list(self._queue)
+        return self._queue.ids()
+
+    def adopt(self, job: Job) -> LiveJob:
+        """A job this node claimed from the database: live here from now on."""
+        self.unmirror(job.id)
+        live = self._live.get(job.id)
+        if live is None or live.job.last_seq != job.last_seq:
+            live = LiveJob(job)
+            self._live[job.id] = live
+        live.forgotten = False
+        self._count(live, job.status)
+        return live
 
     async def recover(self) -> None:
-        """Take over jobs a previous run left QUEUED or RUNNING. The processes of
-        those it left RUNNING are ended first, all at once, each within
-        kill_grace + groups.KILL_WAIT, and each job's events say what was done."""
-        jobs = await self.store.unfinished_jobs()
+        """Take over jobs a previous run of this node left QUEUED or RUNNING."""
+        if self.claims is None:
+            jobs = await self.store.unfinished_jobs()
+        else:
+            jobs = await self.claims.own_unfinished()
+        await self.take_over(jobs, lost="server stopped while running",
+                             bounced="server restarted")
+
+    async def take_over(self, jobs: Sequence[Job], *, lost: str, bounced: str) -> None:
+        """End jobs left QUEUED or RUNNING by a run that is gone (this node's
+        previous one, or a dead node's). The processes of those left RUNNING are
+        ended first, all at once, each within kill_grace + groups.KILL_WAIT (only
+        the provable ones: never another machine's), and each job's events say
+        what was done. RUNNING jobs fail with `lost` as their message, or (with
+        `requeue_on_restart`) bounce with `bounced` as the reason."""
         reports: dict[JobId, str] = {}
         async with trio.open_nursery() as nursery:
             for job in jobs:
                 if job.status is Status.RUNNING:
                     nursery.start_soon(self._end_left_over, job, reports)
-        for job in jobs:
-            await self._recover(job, reports.get(job.id))
+        requeued = [job.id for job in jobs
+                    if await self._recover(job, reports.get(job.id), lost=lost, bounced=bounced)]
+        if self.claims is None:
+            for job_id in requeued:
+                self.enqueue(job_id)
+        elif requeued:  # the database is the queue: back to it, for any node's free slot
+            await self.store.wait_flushed()
+            await self.claims.release(requeued)
+            for job_id in requeued:
+                self.hand_over(job_id)
 
     async def _end_left_over(self, job: Job, reports: dict[JobId, str]) -> None:
         if job.process is None:
@@ -337,7 +370,9 @@ class Engine:
         log.warning("job %s: %s", job.id, report)
         reports[job.id] = report
 
-    async def _recover(self, job: Job, report: str | None) -> None:
+    async def _recover(self, job: Job, report: str | None, *, lost: str, bounced: str) -> bool:
+        """True when the job is QUEUED again."""
+        self.unmirror(job.id)  # a dead node's job: ours from now on
         live = LiveJob(job)
         self._live[job.id] = live
         jid = job.id
@@ -347,8 +382,7 @@ class Engine:
             self._count(live, Status.QUEUED)
             if job.started_at is not None:  # bounced as the server stopped: a new attempt
                 await self.record(live, [lambda s: restart(seq=s)])
-            self.enqueue(jid)
-            return
+            return True
         notes: list[Callable[[int], ev.Event]] = []
         if report is not None:
             notes.append(lambda s: ev.Warning(job_id=jid, seq=s, ts=now, message=report))
@@ -362,17 +396,21 @@ class Engine:
         template = self.config.templates.get(job.template)
         if template is not None and template.requeue_on_restart:
             await self.record(live, [*notes, lambda s: ev.Bounce(
-                job_id=jid, seq=s, ts=now, reason="server restarted"),
+                job_id=jid, seq=s, ts=now, reason=bounced),
                 lambda s: restart(seq=s)])
-            self.enqueue(jid)
-        else:
-            await self.record(live, [*notes, *closing_steps(job, Status.FAILED.value, now),
-                                     lambda s: ev.Finished(
-                job_id=jid, seq=s, ts=now, status=Status.FAILED.value, outcome="lost",
-                message="server stopped while running")])
-            self.forget(jid)
+            return True
+        await self.record(live, [*notes, *closing_steps(job, Status.FAILED.value, now),
+                                 lambda s: ev.Finished(
+            job_id=jid, seq=s, ts=now, status=Status.FAILED.value, outcome="lost",
+            message=lost)])
+        self.forget(jid)
+        return False
 
     # ---- looking up -------------------------------------------------------
+
+    def local(self, job_id: JobId) -> LiveJob | None:
+        """The job's live state if it is QUEUED or RUNNING on this node."""
+        return self._live.get(job_id)
 
     def live(self, job_id: JobId) -> LiveJob | None:
         """The job's live state if it is QUEUED or RUNNING, here or (mirrored) on
@@ -516,6 +554,11 @@ class Engine:
     async def cancel(self, principal: Principal, job_id: JobId) -> Job:
         job = await self.get(principal, job_id)
         live = self._live.get(job_id)
+        if live is None and self.claims is not None and not job.status.terminal:
+            ended = await self.claims.cancel_elsewhere(job)
+            if ended is not None:
+                return ended
+            live = self._live.get(job_id)
         if live is None or job.status.terminal:
             raise Conflict(f"job is already {job.status.value}", code="job_finished")
         await self.stop(live, "cancel")
@@ -524,8 +567,7 @@ class Engine:
 
     async def stop(self, live: LiveJob, reason: str) -> None:
         """Cancel a queued job at once, or ask a running one to stop."""
-        if live.job.id in self._queue:
-            del self._queue[live.job.id]
+        if self._queue.remove(live.job.id):
             await self.finish_cancelled(live)
             self.forget(live.job.id)
         elif live.cancel_scope is not None:

@@ -28,6 +28,7 @@ from .api.app import create_app
 from .api.common import Services
 from .api.idempotency import IdempotentSubmits
 from .auth import KeyRing
+from .cluster import Cluster, node_id_for, share_keys
 from .config import Config
 from .dataplane import DataPlane, serve_front_door, stream_fallback
 from .dataplane.frontdoor import bind_socket
@@ -74,23 +75,32 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
                 task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
     """The whole server; `routes` are the data plane's stream routes."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    keyring = KeyRing.for_config(config)
     metrics = Metrics()  # this server's own registry
     store = open_store(config, observe_commit=metrics.observe_commit)
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(store.run)
+        url = config.database_url
+        if url is not None:  # other nodes may share the database
+            await share_keys(config, url)  # before the keys are read: see cluster.py
+        keyring = KeyRing.for_config(config)
         engine = Engine(config, store, Hub(), metrics=metrics)
-        mirror = None
-        if config.database_url:  # other nodes may share the database
-            mirror = Mirror(engine)
-            listener = Listener(config.database_url)
-            listener.listen(CHANNELS, mirror)
-            await store_nursery.start(listener.run)
         supervisor = Supervisor(engine)
+        mirror = cluster = None
+        if url is not None:
+            listener = Listener(url)
+            mirror = Mirror(engine)
+            listener.listen(CHANNELS, mirror)
+            cluster = Cluster(engine, url, node_id=node_id_for(config.data_dir),
+                              running=lambda: supervisor.running, listener=listener,
+                              settle=mirror.settle)
+            engine.claims = cluster
+            await store_nursery.start(listener.run)
+            await cluster.register()
         async with trio.open_nursery() as engine_nursery:
             await engine.recover()
-            if mirror is not None:
+            if mirror is not None and cluster is not None:
                 await engine_nursery.start(mirror.run)
+                await engine_nursery.start(cluster.run)
             await engine_nursery.start(supervisor.run)
             housekeeping = Housekeeping(engine)
             await engine_nursery.start(housekeeping.run)
@@ -114,6 +124,8 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
             engine.accepting = False
             with trio.move_on_after(config.kill_grace + SHUTDOWN_MARGIN):
                 await supervisor.bounce_all()
+                if cluster is not None:
+                    await cluster.leave()  # its queued jobs, bounced or not, to other nodes
             # Subscribers still catching up get the bounces before the 1001.
             with trio.move_on_after(SETTLE_SECONDS):
                 await plane.settle()

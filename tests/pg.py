@@ -84,6 +84,15 @@ class PgServer:
         os.chmod(self.root, 0o700)
         self._pg("initdb", "-D", str(self.data), "-U", USER, "-A", "trust", "-E", "UTF8",
                  "--no-sync", "--no-instructions")
+        self.resume()
+
+    def pause(self) -> None:
+        """Stop the server (fast: its connections are cut), keeping its data."""
+        self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self._started = False
+
+    def resume(self) -> None:
+        """Start a paused server again, on the same port."""
         options = (f"-c listen_addresses={self.host} -c port={self.port} "
                    f"-c unix_socket_directories={self.root} -c fsync=off "
                    "-c max_connections=200 -c shared_buffers=64MB")

@@ -36,7 +36,8 @@ def open_store(config: Config, *, observe_commit: Callable[[float], None] | None
         from .postgres import PostgresStore
 
         log.info("PostgreSQL at %s", redact_url(config.database_url))
-        return PostgresStore(config.database_url, observe_commit=observe_commit)
+        return PostgresStore(config.database_url, observe_commit=observe_commit,
+                             lost_after=config.database_lost_after)
     from .sqlite import SqliteStore
 
     path = config.data_dir / "jobserver.db"

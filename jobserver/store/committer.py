@@ -38,7 +38,15 @@ import trio
 from ..core.events import Event, Log
 from ..core.ids import JobId
 from ..core.job import Job
-from .base import Expired, IdempotencyRecord, JobFilter, OnCommit, RetentionRule, StoreStatistics
+from .base import (
+    DatabaseUnavailable,
+    Expired,
+    IdempotencyRecord,
+    JobFilter,
+    OnCommit,
+    RetentionRule,
+    StoreStatistics,
+)
 from .codec import DeleteOp, Op, PinOp, TrimOp, WriteOp
 
 C = TypeVar("C")
@@ -194,7 +202,7 @@ class QueuedStore(ABC, Generic[C]):
                 callbacks.append(on_commit)
         assert self._writer is not None
         began = time.perf_counter()
-        await trio.to_thread.run_sync(self._sql.commit_group, self._writer, ops)
+        await self._commit(ops)
         if self._observe_commit is not None:
             self._observe_commit(time.perf_counter() - began)
         # No checkpoint from here on: a cancellation that arrived during the
@@ -210,6 +218,15 @@ class QueuedStore(ABC, Generic[C]):
         self._commits += 1
         self._progress.set()
         self._progress = trio.Event()
+
+    async def _commit(self, ops: list[Op]) -> None:
+        """Commit one group on the writer's connection (a backend may retry it)."""
+        assert self._writer is not None
+        await trio.to_thread.run_sync(self._sql.commit_group, self._writer, ops)
+
+    def _usable(self, conn: C) -> bool:
+        """Whether a reader's connection can still be used (else it is opened again)."""
+        return True
 
     async def _shut(self, *, flush: bool) -> None:
         try:
@@ -334,9 +351,22 @@ class QueuedStore(ABC, Generic[C]):
                 raise trio.ClosedResourceError("the store is not open")
             conn = self._free_readers.pop()
             try:
+                if not self._usable(conn):
+                    conn = await self._reopen(conn)
+                try:
+                    return await trio.to_thread.run_sync(fn, conn, *args)
+                except DatabaseUnavailable:
+                    if self._usable(conn):
+                        raise
+                # The connection was lost since its last use: once more, on a new one.
+                conn = await self._reopen(conn)
                 return await trio.to_thread.run_sync(fn, conn, *args)
             finally:
                 self._free_readers.append(conn)
+
+    async def _reopen(self, conn: C) -> C:
+        await trio.to_thread.run_sync(self._close_connection, conn)
+        return await trio.to_thread.run_sync(self._open_reader)
 
     async def get_job(self, job_id: JobId) -> Job | None:
         return await self._read(self._sql.get_job, job_id)
