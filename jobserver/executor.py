@@ -494,19 +494,23 @@ class _PosixSpawner:
     OPAQUE = 1024
 
     def __init__(self) -> None:
+        # posix_spawn itself (it waits for the exec) lets go of the GIL; the
+        # file actions only fill memory, so they keep it (PyDLL): each let-go
+        # would be a handoff with the trio thread when it is busy.
         libc = ctypes.CDLL(None, use_errno=True)
+        keep = ctypes.PyDLL(None, use_errno=True)
         ptr, cint, argp = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)
 
-        def fn(name: str, *args: object) -> Callable[..., int]:
-            f = getattr(libc, name)
+        def fn(name: str, *args: object, lib: ctypes.CDLL = libc) -> Callable[..., int]:
+            f = getattr(lib, name)
             f.argtypes, f.restype = list(args), cint
             return f  # type: ignore[no-any-return]
 
-        self._actions_init = fn("posix_spawn_file_actions_init", ptr)
-        self._actions_destroy = fn("posix_spawn_file_actions_destroy", ptr)
-        self._dup2 = fn("posix_spawn_file_actions_adddup2", ptr, cint, cint)
-        self._chdir = fn("posix_spawn_file_actions_addchdir_np", ptr, ctypes.c_char_p)
-        self._closefrom = fn("posix_spawn_file_actions_addclosefrom_np", ptr, cint)
+        self._actions_init = fn("posix_spawn_file_actions_init", ptr, lib=keep)
+        self._actions_destroy = fn("posix_spawn_file_actions_destroy", ptr, lib=keep)
+        self._dup2 = fn("posix_spawn_file_actions_adddup2", ptr, cint, cint, lib=keep)
+        self._chdir = fn("posix_spawn_file_actions_addchdir_np", ptr, ctypes.c_char_p, lib=keep)
+        self._closefrom = fn("posix_spawn_file_actions_addclosefrom_np", ptr, cint, lib=keep)
         self._posix_spawn = fn("posix_spawn", ctypes.POINTER(cint), ctypes.c_char_p, ptr, ptr,
                                argp, argp)
         # One attribute set for every spawn: a new session, no blocked signals,
