@@ -24,7 +24,10 @@ glibc (>= 2.34) we call posix_spawn(3) through ctypes: clone(CLONE_VFORK), no
 Python in the child, thread-safe; file actions dup2 the pipes onto 0-3, chdir and
 close the rest, and the process is waited for on a pidfd. `execute` of `true`
 costs 0.83 ms that way, whatever the server's size. Elsewhere we fall back to
-`trio.lowlevel.open_process` with `preexec_fn`.
+`trio.lowlevel.open_process` with `preexec_fn`. posix_spawn returns once the
+child has exec'd (or failed to), so the spawn, with the `Command.prepare` work
+before it, the program's lookup and the /proc read after it, is one trip to a
+worker thread: the trio thread never waits for an exec or a disk.
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ class Command:
     # No output read and no control message for this long ends the group (the
     # idle-output watchdog), as the timeout does.
     idle_timeout: float | None = None
+    # Blocking work the command needs done first (making its working
+    # directory): run in the worker thread that spawns it, just before; an
+    # OSError from it is a start error.
+    prepare: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,17 +120,16 @@ async def execute(command: Command, sink: ExecutionSink, *, kill_grace: float = 
     if problem is not None:
         await trio.lowlevel.checkpoint()
         return _not_started(problem)
-    with contextlib.ExitStack() as ours:
-        with contextlib.ExitStack() as theirs:  # the child's ends, closed once it has them
-            try:
-                streams, fds = _open_pipes(ours, theirs, with_stdin=command.stdin_data is not None)
-                child = await _spawn(argv, env, command.cwd, fds)
-            except OSError as exc:  # no such program or directory, no permission, no fds
-                return _not_started(_describe(exc, argv[0], command.cwd))
+    try:
+        child, identity, ends = await _spawn(argv, env, command.cwd, command.prepare,
+                                             with_stdin=command.stdin_data is not None)
+    except OSError as exc:  # no such program or directory, no permission, no fds
+        return _not_started(_describe(exc, argv[0], command.cwd))
+    with contextlib.ExitStack() as ours:  # no checkpoint until each fd has its owner here
+        streams = _streams(ours, ends)
         ours.callback(child.close)
         try:
-            await sink.started(child.pid, shlex.join(argv), command.step,
-                               identity=groups.identify(child.pid))
+            await sink.started(child.pid, shlex.join(argv), command.step, identity=identity)
             return await _supervise(child, streams, command, sink, kill_grace, max_line,
                                     stopper or Stopper())
         finally:
@@ -136,10 +142,45 @@ async def execute(command: Command, sink: ExecutionSink, *, kill_grace: float = 
 
 @dataclass(slots=True, kw_only=True)
 class _Streams:
-    stdout: trio.lowlevel.FdStream
-    stderr: trio.lowlevel.FdStream
-    control: trio.lowlevel.FdStream
+    stdout: _PipeReader
+    stderr: _PipeReader
+    control: _PipeReader
     stdin: trio.lowlevel.FdStream | None
+
+
+class _Readable(Protocol):
+    async def receive_some(self, max_bytes: int) -> bytes: ...
+
+
+class _PipeReader:
+    """Our end of a pipe from the child, made non-blocking and close-on-exec when
+    it was opened: trio.lowlevel.FdStream's reading, without its fcntl calls on
+    wrapping and on closing. A read that did not wait yields once afterwards
+    (shielded: what was read is not lost to a cancel), so a pipe that never
+    runs dry cannot keep the other tasks from running."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:
+            try:
+                data = os.read(self.fd, max_bytes)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.fd)
+                waited = True
+                continue
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            trio.lowlevel.notify_closing(self.fd)
+            os.close(self.fd)
+            self.fd = -1
 
 
 async def _supervise(child: _Child, streams: _Streams, command: Command, sink: ExecutionSink,
@@ -216,7 +257,7 @@ _Handler = Callable[[float, list[str]], Awaitable[None]]
 class _Pump:
     """Reads one pipe to its end, handing each read's complete lines on."""
 
-    def __init__(self, name: str, stream: trio.lowlevel.FdStream, handle: _Handler,
+    def __init__(self, name: str, stream: _Readable, handle: _Handler,
                  max_line: int, activity: Activity | None = None) -> None:
         self.name = name
         self._activity = activity or Activity()
@@ -324,14 +365,26 @@ def _describe(exc: OSError, program: str, cwd: str | None) -> str:
     return f"{os.fsdecode(what)}: {exc.strerror or exc}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Ends:
+    """Our ends of the child's pipes (stdin's only when it is given data)."""
+
+    stdout: int
+    stderr: int
+    control: int
+    stdin: int | None
+
+
 def _open_pipes(ours: contextlib.ExitStack, theirs: contextlib.ExitStack, *,
-                with_stdin: bool) -> tuple[_Streams, tuple[int, int, int, int]]:
-    """Our stream ends (closed by `ours`) and the child's fds 0-3 (by `theirs`).
-    Every fd has exactly one owner, so none is closed twice."""
-    def our_end(fd: int) -> trio.lowlevel.FdStream:
-        stream = trio.lowlevel.FdStream(fd)
-        ours.callback(stream.close)
-        return stream
+                with_stdin: bool) -> tuple[_Ends, tuple[int, int, int, int]]:
+    """Our ends (closed by `ours` unless it is emptied) and the child's fds 0-3
+    (by `theirs`). Every fd has exactly one owner, so none is closed twice.
+    Blocking (a pipe or /dev/null can take a while under load): worker thread."""
+    def our_end(fd: int, *, reader: bool) -> int:
+        ours.callback(os.close, fd)
+        if reader:
+            os.set_blocking(fd, False)  # _PipeReader's; the child's end stays blocking
+        return fd
 
     def child_end(fd: int) -> int:
         theirs.callback(os.close, fd)
@@ -340,19 +393,34 @@ def _open_pipes(ours: contextlib.ExitStack, theirs: contextlib.ExitStack, *,
             theirs.callback(os.close, fd)
         return fd
 
-    stdin: trio.lowlevel.FdStream | None = None
+    stdin: int | None = None
     if with_stdin:
         r, w = os.pipe()
-        stdin, stdin_fd = our_end(w), child_end(r)
+        stdin, stdin_fd = our_end(w, reader=False), child_end(r)
     else:
         stdin_fd = child_end(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
     ends = []
     for _ in range(3):  # stdout, stderr, control
         r, w = os.pipe()
-        ends.append((our_end(r), child_end(w)))
+        ends.append((our_end(r, reader=True), child_end(w)))
     (out, out_fd), (err, err_fd), (ctl, ctl_fd) = ends
-    return (_Streams(stdout=out, stderr=err, control=ctl, stdin=stdin),
+    return (_Ends(stdout=out, stderr=err, control=ctl, stdin=stdin),
             (stdin_fd, out_fd, err_fd, ctl_fd))
+
+
+def _streams(ours: contextlib.ExitStack, ends: _Ends) -> _Streams:
+    """Our ends, each closed by `ours`; no checkpoint."""
+    def reader(fd: int) -> _PipeReader:
+        stream = _PipeReader(fd)
+        ours.callback(stream.close)
+        return stream
+
+    stdin = None
+    if ends.stdin is not None:
+        stdin = trio.lowlevel.FdStream(ends.stdin)
+        ours.callback(stdin.close)
+    return _Streams(stdout=reader(ends.stdout), stderr=reader(ends.stderr),
+                    control=reader(ends.control), stdin=stdin)
 
 
 class _Child(Protocol):
@@ -369,12 +437,23 @@ class _Child(Protocol):
 
 
 async def _spawn(argv: list[str], env: dict[str, str], cwd: str | None,
-                 fds: tuple[int, int, int, int]) -> _Child:
+                 prepare: Callable[[], None] | None, *,
+                 with_stdin: bool) -> tuple[_Child, groups.Identity | None, _Ends]:
+    """The child, started, its identity and our ends of its pipes. Every blocking
+    step (`prepare`, the pipes, the program's lookup, posix_spawn, which waits
+    for the exec, the pidfd, /proc) is one trip to a worker thread; a cancel
+    before it leaves no child, and one during it waits for the child (whose
+    caller ends it)."""
     spawner = _posix_spawner()
-    if spawner is None:
-        return await _spawn_popen(argv, env, cwd, fds)
-    await trio.lowlevel.checkpoint()  # before the child exists, not after
-    return spawner.spawn(argv, env, cwd, fds)
+    if spawner is not None:
+        return await trio.to_thread.run_sync(spawner.start, argv, env, cwd, prepare, with_stdin)
+    with contextlib.ExitStack() as ours, contextlib.ExitStack() as theirs:
+        if prepare is not None:
+            await trio.to_thread.run_sync(prepare)
+        ends, fds = _open_pipes(ours, theirs, with_stdin=with_stdin)
+        child = await _spawn_popen(argv, env, cwd, fds)
+        ours.pop_all()
+    return child, groups.identify(child.pid), ends
 
 
 # -- posix_spawn(3) through ctypes (glibc) --
@@ -422,19 +501,23 @@ class _PosixSpawner:
     OPAQUE = 1024
 
     def __init__(self) -> None:
+        # posix_spawn itself (it waits for the exec) lets go of the GIL; the
+        # file actions only fill memory, so they keep it (PyDLL): each let-go
+        # would be a handoff with the trio thread when it is busy.
         libc = ctypes.CDLL(None, use_errno=True)
+        keep = ctypes.PyDLL(None, use_errno=True)
         ptr, cint, argp = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)
 
-        def fn(name: str, *args: object) -> Callable[..., int]:
-            f = getattr(libc, name)
+        def fn(name: str, *args: object, lib: ctypes.CDLL = libc) -> Callable[..., int]:
+            f = getattr(lib, name)
             f.argtypes, f.restype = list(args), cint
             return f  # type: ignore[no-any-return]
 
-        self._actions_init = fn("posix_spawn_file_actions_init", ptr)
-        self._actions_destroy = fn("posix_spawn_file_actions_destroy", ptr)
-        self._dup2 = fn("posix_spawn_file_actions_adddup2", ptr, cint, cint)
-        self._chdir = fn("posix_spawn_file_actions_addchdir_np", ptr, ctypes.c_char_p)
-        self._closefrom = fn("posix_spawn_file_actions_addclosefrom_np", ptr, cint)
+        self._actions_init = fn("posix_spawn_file_actions_init", ptr, lib=keep)
+        self._actions_destroy = fn("posix_spawn_file_actions_destroy", ptr, lib=keep)
+        self._dup2 = fn("posix_spawn_file_actions_adddup2", ptr, cint, cint, lib=keep)
+        self._chdir = fn("posix_spawn_file_actions_addchdir_np", ptr, ctypes.c_char_p, lib=keep)
+        self._closefrom = fn("posix_spawn_file_actions_addclosefrom_np", ptr, cint, lib=keep)
         self._posix_spawn = fn("posix_spawn", ctypes.POINTER(cint), ctypes.c_char_p, ptr, ptr,
                                argp, argp)
         # One attribute set for every spawn: a new session, no blocked signals,
@@ -450,10 +533,33 @@ class _PosixSpawner:
         _ok(fn("posix_spawnattr_setflags", ptr, ctypes.c_short)(
             self._attr, self.SETSIGDEF | self.SETSIGMASK | self.SETSID))
 
+    def start(self, argv: list[str], env: Mapping[str, str], cwd: str | None,
+              prepare: Callable[[], None] | None, with_stdin: bool,
+              ) -> tuple[_PidfdChild, groups.Identity | None, _Ends]:
+        """`prepare`, the pipes, the child on them and its identity: blocking, for
+        a worker thread. The child's ends are closed once it has them, ours too
+        if it could not start."""
+        if prepare is not None:
+            prepare()
+        with contextlib.ExitStack() as ours, contextlib.ExitStack() as theirs:
+            ends, fds = _open_pipes(ours, theirs, with_stdin=with_stdin)
+            child = self.spawn(argv, env, cwd, fds)
+            ours.pop_all()
+        return child, groups.identify(child.pid), ends
+
     def spawn(self, argv: list[str], env: Mapping[str, str], cwd: str | None,
               fds: Sequence[int]) -> _PidfdChild:
+        try:
+            return self._spawn(_find_program(argv[0], env, cwd), argv, env, cwd, fds)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EACCES) or not _forget_program(argv[0], env):
+                raise
+        # The program found earlier is gone (or no longer runs): look again.
+        return self._spawn(_find_program(argv[0], env, cwd), argv, env, cwd, fds)
+
+    def _spawn(self, path: bytes, argv: list[str], env: Mapping[str, str], cwd: str | None,
+               fds: Sequence[int]) -> _PidfdChild:
         ct = ctypes
-        path = _find_program(argv[0], env, cwd)
         c_argv = (ct.c_char_p * (len(argv) + 1))(*map(os.fsencode, argv), None)
         c_env = (ct.c_char_p * (len(env) + 1))(
             *(os.fsencode(f"{k}={v}") for k, v in env.items()), None)
@@ -486,12 +592,41 @@ def _ok(code: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
+# Programs found on a PATH, (PATH, name) -> (path, found at, monotonic): reused
+# for FOUND_TTL seconds (a program installed earlier on the PATH is picked up
+# after that), dropped at once when spawning the path found fails. Only PATHs
+# of absolute directories, whose answer does not depend on the cwd. Bounded.
+FOUND_TTL = 1.0
+FOUND_MAX = 256
+_found: dict[tuple[str | None, str], tuple[bytes, float]] = {}
+
+
 def _find_program(program: str, env: Mapping[str, str], cwd: str | None) -> bytes:
     """The path to exec for `program`, searched in the child's PATH as execvpe would."""
     if "/" in program:
         return os.fsencode(program)  # relative to `cwd`: the chdir comes first
+    key = (env.get("PATH"), program)
+    hit = _found.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[1] < FOUND_TTL:
+        return hit[0]
+    directories = os.get_exec_path(env)
+    path = _search(program, directories, cwd)
+    if all(os.path.isabs(d) for d in directories):
+        if len(_found) >= FOUND_MAX:
+            _found.clear()
+        _found[key] = (path, now)
+    return path
+
+
+def _forget_program(program: str, env: Mapping[str, str]) -> bool:
+    """Drop what `_find_program` remembers of `program`; False when it had nothing."""
+    return _found.pop((env.get("PATH"), program), None) is not None
+
+
+def _search(program: str, directories: Sequence[str], cwd: str | None) -> bytes:
     denied = False
-    for directory in os.get_exec_path(env):
+    for directory in directories:
         path = os.path.join(directory, program)
         here = os.path.join(cwd, path) if cwd is not None else path
         if os.path.isfile(here):

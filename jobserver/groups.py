@@ -84,11 +84,19 @@ def _stat(pid: int | str) -> _Stat | None:
 
 
 def boot_id() -> str | None:
-    try:
-        with open(BOOT_ID_FILE) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
+    """This boot's id: read once (it cannot change under a running process),
+    so that each job's `identify` is one read of /proc, not two."""
+    global _boot_id
+    if _boot_id is None:
+        try:
+            with open(BOOT_ID_FILE) as f:
+                _boot_id = f.read().strip() or None
+        except OSError:
+            return None
+    return _boot_id
+
+
+_boot_id: str | None = None
 
 
 def identify(pid: int) -> Identity | None:

@@ -110,6 +110,7 @@ class Run:
         live.cap = LogCap(limit) if limit else None
         self.kill_on_cap = template is not None and template.on_log_cap == "kill"
         self.stopper = watchdog.Stopper()
+        self.dirs_made = False  # by `_make_dirs`, in the thread of the first spawn
 
     @property
     def cap_reached(self) -> bool:
@@ -244,7 +245,6 @@ class Run:
                 return (Status.FAILED, "failed", None,
                         f"template {job.template!r} is no longer configured")
             plan = template.plan(job.params)
-        await self._prepare_dirs()
         env = self._environment(template.render_env(job.params) if template else {})
         cwd = template.cwd if template and template.cwd else str(self.work_dir)
         timeout = template.timeout if template else None
@@ -262,7 +262,7 @@ class Run:
                 self.stopper.stop("log_cap")
             info = await executor.execute(
                 executor.Command(argv=argv, env=env, cwd=cwd, timeout=left, stdin_data=stdin,
-                                 step=step, idle_timeout=idle),
+                                 step=step, idle_timeout=idle, prepare=self._make_dirs),
                 self, kill_grace=self.config.kill_grace, max_line=self.config.max_line_bytes,
                 stopper=self.stopper)
             failure = self._failure(info, timeout, idle)
@@ -321,26 +321,22 @@ class Run:
                 exit_code=exit_code, message=message, log_snippet=snippet)])
         self.engine.forget(jid)
 
-    async def _prepare_dirs(self) -> None:
-        # Usually two mkdir calls under parents that exist: cheaper here than
-        # a trip to a worker thread. Anything more goes to one.
-        if self.live.job.input is None and _mkdir(self.work_dir) and _mkdir(self.output_dir):
-            await trio.lowlevel.checkpoint()
-            return
-        await trio.to_thread.run_sync(self._make_dirs)
-
     async def _remove_work_dir(self) -> None:
-        try:
-            os.rmdir(self.work_dir)  # usually left empty: one call, no thread
-        except FileNotFoundError:
-            pass
-        except OSError:
-            with trio.move_on_after(CLEANUP_SECONDS):
-                await trio.to_thread.run_sync(shutil.rmtree, self.work_dir, True)
+        if not self.dirs_made:
+            await trio.lowlevel.checkpoint()  # no process started: nothing was made
+            return
+        with trio.move_on_after(CLEANUP_SECONDS):
+            await trio.to_thread.run_sync(_remove_dir, self.work_dir)
 
     def _make_dirs(self) -> None:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        """The work dir (with the input file) and the output dir, made before the
+        run's first process starts: blocking, run in the thread that spawns it
+        (executor.Command.prepare); a later step finds them made."""
+        if self.dirs_made:
+            return
+        self.dirs_made = True  # from here on, whatever is made is removed at the end
+        _mkdir(self.work_dir)
+        _mkdir(self.output_dir)
         data = self._input_bytes()
         if data is not None:
             (self.work_dir / "input.json").write_bytes(data)
@@ -371,10 +367,21 @@ def _at_seq(kind: Callable[..., ev.Event], **fields: Any) -> Callable[[int], ev.
     return make
 
 
-def _mkdir(path: Path) -> bool:
-    """Make `path` if its parent exists; False when that takes more (parents, a clash)."""
+def _mkdir(path: Path) -> None:
+    """Make `path` (and its parents), unless it is there: one call when the parent is."""
     try:
         os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_dir(path: Path) -> None:
+    """Remove a work dir: one call when the job left it empty, as most do."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
     except OSError:
-        return False
-    return True
+        shutil.rmtree(path, ignore_errors=True)

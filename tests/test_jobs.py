@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 
 import trio
@@ -149,3 +150,20 @@ async def test_a_job_can_spawn_jobs(harness: Harness) -> None:
     assert child["parent_id"] == parent["id"] and child["owner"] == "alice"
     assert child["correlation_id"] == parent["correlation_id"]
     assert await _logs(harness, child["id"]) == "from parent\n"
+
+
+async def test_directories_a_job_cannot_have_fail_the_job_not_the_server(
+        harness: Harness) -> None:
+    work = harness.data_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.write_text("in the way")  # the work dirs' parent, as a file
+    try:
+        job = await harness.wait((await harness.submit("exit", {"code": 0}))["id"])
+        assert job["status"] == "FAILED" and job["outcome"] == "failed"
+        assert job["error_message"].startswith(f"could not start: working directory {work}/")
+    finally:
+        work.unlink()
+    job = await harness.wait((await harness.submit("exit", {"code": 0}))["id"])
+    assert job["status"] == "SUCCEEDED" and job["pid"] is not None
+    assert not (work / job["id"]).exists()  # removed before the end was recorded
+    assert (harness.data_dir / "output" / job["id"]).is_dir()
