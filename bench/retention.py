@@ -31,9 +31,10 @@ from jobserver.core.ids import JobId, UserId, new_job_id
 from jobserver.core.job import Job
 from jobserver.core.states import Status
 from jobserver.core.topics import JobTopic
-from jobserver.engine import Engine, LiveJob
+from jobserver.engine import Engine
 from jobserver.housekeeping import BATCH, DAY, Housekeeping
 from jobserver.hub import Hub
+from jobserver.livejob import LiveJob
 from jobserver.store import codec
 from jobserver.store import sqlite_blocking as db
 from jobserver.store.sqlite import SqliteStore

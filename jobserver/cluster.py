@@ -42,8 +42,9 @@ from .config import Config
 from .core.ids import JobId
 from .core.job import Job
 from .core.states import Status
-from .engine import Engine, LiveJob
+from .engine import Engine
 from .errors import NotFound, Unavailable
+from .livejob import LiveJob
 from .store.postgres_nodes import CONTROL_CHANNEL, QUEUE_CHANNEL, NodesDb
 
 log = logging.getLogger("jobserver.cluster")

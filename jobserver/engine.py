@@ -27,8 +27,7 @@ import shutil
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -40,12 +39,20 @@ from .config import Config
 from .core import events as ev
 from .core.ids import JobId, UserId, new_job_id
 from .core.job import Job, StepState, apply
-from .core.logcap import Dropped, LogCap
+from .core.logcap import Dropped
 from .core.states import Status
 from .core.templates import ParamError, Template
 from .core.topics import ALL_JOBS, SYSTEM, JobTopic, OwnerTopic, SystemStatus, Topic
 from .errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
 from .hub import Hub
+from .livejob import (
+    LiveJob,
+    Submission,
+    closing_steps,
+    dropped_counts,
+    log_marker,
+    truncated,
+)
 from .metrics import Metrics
 from .queueing import Claims, LocalQueue
 from .store import Expired, IdempotencyRecord, JobFilter, Store
@@ -61,53 +68,6 @@ _SYSTEM_CHANGES = (ev.Queued, ev.Started, ev.Finished, ev.Bounce)
 # mirror ignores this node's own notifications arriving after the fact (they
 # come within milliseconds of the commit; this is thousands of jobs of margin).
 _RECENT_IDS = 8192
-
-
-@dataclass(eq=False, slots=True)
-class LiveJob:
-    """A QUEUED or RUNNING job's in-memory state (owned by the engine)."""
-
-    job: Job  # with every recorded event, committed or not
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    role: str = "user"
-    cancel_scope: trio.CancelScope | None = None
-    stop_reason: str | None = None  # "cancel" | "bounce"
-    cap: LogCap | None = None  # the log cap of its run (set by the run)
-    # What it adds to the system topic's counts, as published: QUEUED, RUNNING or None.
-    counted: Status | None = None
-    forgotten: bool = False  # done, to leave `_live` once all its events are published
-    # The hub topics its events go to, made once (publishing runs per read of output).
-    topic: JobTopic = field(init=False)
-    owner_topic: OwnerTopic = field(init=False)
-    # The record as of the last event committed and published: what clients see
-    # (`job` runs ahead while a write is in flight).
-    published: Job = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.topic = JobTopic(self.job.id)
-        self.owner_topic = OwnerTopic(self.job.owner)
-        self.published = self.job
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Submission:
-    template: str | None = None
-    command: Sequence[str] | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)
-    correlation_id: str | None = None
-    parent_id: JobId | None = None
-    retry_of: JobId | None = None
-    attempt: int = 1
-    input: Mapping[str, Any] | None = None
-    resume_from: int = 0
-    # An Idempotency-Key to remember with the job, in the job's first write.
-    claim: KeyClaim | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyClaim:
-    key: str
-    fingerprint: str  # of the route and the canonical body (idempotency.py)
 
 
 class Engine:
@@ -218,7 +178,7 @@ class Engine:
             cut = cap.add(first, lines) if cap is not None else None
             if cap is not None and cut is not None:
                 # The record carries the counts (for recovery), written before the cut.
-                job = dataclasses.replace(job, log_dropped=_dropped_counts(cap))
+                job = dataclasses.replace(job, log_dropped=dropped_counts(cap))
             live.job = job
             await self.store.write(out, job, on_commit=partial(self._publish_logs, live, job, out))
             if cut is not None:
@@ -392,7 +352,7 @@ class Engine:
             # been committed: removing a removed range removes nothing).
             dropped = Dropped(**job.log_dropped)
             await self.store.trim_logs(jid, dropped.first_seq, dropped.last_seq)
-            notes.append(partial(_truncated, jid, now, dropped))
+            notes.append(partial(truncated, jid, now, dropped))
         template = self.config.templates.get(job.template)
         if template is not None and template.requeue_on_restart:
             await self.record(live, [*notes, lambda s: ev.Bounce(
@@ -656,39 +616,3 @@ def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
     if any("\x00" in a for a in argv):
         raise ValidationFailed("command must not contain NUL", field="command")
     return tuple(argv)
-
-
-def log_marker(live: LiveJob, ts: float) -> list[Callable[[int], ev.Event]]:
-    """The `truncated` event of a run whose log passed its cap (none otherwise);
-    the run's cap is done with."""
-    cap, live.cap = live.cap, None
-    dropped = None if cap is None else cap.marker()
-    if dropped is None:
-        return []
-    return [partial(_truncated, live.job.id, ts, dropped)]
-
-
-def _dropped_counts(cap: LogCap) -> dict[str, int] | None:
-    """The cap's counts as the job record keeps them (`Job.log_dropped`)."""
-    dropped = cap.marker()
-    return None if dropped is None else {
-        "lines": dropped.lines, "bytes": dropped.bytes, "first_seq": dropped.first_seq,
-        "last_seq": dropped.last_seq}
-
-
-def _truncated(job_id: JobId, ts: float, dropped: Dropped, seq: int) -> ev.Event:
-    return ev.Truncated(job_id=job_id, seq=seq, ts=ts, lines=dropped.lines, bytes=dropped.bytes,
-                        first_seq=dropped.first_seq, last_seq=dropped.last_seq)
-
-
-def closing_steps(job: Job, status: str, ts: float) -> list[Callable[[int], ev.Event]]:
-    """Step events for the steps still running as `job` ends with `status`: each
-    takes the job's fate as an event of its own, so that a client following the
-    events sees the step end (the record alone would only show it afterwards)."""
-    fate = "Succeeded" if status == Status.SUCCEEDED else "Failed"
-    return [partial(_step_event, job.id, ts, step.name, fate)
-            for step in job.steps if step.status == "Running"]
-
-
-def _step_event(job_id: JobId, ts: float, name: str, status: str, seq: int) -> ev.Event:
-    return ev.Step(job_id=job_id, seq=seq, ts=ts, name=name, status=status)

@@ -28,8 +28,9 @@ from .core import events as ev
 from .core.ids import JobId
 from .core.logcap import LogCap
 from .core.states import OutcomeKind, Status
-from .engine import ADHOC_TEMPLATE, Engine, LiveJob, Submission, closing_steps, log_marker
+from .engine import ADHOC_TEMPLATE, Engine
 from .errors import JobserverError
+from .livejob import LiveJob, Submission, closing_steps, log_marker
 
 log = logging.getLogger("jobserver.supervisor")
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from jobserver import executor, groups
+from jobserver import executor, groups, spawning
 from jobserver.core import control
 from jobserver.core.control import Progress, ResultMsg, StepMsg, StepStatus
 from jobserver.core.lines import truncation_marker
@@ -140,7 +140,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """Run a test with posix_spawn (glibc) and with the subprocess fallback."""
     if request.param == "popen":
         monkeypatch.setattr(executor, "_posix_spawner", lambda: None)
-    elif executor._posix_spawner() is None:
+    elif spawning._posix_spawner() is None:
         pytest.skip("posix_spawn backend not available here")
     return str(request.param)
 
@@ -503,7 +503,7 @@ async def test_a_silent_pipe_is_abandoned_after_the_idle_time(
 
 def test_posix_spawn_is_used_on_glibc() -> None:
     if sys.platform == "linux" and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
-        assert executor._posix_spawner() is not None
+        assert spawning._posix_spawner() is not None
 
 
 async def test_a_chatty_pipe_outside_the_group_is_cut_off_at_the_limit(

@@ -28,8 +28,9 @@ from jobserver.dataplane.plane import DataPlane
 from jobserver.dataplane.wire import encode_sse
 from jobserver.dialects import Rendered, SseEvent, Subscribe
 from jobserver.dialects.native import NativeRenderer
-from jobserver.engine import Engine, LiveJob, Submission
+from jobserver.engine import Engine
 from jobserver.hub import Hub
+from jobserver.livejob import LiveJob, Submission
 from jobserver.store.sqlite import SqliteStore
 
 from .conftest import make_config

@@ -20,8 +20,9 @@ from jobserver.auth import Principal
 from jobserver.core import events as ev
 from jobserver.core.ids import JobId, UserId
 from jobserver.core.topics import ALL_JOBS, JobTopic, OwnerTopic, TopicEvent
-from jobserver.engine import Engine, LiveJob, Submission
+from jobserver.engine import Engine
 from jobserver.hub import Hub
+from jobserver.livejob import LiveJob, Submission
 from jobserver.mirror import CHANNELS, Mirror
 from jobserver.store import JobFilter
 from jobserver.store.postgres import PostgresStore

@@ -28,8 +28,9 @@ import trio
 
 from ..auth import Principal
 from ..core.job import Job
-from ..engine import Engine, KeyClaim, Submission
+from ..engine import Engine
 from ..errors import BadRequest, ValidationFailed
+from ..livejob import KeyClaim, Submission
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"

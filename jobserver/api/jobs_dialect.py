@@ -22,8 +22,8 @@ from ..auth import Principal, anonymous, authorize
 from ..core.ids import JobId
 from ..core.job import Job
 from ..core.states import Status
-from ..engine import Submission
 from ..errors import Conflict, NotFound, ValidationFailed
+from ..livejob import Submission
 from . import idempotency
 from . import jobs_views as views
 from .common import bearer_token, json_body, services

@@ -15,8 +15,8 @@ from ..core import events as ev
 from ..core.job import Job
 from ..core.states import Status
 from ..core.timefmt import iso_ms
-from ..engine import Submission
 from ..errors import ValidationFailed
+from ..livejob import Submission
 from ..store import JobFilter
 from . import idempotency
 from .common import authenticate, job_id_arg, json_body, services

@@ -45,8 +45,9 @@ from ..dialects import (
     Submit,
     Subscribe,
 )
-from ..engine import Engine, Submission
+from ..engine import Engine
 from ..errors import JobserverError, NotFound, Unauthenticated
+from ..livejob import Submission
 from ..metrics import Metrics
 from .batch import BatchChannel, BatchClock
 from .encoded import ChannelKey, FrameCache
