@@ -139,7 +139,7 @@ def _describe_fd(fd: str) -> str:
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with posix_spawn (glibc) and with the subprocess fallback."""
     if request.param == "popen":
-        monkeypatch.setattr(executor, "_posix_spawner", lambda: None)
+        monkeypatch.setattr(spawning, "_posix_spawner", lambda: None)
     elif spawning._posix_spawner() is None:
         pytest.skip("posix_spawn backend not available here")
     return str(request.param)
