@@ -139,7 +139,7 @@ class Cluster:
         node's QUEUED jobs go back to the queue, its row says 'stopped'."""
         released = await self._call(self._db, self._db.release_all)
         await self._call(self._beat, self._beat.set_state, "stopped")
-        log.info("node %s stopped: %d queued jobs back to the queue", self.node_id, released)
+        log.info("node %s stopped: %d jobs back to the shared queue", self.node_id, released)
 
     # ---- the listener's consumer -------------------------------------------
 

@@ -10,7 +10,9 @@
             ├── http         (stops accepting first)
             └── health       (health checks: verdicts to the engine)
 
-Rules: nesting order is shutdown order. `serve` is a service: it calls
+Rules: the data directory's lock (datadir.py) and the bound port come first:
+a server that cannot have both refuses to start before it touches a job.
+Nesting order is shutdown order. `serve` is a service: it calls
 `task_status.started(handle)` once the port is bound; `handle.request_shutdown()`
 starts the graceful stop (stop accepting, bounce running jobs to QUEUED, wait
 for their children, flush the store); cancelling `serve` is the hard stop.
@@ -18,12 +20,16 @@ for their children, flush the store); cancelling `serve` is the hard stop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import trio
 
+from . import datadir
 from .api.app import create_app
 from .api.common import Services
 from .api.idempotency import IdempotentSubmits
@@ -75,6 +81,25 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
                 task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
     """The whole server; `routes` are the data plane's stream routes."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    with datadir.locked(config.data_dir), _listening(config) as listen_socket:
+        await _serve(config, routes, listen_socket, task_status)
+
+
+@contextlib.contextmanager
+def _listening(config: Config) -> Iterator[socket.socket]:
+    """The bound port, before anything else (a node announces itself to the others
+    only once it is sure to serve); closed when the server is done."""
+    try:
+        sock = bind_socket(config.host, config.port)
+    except OSError as exc:
+        raise datadir.StartRefused(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    with sock:
+        yield sock
+
+
+async def _serve(config: Config, routes: RouteTable, listen_socket: socket.socket,
+                 task_status: trio.TaskStatus[Server]) -> None:
     metrics = Metrics()  # this server's own registry
     store = open_store(config, observe_commit=metrics.observe_commit)
     async with trio.open_nursery() as store_nursery:
@@ -114,7 +139,8 @@ async def serve(config: Config, *, routes: RouteTable = DEFAULT_ROUTES,
             services = Services(config=config, engine=engine, supervisor=supervisor,
                                 keyring=keyring, started_at=time.time(),
                                 submits=IdempotentSubmits(engine), metrics=metrics)
-            port = await engine_nursery.start(_serve_http, services, plane, http_scope)
+            port = await engine_nursery.start(_serve_http, services, plane, http_scope,
+                                            listen_socket)
             health = HealthService(engine, config.health_checks, api=(own_host(config.host), port))
             await engine_nursery.start(health.run)
             server = Server(config, engine, supervisor, keyring, port, housekeeping)
@@ -139,7 +165,8 @@ def own_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
-async def _serve_http(services: Services, plane: DataPlane, scope: trio.CancelScope, *,
+async def _serve_http(services: Services, plane: DataPlane, scope: trio.CancelScope,
+                      listen_socket: socket.socket, *,
                       task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """The front door: stream routes on the data plane, the rest on the Quart app."""
     config, engine, keyring = services.config, services.engine, services.keyring
@@ -147,5 +174,5 @@ async def _serve_http(services: Services, plane: DataPlane, scope: trio.CancelSc
                           plane=plane)
     with scope:
         await serve_front_door(config, engine, keyring, app,
-                               listen_socket=bind_socket(config.host, config.port), plane=plane,
+                               listen_socket=listen_socket, plane=plane,
                                task_status=task_status)

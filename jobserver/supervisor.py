@@ -228,8 +228,12 @@ class Run:
             if self.live.job.status is Status.QUEUED:
                 return  # stopped before its process started: still queued, nothing to say
             now = self.engine.now()
+            # With several nodes it goes back to the shared queue now, a new
+            # attempt there (alone, the restart says so when it takes it again).
+            again = [] if self.engine.claims is None else [lambda s: ev.Queued(
+                job_id=jid, seq=s, ts=now, reason="restart")]
             await self.engine.record(self.live, [*log_marker(self.live, now), lambda s: ev.Bounce(
-                job_id=jid, seq=s, ts=now, reason="server shutting down")])
+                job_id=jid, seq=s, ts=now, reason="server shutting down"), *again])
             return  # stays in memory as QUEUED; picked up again after restart
         await self.engine.finish_cancelled(self.live)
         self.engine.forget(jid)

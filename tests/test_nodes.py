@@ -208,6 +208,11 @@ async def test_a_graceful_stop_hands_the_nodes_jobs_to_the_other(
                 bounces = await query(database_url, "SELECT count(*) FROM events WHERE "
                                       "job_id = %s AND type = 'bounce'", job_id)
                 assert bounces[0][0] == 1
+                # As alone: the bounce, then queued again (a new attempt), then started.
+                kinds = [t for t, in await query(
+                    database_url, "SELECT type FROM events WHERE job_id = %s AND type IN "
+                    "('bounce', 'queued', 'started') ORDER BY seq", job_id)]
+                assert kinds == ["queued", "started", "bounce", "queued", "started"], kinds
                 assert (await get_job(url_b, token, job_id))["status"] == "RUNNING"
 
 

@@ -25,6 +25,7 @@ from ..auth import SIGNING_KEY_FILE, KeyRing, progress_key
 from ..config import Config, ConfigError, load_config
 from ..core.ids import parse_job_id
 from ..core.timefmt import iso_ms
+from ..datadir import StartRefused
 from ..server import Server, serve
 from ..store import DatabaseUnavailable, IncompatibleDatabase
 from .client import EXIT_FAILED, EXIT_USAGE
@@ -96,7 +97,7 @@ def serve_command(args: argparse.Namespace) -> int:
     unusable: list[BaseException] = []
     try:
         trio.run(_serve_until_signal, config, first_start)
-    except* (IncompatibleDatabase, DatabaseUnavailable) as group:
+    except* (IncompatibleDatabase, DatabaseUnavailable, StartRefused) as group:
         unusable.extend(_leaves(group))
     for exc in unusable:  # a database the server cannot use: say why, no traceback
         print(f"jobserver: {exc}", file=sys.stderr)
