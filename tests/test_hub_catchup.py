@@ -9,6 +9,7 @@ catch-up, and across a topic's end.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -271,3 +272,61 @@ def test_a_catch_up_page_takes_buffered_events_the_store_no_longer_has() -> None
     merged = _with_buffered(page, buffer, 3)
     assert [e.seq for e in merged] == list(range(4, 11))
     assert _with_buffered([log(4), log(5)], buffer, 3) == [log(4), log(5)]  # no gap
+
+
+class CountingReader:
+    """The engine as a member's store, counting the reads that reach the store."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.engine = plane.engine
+        self.reads = 0
+
+    async def events_after(self, job_id: Any, after: int, *, limit: int) -> list[ev.Event]:
+        self.reads += 1
+        return await self.engine.events_after(job_id, after, limit=limit)
+
+
+async def test_joiners_from_the_start_share_the_first_ones_store_read(
+        plane: DataPlane) -> None:
+    """A young job's story, read from the store once by its first member from seq
+    0, is kept by the channel: the members joining from 0 after it get the same
+    bytes without a read of their own (a thousand clients arriving at once would
+    otherwise each wait for one)."""
+    live = await _job(plane)
+    await _lines(plane, live, 30)
+    reader = CountingReader(plane)
+    clients = []
+    with contextlib.ExitStack() as sockets:
+        await _join_twenty(plane, live, reader, clients, sockets)
+
+
+async def _join_twenty(plane: DataPlane, live: LiveJob, reader: CountingReader,
+                       clients: list[Any], sockets: contextlib.ExitStack) -> None:
+    for i in range(20):
+        a, b = socket.socketpair()
+        sockets.enter_context(a)
+        sockets.enter_context(b)
+        a.setblocking(False)
+        b.setblocking(False)
+        sink, client = Sink(a), Client(b)
+        member = plane.join(sink, Subscribe(JobTopic(live.job.id), 0, NativeRenderer()), "sse")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.keep_reading)
+            nursery.start_soon(member.catch_up, reader)
+            while not member.live:
+                await member.outbox.flush(stall_timeout=5)
+                await trio.sleep(0.001)
+            await member.outbox.flush(stall_timeout=5)
+            nursery.cancel_scope.cancel()
+        client.read_nowait()
+        clients.append((member, client, a, b))
+        if i == 0:
+            assert reader.reads >= 1
+            first_reads = reader.reads
+    assert reader.reads == first_reads  # the other 19 read nothing
+    await _lines(plane, live, 3, start=30)
+    for member, client, _, _ in clients:
+        client.read_nowait()
+        assert client.ids() == list(range(1, live.job.last_seq + 1))
+        assert client.data == clients[0][1].data
+        plane.leave(member)

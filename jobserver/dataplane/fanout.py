@@ -450,14 +450,14 @@ class Member:
                 await channel.placing.wait()
             if self.detached:  # the connection closed meanwhile
                 return
-        if channel.renderer is not None and (self.cursor > 0 or channel.batched) \
-                and self.cursor <= channel.sent_seq:
+        if channel.renderer is not None and self.cursor <= channel.sent_seq:
             # The channel renders for live members already: a member with
             # nothing to catch up on, or only what the channel has just sent,
             # joins them now, without a store read (a thousand subscribers
             # arriving at once would each wait for one). No await until promoted.
-            # (A batching channel's Recent goes back to seq 1 while it is short:
-            # a live-dialect client, which always starts from 0, joins so too.)
+            # (A channel's Recent goes back to seq 1 while the story is short, as
+            # the first member to read it from the store left it: a client that
+            # starts from 0, as the logs and live dialects' do, joins so too.)
             sent = channel.sent_seq
             recent = channel.recent.after(self.cursor, channel.last_seq, upto=sent)
             if recent is not None:
@@ -488,7 +488,7 @@ class Member:
         job_id = channel.topic.job_id
         renderer = self._prototype
         first = True
-        self._seed = [] if channel.batched and self.cursor == 0 else None
+        self._seed = [] if self.cursor == 0 else None
         while True:
             async with self.sink.readers:  # a page at a time per connection, bounded
                 start = self.cursor - 1 if first and self.cursor > 0 else self.cursor
