@@ -30,7 +30,7 @@ from ..core import events as ev
 from ..core.ids import JobId
 from ..core.job import Job
 from ..errors import ValidationFailed
-from .base import IdempotencyRecord
+from .base import IdempotencyRecord, JobFilter
 
 # A chunk holds at most this many lines: a reader resuming inside a chunk
 # decodes it whole, so chunks stay near a replay page (the engine reads 2,000).
@@ -276,6 +276,25 @@ def job_page(rows: Sequence[tuple[float, str, str, object]],
         created_at, job_id, _, _ = rows[limit - 1]
         cursor = encode_cursor(created_at, job_id)
     return jobs, cursor
+
+
+def page_filter(query: JobFilter, mark: str) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses of a `list_jobs` page and their parameters, `mark` being
+    the backend's placeholder ("?" or "%s")."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("owner", query.owner),
+        ("status", None if query.status is None else query.status.value),
+        ("template", query.template),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = {mark}")
+            params.append(value)
+    if query.cursor is not None:
+        clauses.append(f"(created_at, id) < ({mark}, {mark})")
+        params.extend(decode_cursor(query.cursor))
+    return clauses, params
 
 
 def page_limit(limit: int) -> int:

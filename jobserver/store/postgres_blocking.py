@@ -363,19 +363,7 @@ def get_job(conn: Connection, job_id: JobId) -> Job | None:
 
 
 def list_jobs(conn: Connection, query: JobFilter) -> tuple[list[Job], str | None]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("owner", query.owner),
-        ("status", None if query.status is None else query.status.value),
-        ("template", query.template),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = %s")
-            params.append(value)
-    if query.cursor is not None:
-        clauses.append("(created_at, id) < (%s, %s)")
-        params.extend(codec.decode_cursor(query.cursor))
+    clauses, params = codec.page_filter(query, "%s")
     limit = codec.page_limit(query.limit)
     where = " AND ".join(clauses) or "true"
     with _lost(conn, "a read"):

@@ -236,19 +236,7 @@ def get_job(conn: sqlite3.Connection, job_id: JobId) -> Job | None:
 
 
 def list_jobs(conn: sqlite3.Connection, query: JobFilter) -> tuple[list[Job], str | None]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("owner", query.owner),
-        ("status", None if query.status is None else query.status.value),
-        ("template", query.template),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if query.cursor is not None:
-        clauses.append("(created_at, id) < (?, ?)")
-        params.extend(codec.decode_cursor(query.cursor))
+    clauses, params = codec.page_filter(query, "?")
     limit = codec.page_limit(query.limit)
     where = " AND ".join(clauses) or "1"
     rows = conn.execute(
