@@ -21,6 +21,7 @@ from jobserver.server import Server, serve
 
 from .pg import PgServer
 from .pg import Unavailable as PgUnavailable
+from .pg import running as running_pg
 from .stores import BACKENDS, AnyStore, Backend
 
 PY = sys.executable
@@ -85,14 +86,10 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
 def pg_server() -> Iterator[PgServer]:
     """The test session's own PostgreSQL server (tests/pg.py); skips without one."""
     try:
-        server = PgServer()
-        server.start()
+        with running_pg() as server:
+            yield server
     except PgUnavailable as exc:
         pytest.skip(f"no PostgreSQL server: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

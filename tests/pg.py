@@ -10,12 +10,14 @@ the tests that need it skip, saying why.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
 
@@ -124,3 +126,14 @@ class PgServer:
             return (self.root / "log").read_text()[-chars:]
         except OSError:
             return ""
+
+
+@contextlib.contextmanager
+def running() -> Iterator[PgServer]:
+    """A started server, stopped afterwards; `Unavailable` when there can be none."""
+    server = PgServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -22,6 +22,7 @@ from jobserver.store.postgres import PostgresStore
 
 from .pg import PgServer
 from .pg import Unavailable as PgUnavailable
+from .pg import running as running_pg
 from .test_store import logs, make_job
 
 CAPACITY = 40  # events queued before `write` waits
@@ -30,14 +31,10 @@ CAPACITY = 40  # events queued before `write` waits
 @pytest.fixture(scope="module")
 def private_pg() -> Iterator[PgServer]:
     try:
-        server = PgServer()
-        server.start()
+        with running_pg() as server:
+            yield server
     except PgUnavailable as exc:
         pytest.skip(f"no PostgreSQL server: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def _write_batches(store: PostgresStore, job: Job, first: int, batches: int,
