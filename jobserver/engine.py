@@ -48,6 +48,7 @@ from .hub import Hub
 from .livejob import (
     LiveJob,
     Submission,
+    check_argv,
     closing_steps,
     dropped_counts,
     log_marker,
@@ -60,8 +61,6 @@ from .store import Expired, IdempotencyRecord, JobFilter, Store
 log = logging.getLogger("jobserver.engine")
 
 ADHOC_TEMPLATE = "adhoc"
-MAX_ADHOC_ARGS = 1024
-MAX_ADHOC_ARG_BYTES = 65536
 # Events that change what the system topic reports (queue depth, running count).
 _SYSTEM_CHANGES = (ev.Queued, ev.Started, ev.Finished, ev.Bounce)
 # How many job ids the engine remembers as done here / deleted here, so that the
@@ -210,7 +209,7 @@ class Engine:
                 raise Forbidden("ad-hoc commands are for admins only", code="adhoc_forbidden")
             if not self.config.allow_adhoc:
                 raise Forbidden("ad-hoc commands are switched off", code="adhoc_disabled")
-            command = _check_argv(sub.command)
+            command = check_argv(sub.command)
             template_name, params = ADHOC_TEMPLATE, {}
         else:
             if sub.template is None:
@@ -605,14 +604,3 @@ def may_see(principal: Principal, job: Job) -> bool:
     if principal.job is not None:
         return principal.job == job.id
     return principal.is_admin or job.owner == principal.sub
-
-
-def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
-    if (not isinstance(argv, (list, tuple)) or not argv
-            or not all(isinstance(a, str) for a in argv)):
-        raise ValidationFailed("command must be a non-empty list of strings", field="command")
-    if len(argv) > MAX_ADHOC_ARGS or sum(len(a) for a in argv) > MAX_ADHOC_ARG_BYTES:
-        raise ValidationFailed("command is too long", field="command")
-    if any("\x00" in a for a in argv):
-        raise ValidationFailed("command must not contain NUL", field="command")
-    return tuple(argv)

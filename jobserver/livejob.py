@@ -1,5 +1,6 @@
-"""A job as the engine holds it while it is live, what is submitted, and the
-events that end a run (its steps' fates, the log cap's marker).
+"""A job as the engine holds it while it is live, what is submitted (an ad-hoc
+command checked), and the events that end a run (its steps' fates, the log
+cap's marker).
 
 Rules: plain records and pure event makers, no I/O; each maker is a function
 of the seq the engine gives it (`Engine.record`).
@@ -20,6 +21,10 @@ from .core.job import Job
 from .core.logcap import Dropped, LogCap
 from .core.states import Status
 from .core.topics import JobTopic, OwnerTopic
+from .errors import ValidationFailed
+
+MAX_ADHOC_ARGS = 1024
+MAX_ADHOC_ARG_BYTES = 65536
 
 
 @dataclass(eq=False, slots=True)
@@ -103,3 +108,14 @@ def closing_steps(job: Job, status: str, ts: float) -> list[Callable[[int], ev.E
 
 def _step_event(job_id: JobId, ts: float, name: str, status: str, seq: int) -> ev.Event:
     return ev.Step(job_id=job_id, seq=seq, ts=ts, name=name, status=status)
+
+
+def check_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    if (not isinstance(argv, (list, tuple)) or not argv
+            or not all(isinstance(a, str) for a in argv)):
+        raise ValidationFailed("command must be a non-empty list of strings", field="command")
+    if len(argv) > MAX_ADHOC_ARGS or sum(len(a) for a in argv) > MAX_ADHOC_ARG_BYTES:
+        raise ValidationFailed("command is too long", field="command")
+    if any("\x00" in a for a in argv):
+        raise ValidationFailed("command must not contain NUL", field="command")
+    return tuple(argv)
