@@ -330,3 +330,94 @@ async def _join_twenty(plane: DataPlane, live: LiveJob, reader: CountingReader,
         assert client.ids() == list(range(1, live.job.last_seq + 1))
         assert client.data == clients[0][1].data
         plane.leave(member)
+
+
+class SlowReader(CountingReader):
+    """A store whose reads take a while (a busy disk): joiners arrive during one."""
+
+    async def events_after(self, job_id: Any, after: int, *, limit: int) -> list[ev.Event]:
+        self.reads += 1
+        await trio.sleep(0.05)
+        return await self.engine.events_after(job_id, after, limit=limit)
+
+
+def _sockets(stack: contextlib.ExitStack) -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    for s in (a, b):
+        stack.enter_context(s)
+        s.setblocking(False)
+    return a, b
+
+
+async def _until_live(members: Sequence[Member]) -> None:
+    while not all(m.live for m in members):
+        for member in members:
+            await member.outbox.flush(stall_timeout=5)  # the writers' part
+        await trio.sleep(0.001)
+
+
+async def test_joiners_arriving_together_from_the_start_share_one_store_read(
+        plane: DataPlane) -> None:
+    """Twenty clients of a young job arriving while the first one's read is under
+    way wait for it instead of each queueing a read of their own."""
+    live = await _job(plane)
+    await _lines(plane, live, 30)
+    reader = SlowReader(plane)
+    with contextlib.ExitStack() as stack, trio.fail_after(10):
+        pairs = [_sockets(stack) for _ in range(20)]
+        clients = [Client(b) for _, b in pairs]
+        members = [plane.join(Sink(a), Subscribe(JobTopic(live.job.id), 0, NativeRenderer()),
+                              "sse") for a, _ in pairs]
+        async with trio.open_nursery() as nursery:
+            for member, client in zip(members, clients, strict=True):
+                nursery.start_soon(client.keep_reading)
+                nursery.start_soon(member.catch_up, reader)
+            await _until_live(members)
+            nursery.cancel_scope.cancel()
+        assert reader.reads == 1
+        await _lines(plane, live, 3, start=30)
+        for member, client in zip(members, clients, strict=True):
+            await member.outbox.flush(stall_timeout=5)
+            assert client.ids() == list(range(1, live.job.last_seq + 1))
+            assert client.data == clients[0].data
+            plane.leave(member)
+
+
+async def test_a_member_catching_up_during_a_flood_goes_live_before_it_ends(
+        plane: DataPlane) -> None:
+    """A member joining while the job prints as fast as it can joins the live set
+    during the flood (it is not fed by its own catch-up, a page and a wait at a
+    time, until the stream ends), and gets every event once, in order."""
+    live = await _job(plane)
+    await _lines(plane, live, 1500)  # more than the channel's Recent: a store read
+    topic = JobTopic(live.job.id)
+    with contextlib.ExitStack() as stack, trio.fail_after(20):
+        (a1, b1), (a2, b2) = _sockets(stack), _sockets(stack)
+        first, first_client = plane.join(Sink(a1), Subscribe(topic, 0, NativeRenderer()),
+                                         "sse"), Client(b1)
+        joiner, client = plane.join(Sink(a2), Subscribe(topic, 0, NativeRenderer()),
+                                    "sse"), Client(b2)
+        live_at: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first_client.keep_reading)
+            nursery.start_soon(client.keep_reading)
+            nursery.start_soon(first.catch_up, plane.engine)
+            await _until_live([first])
+            nursery.start_soon(joiner.catch_up, plane.engine)
+            for batch in range(300):  # the flood: 5 lines a write, no pause
+                await plane.engine.record_logs(live, "stdout", 1.0, [
+                    f"flood {batch} {i}" for i in range(5)])
+                for member in (first, joiner):
+                    await member.outbox.flush(stall_timeout=5)
+                if joiner.live and not live_at:
+                    live_at.append(batch)
+            await plane.engine.store.wait_flushed()
+            for member in (first, joiner):
+                await member.outbox.flush(stall_timeout=5)
+            await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert live_at and live_at[0] < 299, "the joiner went live only at the end"
+        assert client.ids() == list(range(1, live.job.last_seq + 1))
+        assert first_client.ids() == client.ids()
+        plane.leave(first)
+        plane.leave(joiner)

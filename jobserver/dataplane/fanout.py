@@ -443,7 +443,7 @@ class Member:
             # No renderer state to place: nothing to read (no await until promoted).
             channel.promote(self, self._prototype)
             return
-        if self.cursor > 0 and channel.renderer is None and channel.placing is not None:
+        if channel.renderer is None and channel.placing is not None:
             # Another member is reading the store to place the channel's
             # renderer: wait for it (briefly) rather than read too.
             with trio.move_on_after(PLACING_WAIT):
@@ -470,9 +470,14 @@ class Member:
                 else:
                     channel.promote(self, channel.renderer)
                 return
-        if channel.renderer is None and channel.placing is None \
-                and self.cursor == channel.last_seq > 0:
-            # Nothing to send, only the renderer's state to read: others may wait.
+        if channel.renderer is None and channel.placing is None and (
+                self.cursor == channel.last_seq > 0
+                or (self.cursor == 0 and channel.last_seq <= RECENT_EVENTS)):
+            # Nothing to send, only the renderer's state to read; or a story short
+            # enough for the channel's Recent, where this read leaves it: others
+            # wait for it. (Else the first thousand joiners of a young job, all
+            # arriving while the first one reads, would each queue a store read,
+            # and the last of them would still be reading seconds later.)
             channel.placing = trio.Event()
             try:
                 await self._catch_up_from_store(store)
@@ -514,17 +519,19 @@ class Member:
                 else:
                     fresh = [e for e in self._buffer if e.seq > self.cursor]
                     self._buffer.clear()
-                if fresh:
-                    if await self._write(renderer, fresh):
-                        return
-                elif channel.sent_seq == self.cursor or (
-                        not channel.batched and channel.last_seq >= self.cursor):
-                    if self._seed:
-                        # The whole story so far, for members joining after this one.
-                        channel.recent.prepend(self._seed)
-                    self._seed = None
-                    channel.promote(self, renderer)
+                if fresh and self._put(renderer, fresh):
                     return
+                if (self.cursor == channel.sent_seq or not (fresh or channel.batched)) \
+                        and (not fresh or self._low()):
+                    # Caught up, and nothing awaited since the buffer was taken: live
+                    # now. (Waiting after each write would let the next delivery in:
+                    # under a flood such a member never joins and is fed all along by
+                    # this loop, per member and per event, up to the stream's end.)
+                    self._go_live(renderer)
+                    return
+                if fresh:
+                    if await self._drain():
+                        return
                 else:
                     self._buffered.clear()
                     await self._buffered.wait()
@@ -532,9 +539,27 @@ class Member:
                         return
             self._overflow = False  # the buffer overflowed: back to the store
 
+    def _go_live(self, renderer: Renderer) -> None:
+        if self._seed:
+            # The whole story so far, for members joining after this one.
+            self.channel.recent.prepend(self._seed)
+        self._seed = None
+        self._buffer = []  # a batching channel's next window brings the rest
+        self.channel.promote(self, renderer)
+
+    def _low(self) -> bool:
+        """Whether what this member has queued is low enough to go live on."""
+        return self.channel.raw or self.outbox.pending_bytes <= CATCH_UP_LOW_WATER
+
     async def _write(self, renderer: Renderer, events: Sequence[Any]) -> bool:
         """Write `events` and wait until the backlog is low again (the connection's
         writer sends it); True when done (ended/detached)."""
+        if self._put(renderer, events):
+            return True
+        return bool(events) and await self._drain()
+
+    def _put(self, renderer: Renderer, events: Sequence[Any]) -> bool:
+        """Write `events` (no await); True when done (ended/detached)."""
         if self.detached:
             return True
         if not events:
@@ -544,10 +569,8 @@ class Member:
             self.cursor = events[-1].seq
             given = events if self.lines else without_lines(events)
             if given:
-                sink = cast(EventSink, self.sink)
-                sink.take_events(self, given)
-                await sink.wait_events_taken()
-            return self.detached
+                cast(EventSink, self.sink).take_events(self, given)
+            return False
         # Shared encodings help when the channel encodes these too (it has live
         # members) or others read the same history; alone, caching costs only.
         shared = bool(channel.live) or len(channel.pending) + len(channel.behind) > 1
@@ -561,14 +584,21 @@ class Member:
                 self._seed = None
         data = channel.wrap(b"".join(parts))
         self.cursor = events[used - 1].seq
-        outbox = self.outbox
         channel.counters.messages_sent += used
-        outbox.write_nowait(data, used)
+        self.outbox.write_nowait(data, used)
         if end:
             self._finish()
             return True
         self.sink.wake()
-        await outbox.wait_drained(CATCH_UP_LOW_WATER)
+        return False
+
+    async def _drain(self) -> bool:
+        """Wait until what was written is mostly sent (or taken by the session);
+        True when detached meanwhile."""
+        if self.channel.raw:
+            await cast(EventSink, self.sink).wait_events_taken()
+        else:
+            await self.outbox.wait_drained(CATCH_UP_LOW_WATER)
         return self.detached
 
 
