@@ -165,5 +165,5 @@ async def test_directories_a_job_cannot_have_fail_the_job_not_the_server(
         work.unlink()
     job = await harness.wait((await harness.submit("exit", {"code": 0}))["id"])
     assert job["status"] == "SUCCEEDED" and job["pid"] is not None
-    assert not (work / job["id"]).exists()  # removed before the end was recorded
+    assert await harness.work_dir_gone(job["id"])
     assert (harness.data_dir / "output" / job["id"]).is_dir()
