@@ -5,7 +5,8 @@ and bounce go through it, nothing else stops a job. Each run's children and
 pumps live in that run's nursery, inside the supervisor's. A run always ends
 with exactly one of: Finished (SUCCEEDED / FAILED / CANCELLED) or Bounce. Its
 work dir is handed to the supervisor's `WorkDirs` as it ends, which removes it
-shortly after, batched with others (workdirs.py).
+shortly after, batched with others, or keeps it as a spare that a later run
+renames to its own work dir (workdirs.py).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Supervisor:
         self._running: dict[JobId, LiveJob] = {}
         self._idle = trio.Event()
         self._idle.set()
-        self.work_dirs = workdirs.WorkDirs()
+        self.work_dirs = workdirs.WorkDirs(engine.config.data_dir / "work")
 
     @property
     def running(self) -> int:
@@ -97,6 +98,7 @@ class Run:
         self.live = live
         self.work_dirs = work_dirs
         self.reclaimed = False  # the dir of an earlier run of the job, to remove first
+        self.spare: Path | None = None  # an empty dir to rename to the work dir
         self.config = engine.config
         self.snippet: dict[str, deque[str]] = {
             "stdout": deque(maxlen=self.config.log_snippet_lines),
@@ -207,6 +209,7 @@ class Run:
             self.live.cancel_scope = scope
             if self.live.stop_reason is None:
                 self.reclaimed = await self.work_dirs.reclaim(self.work_dir)
+                self.spare = self.work_dirs.take_spare()
                 outcome = await self._execute_plan()
         self.live.cancel_scope = None
         with trio.CancelScope(shield=True):
@@ -332,6 +335,8 @@ class Run:
         """The work dir goes shortly after the end (batched, workdirs.py), or
         now when the batch is full."""
         if not self.dirs_made:
+            if self.spare is not None:  # not used: another run's
+                self.work_dirs.give_back(self.spare)
             await trio.lowlevel.checkpoint()  # no process started: nothing was made
             return
         if self.work_dirs.discard(self.work_dir):
@@ -350,7 +355,9 @@ class Run:
         self.dirs_made = True  # from here on, whatever is made is removed at the end
         if self.reclaimed:
             workdirs.remove_dir(self.work_dir)
-        _mkdir(self.work_dir)
+        spare, self.spare = self.spare, None
+        if not workdirs.take_over(spare, self.work_dir):
+            _mkdir(self.work_dir)
         _mkdir(self.output_dir)
         data = self._input_bytes()
         if data is not None:
