@@ -4,6 +4,9 @@
 as long as the `with` block lasts (all threads, 200 samples a second) and
 writes collapsed stacks to `out`; `summary(out)` folds them into the share of
 samples per thread and per function, by self time and including callees.
+Samples of a thread waiting for work (trio's epoll wait, an idle worker
+thread's wait for a job: py-spy counts both as active) are counted apart, as
+`idle`, and left out of the rankings: the shares are of busy samples.
 py-spy comes with bench/requirements.txt; without it (or without the right
 to trace the server) the sampler says why and the bench goes on unprofiled.
 """
@@ -25,6 +28,8 @@ TOP = 12
 # Frames every sample passes through: left out of the inclusive ranking.
 _PLUMBING = ("<module> ", "main (jobserver/__main__.py", "_run_code ", "_run_module_as_main ",
              "run (trio/", "unrolled_run (trio/", "Thread.", "WorkerThread.")
+# Innermost frames of a thread that waits for work.
+_IDLE = ("EpollIOManager.get_events (trio/", "WorkerThread._work (trio/")
 
 
 class Sampler:
@@ -71,6 +76,7 @@ def summary(path: Path, top: int = TOP) -> dict[str, list[tuple[str, float]]]:
     threads: Counter[str] = Counter()
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    idle: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -78,8 +84,12 @@ def summary(path: Path, top: int = TOP) -> dict[str, list[tuple[str, float]]]:
             continue
         n = int(count)
         frames = stack.split(";")
+        thread = frames[0].split(":")[-1].strip() or frames[0]
+        if frames[-1].startswith(_IDLE):
+            idle[thread] += n
+            continue
         total += n
-        threads[frames[0].split(":")[-1].strip() or frames[0]] += n
+        threads[thread] += n
         own[frames[-1]] += n
         for frame in set(frames[1:]):
             if not frame.startswith(_PLUMBING):
@@ -89,7 +99,9 @@ def summary(path: Path, top: int = TOP) -> dict[str, list[tuple[str, float]]]:
 
     def shares(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(name, n / total) for name, n in counter.most_common(top)]
-    return {"threads": shares(threads), "self": shares(own), "inclusive": shares(inclusive)}
+    waiting = [(name, n / (n + threads[name])) for name, n in idle.most_common(top)]
+    return {"threads": shares(threads), "idle (of the thread's own samples)": waiting,
+            "self": shares(own), "inclusive": shares(inclusive)}
 
 
 def print_summary(found: dict[str, list[tuple[str, float]]],

@@ -3,7 +3,10 @@
 Rules: a job runs inside its own cancel scope (`LiveJob.cancel_scope`); cancel
 and bounce go through it, nothing else stops a job. Each run's children and
 pumps live in that run's nursery, inside the supervisor's. A run always ends
-with exactly one of: Finished (SUCCEEDED / FAILED / CANCELLED) or Bounce.
+with exactly one of: Finished (SUCCEEDED / FAILED / CANCELLED) or Bounce. Its
+work dir is handed to the supervisor's `WorkDirs` as it ends, which removes it
+shortly after, batched with others, or keeps it as a spare that a later run
+renames to its own work dir (workdirs.py).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from collections import deque
@@ -21,7 +23,7 @@ from typing import Any
 
 import trio
 
-from . import executor, groups, watchdog
+from . import executor, groups, watchdog, workdirs
 from .auth import Principal
 from .core import control as ctl
 from .core import events as ev
@@ -37,8 +39,6 @@ log = logging.getLogger("jobserver.supervisor")
 # Environment variables a job inherits from the server; nothing else leaks.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME",
                  "SHELL", "VIRTUAL_ENV", "PYTHONPATH")
-# Bound on removing a job's work dir after it ends.
-CLEANUP_SECONDS = 10.0
 
 
 class Supervisor:
@@ -48,6 +48,7 @@ class Supervisor:
         self._running: dict[JobId, LiveJob] = {}
         self._idle = trio.Event()
         self._idle.set()
+        self.work_dirs = workdirs.WorkDirs(engine.config.data_dir / "work")
 
     @property
     def running(self) -> int:
@@ -55,6 +56,7 @@ class Supervisor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.work_dirs.run)
             task_status.started()
             while True:
                 while len(self._running) < self.config.slots and self.engine.accepting:
@@ -80,7 +82,7 @@ class Supervisor:
     async def _run_job(self, live: LiveJob) -> None:
         job_id = live.job.id
         try:
-            await Run(self.engine, live).run()
+            await Run(self.engine, live, self.work_dirs).run()
         finally:
             del self._running[job_id]
             if not self._running:
@@ -91,9 +93,12 @@ class Supervisor:
 class Run:
     """One execution of one job: its plan, its sink, its outcome."""
 
-    def __init__(self, engine: Engine, live: LiveJob) -> None:
+    def __init__(self, engine: Engine, live: LiveJob, work_dirs: workdirs.WorkDirs) -> None:
         self.engine = engine
         self.live = live
+        self.work_dirs = work_dirs
+        self.reclaimed = False  # the dir of an earlier run of the job, to remove first
+        self.spare: Path | None = None  # an empty dir to rename to the work dir
         self.config = engine.config
         self.snippet: dict[str, deque[str]] = {
             "stdout": deque(maxlen=self.config.log_snippet_lines),
@@ -203,13 +208,13 @@ class Run:
         with trio.CancelScope() as scope:
             self.live.cancel_scope = scope
             if self.live.stop_reason is None:
+                self.reclaimed = await self.work_dirs.reclaim(self.work_dir)
+                self.spare = self.work_dirs.take_spare()
                 outcome = await self._execute_plan()
         self.live.cancel_scope = None
         with trio.CancelScope(shield=True):
-            # The temporary files go before the end is recorded: a client that
-            # sees the job finished finds none of them.
             try:
-                await self._remove_work_dir()
+                await self._discard_work_dir()
             finally:
                 try:
                     if scope.cancelled_caught or self.live.stop_reason is not None:
@@ -326,21 +331,33 @@ class Run:
                 exit_code=exit_code, message=message, log_snippet=snippet)])
         self.engine.forget(jid)
 
-    async def _remove_work_dir(self) -> None:
+    async def _discard_work_dir(self) -> None:
+        """The work dir goes shortly after the end (batched, workdirs.py), or
+        now when the batch is full."""
         if not self.dirs_made:
+            if self.spare is not None:  # not used: another run's
+                self.work_dirs.give_back(self.spare)
             await trio.lowlevel.checkpoint()  # no process started: nothing was made
             return
-        with trio.move_on_after(CLEANUP_SECONDS):
-            await trio.to_thread.run_sync(_remove_dir, self.work_dir)
+        if self.work_dirs.discard(self.work_dir):
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(workdirs.FLUSH_SECONDS):
+            await workdirs.remove_now(self.work_dir)
 
     def _make_dirs(self) -> None:
         """The work dir (with the input file) and the output dir, made before the
         run's first process starts: blocking, run in the thread that spawns it
-        (executor.Command.prepare); a later step finds them made."""
+        (executor.Command.prepare); a later step finds them made. An earlier
+        run's dir still waiting for its removal (`reclaimed`) goes first."""
         if self.dirs_made:
             return
         self.dirs_made = True  # from here on, whatever is made is removed at the end
-        _mkdir(self.work_dir)
+        if self.reclaimed:
+            workdirs.remove_dir(self.work_dir)
+        spare, self.spare = self.spare, None
+        if not workdirs.take_over(spare, self.work_dir):
+            _mkdir(self.work_dir)
         _mkdir(self.output_dir)
         data = self._input_bytes()
         if data is not None:
@@ -382,11 +399,3 @@ def _mkdir(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
 
 
-def _remove_dir(path: Path) -> None:
-    """Remove a work dir: one call when the job left it empty, as most do."""
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)

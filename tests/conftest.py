@@ -66,6 +66,15 @@ class Harness:
         job: dict[str, Any] = r.json()
         return job
 
+    async def work_dir_gone(self, job_id: str, *, timeout: float = 5.0) -> bool:
+        """Whether the job's work dir is removed within `timeout` (it goes
+        shortly after the job's end, batched: jobserver/workdirs.py)."""
+        work = self.data_dir / "work" / job_id
+        with trio.move_on_after(timeout):
+            while work.exists():
+                await trio.sleep(0.01)
+        return not work.exists()
+
     async def wait(self, job_id: str, *statuses: str, timeout: float = 30.0) -> dict[str, Any]:
         wanted = statuses or ("SUCCEEDED", "FAILED", "CANCELLED")
         with trio.fail_after(timeout):

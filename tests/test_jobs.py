@@ -165,5 +165,23 @@ async def test_directories_a_job_cannot_have_fail_the_job_not_the_server(
         work.unlink()
     job = await harness.wait((await harness.submit("exit", {"code": 0}))["id"])
     assert job["status"] == "SUCCEEDED" and job["pid"] is not None
-    assert not (work / job["id"]).exists()  # removed before the end was recorded
+    assert await harness.work_dir_gone(job["id"])
     assert (harness.data_dir / "output" / job["id"]).is_dir()
+
+
+async def test_an_empty_work_dir_is_kept_for_the_next_run(harness: Harness) -> None:
+    spares = harness.data_dir / "work" / ".spare"
+    work_dirs = harness.server.supervisor.work_dirs
+    first = await harness.wait((await harness.submit("echo", {"message": "one"}))["id"])
+    with trio.fail_after(5):
+        while work_dirs.removed < 1:  # its sweep is over
+            await trio.sleep(0.01)
+    assert not (harness.data_dir / "work" / first["id"]).exists()
+    (kept,) = spares.iterdir()  # renamed to a spare, not removed
+    inode = kept.stat().st_ino
+    second = await harness.wait((await harness.submit("echo", {"message": "two"}))["id"])
+    assert second["status"] == "SUCCEEDED" and await _logs(harness, second["id"]) == "two\n"
+    assert await harness.work_dir_gone(second["id"])
+    (again,) = spares.iterdir()  # the second run took the spare and left it again
+    assert again.stat().st_ino == inode and again.name != kept.name
+    assert work_dirs.reused == 1

@@ -73,14 +73,13 @@ async def _correlation_id() -> None:
     g.began = time.perf_counter()
     given = request.headers.get("X-Correlation-ID", "")
     g.correlation_id = given if _CORRELATION.match(given) else uuid.uuid4().hex
-    g.trace_id = secrets.token_hex(7).upper()
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
     if request.path == "/api/jobs" or request.path.startswith("/api/jobs/"):
         doc = problem(status, _TITLES.get(status, "Error"), message,
                       correlation_id=correlation_id(),
-                      trace_id=getattr(g, "trace_id", "") or secrets.token_hex(7).upper(),
+                      trace_id=secrets.token_hex(7).upper(),  # made only for an error
                       kind=code, extra={"field": field} if field else None)
         response = Response(_json(doc), status=status, mimetype="application/problem+json")
     else:
