@@ -13,12 +13,8 @@ from jobserver.core import events as ev
 from jobserver.core.ids import JobId, new_job_id
 from jobserver.core.topics import JobTopic
 from jobserver.dataplane.encoded import FrameCache
-from jobserver.dataplane.fanout import (
-    EVENTS,
-    UNRENDERED,
-    Channel,
-    Member,
-)
+from jobserver.dataplane.fanout import Channel, Member
+from jobserver.dataplane.sinks import EVENTS, UNRENDERED
 from jobserver.dataplane.wire import encode_nothing
 from jobserver.dialects import Subscribe
 

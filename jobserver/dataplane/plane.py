@@ -51,9 +51,10 @@ from ..livejob import Submission
 from ..metrics import Metrics
 from .batch import BatchChannel, BatchClock
 from .encoded import ChannelKey, FrameCache
-from .fanout import Channel, Member, Sink
+from .fanout import Channel, Member
 from .outbox import Counters
 from .routes import DEFAULT_ROUTES, Route, RouteTable
+from .sinks import Sink
 from .wire import ENCODERS, FRAMING, ITEMS
 
 log = logging.getLogger("jobserver.dataplane")

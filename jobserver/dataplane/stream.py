@@ -46,9 +46,10 @@ from ..dialects import (
     Watch,
     WatchLines,
 )
-from .fanout import EVENTS, UNRENDERED, Member, SinkOutbox
+from .fanout import Member
 from .outbox import RECV_SIZE, Outbox, PeerGone, Stalled, send_all
 from .plane import DataPlane
+from .sinks import EVENTS, UNRENDERED, SinkOutbox
 from .wakeup import Wakeup
 from .wire import ENCODERS, http_response
 
