@@ -119,6 +119,7 @@ async def _serve(config: Config, routes: RouteTable, listen_socket: socket.socke
                               running=lambda: supervisor.running, listener=listener,
                               settle=mirror.settle)
             engine.claims = cluster
+            engine.node_id = cluster.node_id
             await store_nursery.start(listener.run)
             await cluster.register()
         async with trio.open_nursery() as engine_nursery:

@@ -118,6 +118,9 @@ def _schemas() -> dict[str, Any]:
         "input": {"type": ["object", "null"]}, "resume_from": {"type": "integer"},
         "status": _STATUS, "created_at": _TIME, "started_at": _NULLABLE_TIME,
         "completed_at": _NULLABLE_TIME, "pid": {"type": ["integer", "null"]},
+        "node": {"type": ["string", "null"], "description": "The node that runs the job, "
+                 "or ran it last (several nodes on one database; null on one node and "
+                 "while the job waits in the queue)"},
         "exit_code": {"type": ["integer", "null"]}, "outcome": _NULLABLE_STRING,
         "result_message": _NULLABLE_STRING, "error_message": _NULLABLE_STRING,
         "log_snippet": _NULLABLE_STRING, "progress": {"type": ["object", "null"]},

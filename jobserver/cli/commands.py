@@ -242,7 +242,7 @@ def _print_jobs(ctx: Context, jobs: list[dict[str, Any]], cursor: str | None) ->
         note(f"more: the same with --cursor {cursor} (or --all)")
 
 
-SHOW_FIELDS = ("template", "owner", "params", "argv", "command", "pid", "exit_code",
+SHOW_FIELDS = ("template", "owner", "params", "argv", "command", "pid", "node", "exit_code",
                "outcome", "result_message", "error_message", "attempt", "retry_of",
                "parent_id", "correlation_id")
 
