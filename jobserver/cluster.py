@@ -29,8 +29,10 @@ import base64
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -66,6 +68,14 @@ CANCEL_MARGIN = 5.0
 RETRY_DELAY = 0.5
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterStatistics:
+    heartbeat_age: float  # seconds since this node's heartbeat was last stamped
+    nodes_alive: int  # nodes (this one included) with a fresh heartbeat, at the last look
+    declared_dead: int  # nodes this node declared dead (and rescued), since start
+    claimed: int  # jobs this node claimed from the shared queue, since start
+
+
 class NodeFenced(RuntimeError):
     """Another node declared this one dead and took its jobs: it must stop."""
 
@@ -98,6 +108,10 @@ class Cluster:
         self._db_lock = trio.Lock()
         self._beat_lock = trio.Lock()
         self._wake = trio.Event()
+        self._last_beat = time.monotonic()
+        self._alive = 1
+        self._declared_dead = 0
+        self._claimed = 0
         self._control_in, self._control_out = trio.open_memory_channel[tuple[str, list[str]]](
             CONTROL_BACKLOG)
         if listener is not None:
@@ -119,6 +133,7 @@ class Cluster:
     async def register(self) -> None:
         """This node's row says 'up' (before recovery: see postgres_nodes.declare_dead)."""
         await self._call(self._beat, self._beat.register, socket.gethostname(), os.getpid())
+        self._last_beat = time.monotonic()
         log.info("node %s is up", self.node_id)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -176,7 +191,9 @@ class Cluster:
             except psycopg.Error as exc:
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             else:
-                if not alive:
+                if alive:
+                    self._last_beat = time.monotonic()
+                else:
                     raise NodeFenced(f"node {self.node_id} was declared dead by another node "
                                      "(its heartbeat stopped for longer than node_dead_after); "
                                      "its jobs were taken over: stopping")
@@ -187,8 +204,9 @@ class Cluster:
         while True:
             await trio.sleep(self.config.node_heartbeat_interval)
             try:
-                for node in await self._call(self._beat, self._beat.stale_nodes,
-                                             self.config.node_dead_after):
+                stale, self._alive = await self._call(self._beat, self._beat.liveness,
+                                                      self.config.node_dead_after)
+                for node in stale:
                     await self._rescue(node)
             except psycopg.Error as exc:
                 log.warning("looking for dead nodes failed: %s", type(exc).__name__)
@@ -198,6 +216,7 @@ class Cluster:
         rescue = await self._call(self._beat, self._beat.declare_dead, node, dead_after)
         if rescue is None:
             return  # another node was first, or it came back
+        self._declared_dead += 1
         log.warning("node %s declared dead (no heartbeat for %g s): %d running jobs taken "
                     "over, %d queued ones back to the queue", node, dead_after,
                     len(rescue.running), rescue.released)
@@ -232,6 +251,7 @@ class Cluster:
                     log.warning("claiming failed: %s", type(exc).__name__)
                     await trio.sleep(RETRY_DELAY)
                     continue
+                self._claimed += len(jobs)
                 for job in jobs:
                     await self._take(job)
                     engine.enqueue(job.id)
@@ -248,6 +268,11 @@ class Cluster:
                 if verb == "cancel" and live is not None and not live.job.status.terminal:
                     log.info("job %s: cancel from another node", job_id)
                     await self.engine.stop(live, "cancel")
+
+    def statistics(self) -> ClusterStatistics:
+        return ClusterStatistics(heartbeat_age=time.monotonic() - self._last_beat,
+                                 nodes_alive=self._alive, declared_dead=self._declared_dead,
+                                 claimed=self._claimed)
 
     # ---- what the engine asks (queueing.Claims) ------------------------------
 

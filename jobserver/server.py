@@ -110,7 +110,7 @@ async def _serve(config: Config, routes: RouteTable, listen_socket: socket.socke
         keyring = KeyRing.for_config(config)
         engine = Engine(config, store, Hub(), metrics=metrics)
         supervisor = Supervisor(engine)
-        mirror = cluster = None
+        mirror = cluster = listener = None
         if url is not None:
             listener = Listener(url)
             mirror = Mirror(engine)
@@ -136,7 +136,10 @@ async def _serve(config: Config, routes: RouteTable, listen_socket: socket.socke
             metrics.watch(Gauges(
                 running=lambda: supervisor.running, queued=lambda: len(engine.queued_ids()),
                 slots=config.slots, hub=engine.hub.statistics, store=store.statistics,
-                stream=plane.statistics))
+                stream=plane.statistics,
+                mirror=None if mirror is None else mirror.statistics,
+                listener=None if listener is None else listener.statistics,
+                cluster=None if cluster is None else cluster.statistics))
             services = Services(config=config, engine=engine, supervisor=supervisor,
                                 keyring=keyring, started_at=time.time(),
                                 submits=IdempotentSubmits(engine), metrics=metrics)

@@ -163,12 +163,14 @@ class NodesDb:
 
     # ---- liveness ----------------------------------------------------------
 
-    def stale_nodes(self, dead_after: float) -> list[str]:
-        """Other nodes still counted alive whose heartbeat is older than `dead_after` s."""
+    def liveness(self, dead_after: float) -> tuple[list[str], int]:
+        """The other nodes still counted alive whose heartbeat is older than
+        `dead_after` s (oldest first), and how many nodes' heartbeats are fresh."""
         rows = self._c().execute(
-            f"SELECT id FROM nodes WHERE state IN ('up', 'stopping') AND heartbeat_at < {NOW} - %s "
-            "AND id <> %s ORDER BY heartbeat_at", (dead_after, self.node_id)).fetchall()
-        return [str(r[0]) for r in rows]
+            f"SELECT id, heartbeat_at < {NOW} - %s FROM nodes WHERE state IN ('up', 'stopping') "
+            "ORDER BY heartbeat_at", (dead_after,)).fetchall()
+        stale = [str(i) for i, old in rows if old and i != self.node_id]
+        return stale, sum(1 for _, old in rows if not old)
 
     def declare_dead(self, node: str, dead_after: float) -> Rescue | None:
         """Declare `node` dead if its heartbeat is still older than `dead_after` s, and
