@@ -101,7 +101,8 @@ def _listening(config: Config) -> Iterator[socket.socket]:
 async def _serve(config: Config, routes: RouteTable, listen_socket: socket.socket,
                  task_status: trio.TaskStatus[Server]) -> None:
     metrics = Metrics()  # this server's own registry
-    store = open_store(config, observe_commit=metrics.observe_commit)
+    node = None if config.database_url is None else node_id_for(config.data_dir)
+    store = open_store(config, observe_commit=metrics.observe_commit, node=node)
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(store.run)
         url = config.database_url
@@ -115,7 +116,8 @@ async def _serve(config: Config, routes: RouteTable, listen_socket: socket.socke
             listener = Listener(url)
             mirror = Mirror(engine)
             listener.listen(CHANNELS, mirror)
-            cluster = Cluster(engine, url, node_id=node_id_for(config.data_dir),
+            assert node is not None
+            cluster = Cluster(engine, url, node_id=node,
                               running=lambda: supervisor.running, listener=listener,
                               settle=mirror.settle)
             engine.claims = cluster
