@@ -21,6 +21,11 @@ Rules:
   job's end in the database.
 - The SQL lives in store/postgres_nodes.py; each of its two connections is used
   by one worker thread at a time (a lock each), every call bounded.
+- A rescue, once its node is declared dead, is carried to its end through a
+  lost database: what it reads and the release of re-queued jobs are tried
+  again every `RETRY_DELAY` until they go through (the store's writes wait on
+  their own, up to `database_lost_after`), so no job is left held by this node
+  in the database and by nobody here.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from .core.states import Status
 from .engine import Engine
 from .errors import NotFound, Unavailable
 from .livejob import LiveJob
+from .store import DatabaseUnavailable
 from .store.postgres_nodes import CONTROL_CHANNEL, QUEUE_CHANNEL, NodesDb
 
 log = logging.getLogger("jobserver.cluster")
@@ -230,9 +236,16 @@ class Cluster:
 
     async def _settle_job(self, job: Job) -> None:
         """What this node's subscribers of `job` have not yet seen of another
-        node's run of it is published first (mirror.py)."""
-        if self._settle is not None:
-            await self._settle(job.id, job.last_seq)
+        node's run of it is published first (mirror.py); the job is this node's
+        in the database already, so this is tried until the database answers."""
+        while self._settle is not None:
+            try:
+                await self._settle(job.id, job.last_seq)
+                return
+            except DatabaseUnavailable as exc:
+                log.warning("job %s: reading it failed (%s); again in %g s", job.id, exc,
+                            RETRY_DELAY)
+                await trio.sleep(RETRY_DELAY)
 
     async def _take(self, job: Job) -> LiveJob:
         """A job claimed from the database: this node's from now on."""
@@ -280,7 +293,16 @@ class Cluster:
         return await self._call(self._db, self._db.own_unfinished)
 
     async def release(self, job_ids: Sequence[JobId]) -> None:
-        await self._call(self._db, self._db.release, job_ids)
+        """Give jobs back to the queue; tried until the database answers (they
+        are this node's there until then, and no other node could take them)."""
+        while True:
+            try:
+                await self._call(self._db, self._db.release, job_ids)
+                return
+            except psycopg.Error as exc:
+                log.warning("releasing %d jobs failed (%s); again in %g s", len(job_ids),
+                            type(exc).__name__, RETRY_DELAY)
+                await trio.sleep(RETRY_DELAY)
 
     async def cancel_elsewhere(self, job: Job) -> Job | None:
         engine = self.engine
