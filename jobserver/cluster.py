@@ -14,6 +14,8 @@ Rules:
   conditional transaction (store/postgres_nodes.py), so exactly one node rescues
   a dead node's jobs, the way a restart does (engine.take_over); it signals only
   processes it can prove are those jobs' (groups.py: never another machine's).
+  Then it ends the RUNNING jobs the database says are its own and the engine
+  does not hold (`_rescue_orphans`: a declaration whose answer was lost).
   A node that finds itself declared dead stops at once (`NodeFenced`): its jobs
   belong to others now.
 - A cancel for a job another node runs goes to that node as a notification on
@@ -214,6 +216,7 @@ class Cluster:
                                                       self.config.node_dead_after)
                 for node in stale:
                     await self._rescue(node)
+                await self._rescue_orphans()
             except psycopg.Error as exc:
                 log.warning("looking for dead nodes failed: %s", type(exc).__name__)
 
@@ -226,13 +229,35 @@ class Cluster:
         log.warning("node %s declared dead (no heartbeat for %g s): %d running jobs taken "
                     "over, %d queued ones back to the queue", node, dead_after,
                     len(rescue.running), rescue.released)
-        for job in rescue.running:
+        await self._take_over(node, rescue.running)
+
+    async def _take_over(self, node: str, jobs: Sequence[Job]) -> None:
+        """End the RUNNING jobs taken from dead `node` (failed, or re-queued)."""
+        dead_after = self.config.node_dead_after
+        for job in jobs:
             await self._settle_job(job)
         await self.engine.take_over(
-            rescue.running,
-            lost=f"node {node} died while running it (no heartbeat for {dead_after:g} s)",
+            jobs, lost=f"node {node} died while running it (no heartbeat for {dead_after:g} s)",
             bounced=f"node {node} died")
         self.wake()
+
+    async def _rescue_orphans(self) -> None:
+        """RUNNING jobs the database says are this node's that its engine does not
+        hold: a rescue whose declaration committed but whose answer was lost with
+        the connection, or one cut short. Ended as the rescue would have (each
+        named by the node that ran it, its record's `node`). Claims and a
+        rescue under way hold their jobs in the engine before they can be
+        RUNNING here, and this runs in the watch loop, after its rescues."""
+        held = await self._call(self._db, self._db.own_unfinished)
+        orphans = [j for j in held
+                   if j.status is Status.RUNNING and self.engine.local(j.id) is None]
+        by_node: dict[str, list[Job]] = {}
+        for job in orphans:
+            by_node.setdefault(job.node or "unknown", []).append(job)
+        for node, jobs in by_node.items():
+            log.warning("%d jobs of node %s held here and run by no one: taken over",
+                        len(jobs), node)
+            await self._take_over(node, jobs)
 
     async def _settle_job(self, job: Job) -> None:
         """What this node's subscribers of `job` have not yet seen of another

@@ -14,16 +14,15 @@ from pathlib import Path
 import trio
 
 from .procserver import submit, wait_status
-from .test_nodes import STOP_TIMEOUT, admin, node, node_id, query, wait_node_of
+from .test_nodes import STOP_TIMEOUT, admin, node, node_id, query, running_on, wait_node_of
 
 
 async def test_a_node_declared_dead_writes_nothing_more_and_stops(
         tmp_path: Path, database_url: str) -> None:
     async with node(tmp_path, "a", database_url, slots="1") as (proc_a, url_a, dir_a):
         token = admin(dir_a)
-        job_id = await submit(url_a, token, "sleep", {"seconds": 60})
-        await wait_node_of(database_url, job_id, "RUNNING", node_id(dir_a))
-        await wait_status(url_a, token, job_id, "RUNNING")
+        job_id = (await running_on(url_a, dir_a, database_url, token, "sleep",
+                                   {"seconds": 60}))["id"]
         async with node(tmp_path, "b", database_url, slots="1") as (_, url_b, dir_b):
             proc_a.send_signal(signal.SIGSTOP)
             try:

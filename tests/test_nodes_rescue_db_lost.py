@@ -9,6 +9,10 @@ nothing else of B's uses the database when the rescue goes on. The rescue
 then completes once: the plain job fails `lost` with one `finished` event,
 the re-queued one is bounced once and given back to the queue (no node's),
 and runs again once B has a free slot.
+
+And a declaration whose answer was lost: the transaction that declared A dead
+and gave B its jobs committed, but B never heard (the test runs it as B).
+B finds the RUNNING jobs the database says are its own and ends them.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import httpx
 import pytest
 import trio
 
+from jobserver.store.postgres_nodes import NodesDb
+
+from .conftest import pid_alive
 from .pg import PgServer
 from .procserver import auth, submit, wait_status
-from .test_nodes import admin, node, node_id, query, wait_node_of
+from .test_nodes import admin, node, node_id, query, running_on, wait_node_of
 
 
 @pytest.mark.parametrize(("kill_grace", "down"), [("4", 2.0), ("1", 3.0)],
@@ -70,3 +77,34 @@ async def test_a_rescue_cut_by_the_database_completes_once_it_is_back(
             assert dict(await query(url, "SELECT id, state FROM nodes")) == {
                 node_id(dir_a): "dead", b: "up"}
             assert (await wait_status(url_b, token, again, "RUNNING"))["node"] == b
+
+
+async def test_a_declaration_whose_answer_was_lost_is_carried_out(
+        tmp_path: Path, database_url: str) -> None:
+    async with node(tmp_path, "a", database_url, slots="1") as (proc_a, url_a, dir_a):
+        token = admin(dir_a)
+        job = await running_on(url_a, dir_a, database_url, token, "sleep", {"seconds": 60})
+        job_id, pid = job["id"], job["pid"]
+        # B would not declare A dead for a minute: the test does it, as B.
+        async with node(tmp_path, "b", database_url, slots="1",
+                        node_dead_after="60") as (_, url_b, dir_b):
+            a, b = node_id(dir_a), node_id(dir_b)
+            proc_a.kill()
+            await proc_a.wait()
+            db = NodesDb(database_url, b)
+            try:
+                taken = await trio.to_thread.run_sync(db.declare_dead, a, 0.0)
+            finally:
+                db.close()
+            assert taken is not None and [j.id for j in taken.running] == [job_id]
+            failed = await wait_status(url_b, token, job_id, "FAILED", timeout=30)
+            assert failed["outcome"] == "lost" and f"node {a} died" in failed["error_message"]
+            assert failed["node"] == a  # the node that ran it
+            with trio.fail_after(10):  # its process, provably the job's, ended by B
+                while pid_alive(pid):
+                    await trio.sleep(0.05)
+            ends = await query(database_url, "SELECT count(*) FROM events WHERE job_id = %s "
+                               "AND type = 'finished'", job_id)
+            assert ends == [(1,)]
+            assert await query(database_url, "SELECT node FROM jobs WHERE id = %s",
+                               job_id) == [(b,)]
