@@ -14,6 +14,8 @@ Rules:
   conditional transaction (store/postgres_nodes.py), so exactly one node rescues
   a dead node's jobs, the way a restart does (engine.take_over); it signals only
   processes it can prove are those jobs' (groups.py: never another machine's).
+  Then it ends the RUNNING jobs the database says are its own and the engine
+  does not hold (`_rescue_orphans`: a declaration whose answer was lost).
   A node that finds itself declared dead stops at once (`NodeFenced`): its jobs
   belong to others now.
 - A cancel for a job another node runs goes to that node as a notification on
@@ -21,6 +23,11 @@ Rules:
   job's end in the database.
 - The SQL lives in store/postgres_nodes.py; each of its two connections is used
   by one worker thread at a time (a lock each), every call bounded.
+- A rescue, once its node is declared dead, is carried to its end through a
+  lost database: what it reads and the release of re-queued jobs are tried
+  again every `RETRY_DELAY` until they go through (the store's writes wait on
+  their own, up to `database_lost_after`), so no job is left held by this node
+  in the database and by nobody here.
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ import base64
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -45,6 +54,7 @@ from .core.states import Status
 from .engine import Engine
 from .errors import NotFound, Unavailable
 from .livejob import LiveJob
+from .store import DatabaseUnavailable
 from .store.postgres_nodes import CONTROL_CHANNEL, QUEUE_CHANNEL, NodesDb
 
 log = logging.getLogger("jobserver.cluster")
@@ -64,6 +74,14 @@ CANCEL_POLL = 0.05
 CANCEL_MARGIN = 5.0
 # After a failed database call, the loop waits this long before the next.
 RETRY_DELAY = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatistics:
+    heartbeat_age: float  # seconds since this node's heartbeat was last stamped
+    nodes_alive: int  # nodes (this one included) with a fresh heartbeat, at the last look
+    declared_dead: int  # nodes this node declared dead (and rescued), since start
+    claimed: int  # jobs this node claimed from the shared queue, since start
 
 
 class NodeFenced(RuntimeError):
@@ -98,6 +116,10 @@ class Cluster:
         self._db_lock = trio.Lock()
         self._beat_lock = trio.Lock()
         self._wake = trio.Event()
+        self._last_beat = time.monotonic()
+        self._alive = 1
+        self._declared_dead = 0
+        self._claimed = 0
         self._control_in, self._control_out = trio.open_memory_channel[tuple[str, list[str]]](
             CONTROL_BACKLOG)
         if listener is not None:
@@ -119,6 +141,7 @@ class Cluster:
     async def register(self) -> None:
         """This node's row says 'up' (before recovery: see postgres_nodes.declare_dead)."""
         await self._call(self._beat, self._beat.register, socket.gethostname(), os.getpid())
+        self._last_beat = time.monotonic()
         log.info("node %s is up", self.node_id)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -176,7 +199,9 @@ class Cluster:
             except psycopg.Error as exc:
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             else:
-                if not alive:
+                if alive:
+                    self._last_beat = time.monotonic()
+                else:
                     raise NodeFenced(f"node {self.node_id} was declared dead by another node "
                                      "(its heartbeat stopped for longer than node_dead_after); "
                                      "its jobs were taken over: stopping")
@@ -187,9 +212,11 @@ class Cluster:
         while True:
             await trio.sleep(self.config.node_heartbeat_interval)
             try:
-                for node in await self._call(self._beat, self._beat.stale_nodes,
-                                             self.config.node_dead_after):
+                stale, self._alive = await self._call(self._beat, self._beat.liveness,
+                                                      self.config.node_dead_after)
+                for node in stale:
                     await self._rescue(node)
+                await self._rescue_orphans()
             except psycopg.Error as exc:
                 log.warning("looking for dead nodes failed: %s", type(exc).__name__)
 
@@ -198,22 +225,52 @@ class Cluster:
         rescue = await self._call(self._beat, self._beat.declare_dead, node, dead_after)
         if rescue is None:
             return  # another node was first, or it came back
+        self._declared_dead += 1
         log.warning("node %s declared dead (no heartbeat for %g s): %d running jobs taken "
                     "over, %d queued ones back to the queue", node, dead_after,
                     len(rescue.running), rescue.released)
-        for job in rescue.running:
+        await self._take_over(node, rescue.running)
+
+    async def _take_over(self, node: str, jobs: Sequence[Job]) -> None:
+        """End the RUNNING jobs taken from dead `node` (failed, or re-queued)."""
+        dead_after = self.config.node_dead_after
+        for job in jobs:
             await self._settle_job(job)
         await self.engine.take_over(
-            rescue.running,
-            lost=f"node {node} died while running it (no heartbeat for {dead_after:g} s)",
+            jobs, lost=f"node {node} died while running it (no heartbeat for {dead_after:g} s)",
             bounced=f"node {node} died")
         self.wake()
 
+    async def _rescue_orphans(self) -> None:
+        """RUNNING jobs the database says are this node's that its engine does not
+        hold: a rescue whose declaration committed but whose answer was lost with
+        the connection, or one cut short. Ended as the rescue would have (each
+        named by the node that ran it, its record's `node`). Claims and a
+        rescue under way hold their jobs in the engine before they can be
+        RUNNING here, and this runs in the watch loop, after its rescues."""
+        held = await self._call(self._db, self._db.own_unfinished)
+        orphans = [j for j in held
+                   if j.status is Status.RUNNING and self.engine.local(j.id) is None]
+        by_node: dict[str, list[Job]] = {}
+        for job in orphans:
+            by_node.setdefault(job.node or "unknown", []).append(job)
+        for node, jobs in by_node.items():
+            log.warning("%d jobs of node %s held here and run by no one: taken over",
+                        len(jobs), node)
+            await self._take_over(node, jobs)
+
     async def _settle_job(self, job: Job) -> None:
         """What this node's subscribers of `job` have not yet seen of another
-        node's run of it is published first (mirror.py)."""
-        if self._settle is not None:
-            await self._settle(job.id, job.last_seq)
+        node's run of it is published first (mirror.py); the job is this node's
+        in the database already, so this is tried until the database answers."""
+        while self._settle is not None:
+            try:
+                await self._settle(job.id, job.last_seq)
+                return
+            except DatabaseUnavailable as exc:
+                log.warning("job %s: reading it failed (%s); again in %g s", job.id, exc,
+                            RETRY_DELAY)
+                await trio.sleep(RETRY_DELAY)
 
     async def _take(self, job: Job) -> LiveJob:
         """A job claimed from the database: this node's from now on."""
@@ -232,6 +289,7 @@ class Cluster:
                     log.warning("claiming failed: %s", type(exc).__name__)
                     await trio.sleep(RETRY_DELAY)
                     continue
+                self._claimed += len(jobs)
                 for job in jobs:
                     await self._take(job)
                     engine.enqueue(job.id)
@@ -249,13 +307,27 @@ class Cluster:
                     log.info("job %s: cancel from another node", job_id)
                     await self.engine.stop(live, "cancel")
 
+    def statistics(self) -> ClusterStatistics:
+        return ClusterStatistics(heartbeat_age=time.monotonic() - self._last_beat,
+                                 nodes_alive=self._alive, declared_dead=self._declared_dead,
+                                 claimed=self._claimed)
+
     # ---- what the engine asks (queueing.Claims) ------------------------------
 
     async def own_unfinished(self) -> list[Job]:
         return await self._call(self._db, self._db.own_unfinished)
 
     async def release(self, job_ids: Sequence[JobId]) -> None:
-        await self._call(self._db, self._db.release, job_ids)
+        """Give jobs back to the queue; tried until the database answers (they
+        are this node's there until then, and no other node could take them)."""
+        while True:
+            try:
+                await self._call(self._db, self._db.release, job_ids)
+                return
+            except psycopg.Error as exc:
+                log.warning("releasing %d jobs failed (%s); again in %g s", len(job_ids),
+                            type(exc).__name__, RETRY_DELAY)
+                await trio.sleep(RETRY_DELAY)
 
     async def cancel_elsewhere(self, job: Job) -> Job | None:
         engine = self.engine

@@ -87,6 +87,7 @@ class Engine:
         self._queue = LocalQueue()  # the QUEUED jobs this node holds (queueing.py)
         # Several nodes: the database's queue; None: the local queue is the queue.
         self.claims: Claims | None = None
+        self.node_id: str | None = None  # this node's, on its `started` events (cluster.py)
         self.accepting = True
         self._counts = {Status.QUEUED: 0, Status.RUNNING: 0}  # see system_status
         # component -> "up" | "down" | ..., from the health checks that are configured.

@@ -65,6 +65,11 @@ class Gauges:
     hub: Callable[[], Any]
     store: Callable[[], Any]
     stream: Callable[[], Any] | None = None
+    # Several nodes on PostgreSQL only: mirror.py's, postgres_listen.py's and
+    # cluster.py's statistics.
+    mirror: Callable[[], Any] | None = None
+    listener: Callable[[], Any] | None = None
+    cluster: Callable[[], Any] | None = None
 
 
 class Metrics:
@@ -191,6 +196,35 @@ _STREAM_FIELDS = (
 )
 
 
+# Several nodes' figures (read at scrape time): (source, field, metric, kind, HELP).
+_CLUSTER_FIELDS = (
+    ("mirror", "mirrored", "jobserver_mirror_jobs", "gauge",
+     "Jobs other nodes run that this node mirrors now."),
+    ("mirror", "notifications", "jobserver_mirror_notifications", "counter",
+     "Notifications the mirror was handed (other nodes' commits and deletions)."),
+    ("mirror", "reads", "jobserver_mirror_reads", "counter",
+     "Store reads of the mirror catching up with other nodes' jobs (records and pages)."),
+    ("mirror", "events", "jobserver_mirror_events", "counter",
+     "Other nodes' events the mirror published into this node's hub."),
+    ("listener", "connected", "jobserver_listener_connected", "gauge",
+     "1 while the LISTEN connection to PostgreSQL is up, else 0."),
+    ("listener", "notifications", "jobserver_listener_notifications", "counter",
+     "Notifications received on the LISTEN connection."),
+    ("listener", "reconnects", "jobserver_listener_reconnects", "counter",
+     "LISTEN connections opened again after one was lost."),
+    ("cluster", "heartbeat_age", "jobserver_node_heartbeat_age_seconds", "gauge",
+     "Seconds since this node last stamped its heartbeat in the database."),
+    ("cluster", "nodes_alive", "jobserver_nodes_alive", "gauge",
+     "Nodes (this one included) whose heartbeat was fresh at this node's last look."),
+    ("cluster", "declared_dead", "jobserver_nodes_declared_dead", "counter",
+     "Nodes this node declared dead and rescued the jobs of."),
+    ("cluster", "claimed", "jobserver_node_claimed_jobs", "counter",
+     "Jobs this node claimed from the shared queue."),
+)
+# The families only a node with a `database_url` has.
+CLUSTER_FAMILIES = frozenset(name for _, _, name, _, _ in _CLUSTER_FIELDS)
+
+
 class _Snapshot(Collector):
     """The figures that exist as state or plain counters, read at scrape time."""
 
@@ -218,6 +252,12 @@ class _Snapshot(Collector):
             for name, suffix, kind, text in _STREAM_FIELDS:
                 make = _gauge if kind == "gauge" else _counter
                 yield make(f"jobserver_stream_{suffix}", text, getattr(stats, name))
+        found = {"mirror": g.mirror, "listener": g.listener, "cluster": g.cluster}
+        read = {source: get() for source, get in found.items() if get is not None}
+        for source, field_name, name, kind, text in _CLUSTER_FIELDS:
+            if source in read:
+                make = _gauge if kind == "gauge" else _counter
+                yield make(name, text, float(getattr(read[source], field_name)))
 
 
 def _gauge(name: str, text: str, value: float) -> Metric:

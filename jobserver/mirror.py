@@ -25,6 +25,9 @@ Rules:
   notified), nothing queues per event. The callbacks never block or raise.
 - This node's own notifications are ignored (`Engine.ran_here`), and so are
   deletions it announced itself (`Engine.deleted_here`).
+- A read that meets a lost database is not an error of the node's (the store
+  waits `database_lost_after` for it): the worker logs it, waits
+  `RETRY_DELAY` and reads everything again as after a reconnection.
 - After the listener (re)connects, notifications may have been lost: every
   mirrored job is read again from its position, and the store's unfinished
   jobs that are not ours are mirrored (a job deleted meanwhile is announced).
@@ -51,7 +54,7 @@ from .core.ids import JobId
 from .core.job import Job, apply
 from .core.states import InvalidTransition
 from .engine import Engine
-from .store import Expired
+from .store import DatabaseUnavailable, Expired
 from .store.postgres_blocking import DELETED_CHANNEL, EVENTS_CHANNEL
 
 log = logging.getLogger("jobserver.mirror")
@@ -59,6 +62,8 @@ log = logging.getLogger("jobserver.mirror")
 CHANNELS = (EVENTS_CHANNEL, DELETED_CHANNEL)
 PAGE = 1000  # events per store read (like a catch-up page: bounded memory per worker)
 WORKERS = 4  # jobs read at once
+# After a read met a lost database, the workers wait this long and read again.
+RETRY_DELAY = 0.5
 # Mirrored jobs that finished lately, remembered for their `deleted` event.
 FINISHED_KEPT = 8192
 
@@ -142,6 +147,16 @@ class Mirror:
             task_status.started()
 
     async def _work(self) -> None:
+        while True:
+            try:
+                await self._work_until_lost()
+            except DatabaseUnavailable as exc:
+                log.warning("mirror: reading failed (%s); again in %g s", exc, RETRY_DELAY)
+                self._resync = True
+                await trio.sleep(RETRY_DELAY)
+
+    async def _work_until_lost(self) -> None:
+        """A worker's loop, until a read meets a lost database."""
         while True:
             if self._resync:
                 self._resync = False

@@ -101,7 +101,8 @@ def _listening(config: Config) -> Iterator[socket.socket]:
 async def _serve(config: Config, routes: RouteTable, listen_socket: socket.socket,
                  task_status: trio.TaskStatus[Server]) -> None:
     metrics = Metrics()  # this server's own registry
-    store = open_store(config, observe_commit=metrics.observe_commit)
+    node = None if config.database_url is None else node_id_for(config.data_dir)
+    store = open_store(config, observe_commit=metrics.observe_commit, node=node)
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(store.run)
         url = config.database_url
@@ -110,15 +111,17 @@ async def _serve(config: Config, routes: RouteTable, listen_socket: socket.socke
         keyring = KeyRing.for_config(config)
         engine = Engine(config, store, Hub(), metrics=metrics)
         supervisor = Supervisor(engine)
-        mirror = cluster = None
+        mirror = cluster = listener = None
         if url is not None:
             listener = Listener(url)
             mirror = Mirror(engine)
             listener.listen(CHANNELS, mirror)
-            cluster = Cluster(engine, url, node_id=node_id_for(config.data_dir),
+            assert node is not None
+            cluster = Cluster(engine, url, node_id=node,
                               running=lambda: supervisor.running, listener=listener,
                               settle=mirror.settle)
             engine.claims = cluster
+            engine.node_id = cluster.node_id
             await store_nursery.start(listener.run)
             await cluster.register()
         async with trio.open_nursery() as engine_nursery:
@@ -135,7 +138,10 @@ async def _serve(config: Config, routes: RouteTable, listen_socket: socket.socke
             metrics.watch(Gauges(
                 running=lambda: supervisor.running, queued=lambda: len(engine.queued_ids()),
                 slots=config.slots, hub=engine.hub.statistics, store=store.statistics,
-                stream=plane.statistics))
+                stream=plane.statistics,
+                mirror=None if mirror is None else mirror.statistics,
+                listener=None if listener is None else listener.statistics,
+                cluster=None if cluster is None else cluster.statistics))
             services = Services(config=config, engine=engine, supervisor=supervisor,
                                 keyring=keyring, started_at=time.time(),
                                 submits=IdempotentSubmits(engine), metrics=metrics)

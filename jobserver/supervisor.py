@@ -130,7 +130,7 @@ class Run:
         process = identity.to_dict() if identity is not None else None
         await self.engine.record(self.live, [lambda s: ev.Started(
             job_id=jid, seq=s, ts=self.engine.now(), pid=pid, command=command, step=step,
-            process=process)])
+            process=process, node=self.engine.node_id)])
 
     async def lines(self, stream: str, ts: float, lines: list[str]) -> None:
         self.snippet[stream].extend(lines[-self.config.log_snippet_lines:])

@@ -101,6 +101,17 @@ def pg_server() -> Iterator[PgServer]:
         pytest.skip(f"no PostgreSQL server: {exc}")
 
 
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[PgServer]:
+    """A PostgreSQL server of the test module's own, for tests that stop and
+    start it (pause / resume): the session's is shared by other tests."""
+    try:
+        with running_pg() as server:
+            yield server
+    except PgUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+
+
 @pytest.fixture
 def database_url(pg_server: PgServer) -> str:
     """A fresh, empty PostgreSQL database of the session's server."""

@@ -43,9 +43,11 @@ async def test_submit_follow_puts_each_stream_on_its_own_and_wait_exits_with_the
     assert "err line" in ran.err.splitlines()
     job = await harness.job(job_id)
     assert job["params"] == {"code": 7} and job["status"] == "FAILED"
-    # -f alone streams and exits 0; --wait alone waits quietly.
+    # -f alone streams and exits 0, saying on stderr how the job ended badly;
+    # --wait alone waits quietly.
     ran = await cli(env, "submit", "exit", "code=5", "-f")
     assert ran.rc == 0 and ran.lines == ["out line"]
+    assert re.search(r"^[0-9a-f]{8} FAILED in .* \(exit 5\)", ran.err.splitlines()[-1])
     ran = await cli(env, "submit", "exit", "code=0", "--wait")
     assert ran.rc == 0 and len(ran.lines) == 1 and "SUCCEEDED" in ran.err
 
@@ -217,7 +219,18 @@ async def test_logs_history_streams_tail_since_and_json(harness: Harness,
                                         if e["stream"] == "stdout") + \
         "".join(f"{e['line']}\n" for e in events[3:] if e["stream"] == "stderr")
     ran = await cli(admin, "logs", job_id, "-f", "--tail", "1", "--stdout")
-    assert ran.rc == 0 and ran.lines == ["4"]
+    assert ran.rc == 0 and ran.lines == ["4"] and ran.err == ""  # it succeeded: no word
+    ran = await cli(env, "submit", "exit", "code=3", "--wait")
+    failed = ran.lines[0]
+    ran = await cli(env, "logs", failed, "-f")  # the end said on stderr, after the lines
+    assert ran.rc == 0 and ran.lines == ["out line"]
+    assert ran.err.splitlines()[0] == "err line"
+    assert re.fullmatch(rf"{failed[:8]} FAILED in \S+ \(exit 3\): .*3.*",
+                        ran.err.splitlines()[-1]), ran.err
+    ran = await cli(env, "logs", failed, "-f", "--json")  # stdout: the events alone
+    assert ran.rc == 0
+    assert sorted(json.loads(line)["line"] for line in ran.lines) == ["err line", "out line"]
+    assert " FAILED in " in ran.err.splitlines()[-1]
     ran = await cli(env, "logs", job_id)  # alice: not hers
     assert ran.rc == 66
 

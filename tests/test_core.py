@@ -101,6 +101,20 @@ def test_bounce_returns_running_to_queued() -> None:
     assert job.status is Status.QUEUED and job.pid is None
 
 
+def test_a_jobs_node_is_its_runs_until_it_is_queued_again() -> None:
+    job = apply(_job(), ev.Started(job_id=JobId("j"), seq=1, ts=1.0, pid=5, command="x",
+                                   node="n1"))
+    assert job.node == "n1" and Job.from_dict(job.to_dict()) == job
+    job = apply(job, ev.Bounce(job_id=job.id, seq=2, ts=2.0, reason="node n1 died"))
+    assert job.node is None  # queued: no node runs it
+    job = apply(job, ev.Started(job_id=job.id, seq=3, ts=3.0, pid=6, command="x", node="n2"))
+    job = apply(job, ev.Finished(job_id=job.id, seq=4, ts=4.0, status="FAILED", outcome="lost",
+                                 message="node n2 died while running it"))
+    assert job.node == "n2"  # the node that ran it, whoever recorded its end
+    assert apply(_job(), ev.Started(job_id=job.id, seq=1, ts=1.0, pid=5,
+                                    command="x")).node is None  # a single node's
+
+
 def test_event_data_round_trip() -> None:
     for cls in ev.EVENT_TYPES.values():
         sample = {

@@ -1,6 +1,7 @@
 """The database lost under a running node: PostgreSQL stopped and started again.
 
-Against a private PostgreSQL server (the session's is shared by other tests):
+Against a private PostgreSQL server (conftest's `private_pg`: the session's is
+shared by other tests):
 while it is down, writes stay queued and producers wait once the bounded queue
 is full; nothing is acknowledged (no `on_commit`) before its commit; once it is
 back every write is committed, in order. Down for longer than `lost_after`, the
@@ -10,10 +11,8 @@ store fails with a message that says so.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from functools import partial
 
-import pytest
 import trio
 
 from jobserver.core.job import Job
@@ -21,20 +20,9 @@ from jobserver.store.base import DatabaseUnavailable
 from jobserver.store.postgres import PostgresStore
 
 from .pg import PgServer
-from .pg import Unavailable as PgUnavailable
-from .pg import running as running_pg
 from .test_store import logs, make_job
 
 CAPACITY = 40  # events queued before `write` waits
-
-
-@pytest.fixture(scope="module")
-def private_pg() -> Iterator[PgServer]:
-    try:
-        with running_pg() as server:
-            yield server
-    except PgUnavailable as exc:
-        pytest.skip(f"no PostgreSQL server: {exc}")
 
 
 async def _write_batches(store: PostgresStore, job: Job, first: int, batches: int,

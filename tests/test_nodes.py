@@ -90,6 +90,15 @@ def node_id(data_dir: Path) -> str:
     return (data_dir / "node.id").read_text().strip()
 
 
+async def running_on(url: str, data_dir: Path, database_url: str, token: str,
+                     template: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A job submitted to the node at `url` (data dir `data_dir`, the only one
+    with a free slot) once it runs there: its record."""
+    job_id = await submit(url, token, template, params)
+    await wait_node_of(database_url, job_id, "RUNNING", node_id(data_dir))
+    return await wait_status(url, token, job_id, "RUNNING")
+
+
 async def test_jobs_submitted_across_two_nodes_each_run_exactly_once(
         tmp_path: Path, database_url: str) -> None:
     async with node(tmp_path, "a", database_url) as (_, url_a, dir_a), \

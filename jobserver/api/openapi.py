@@ -118,6 +118,9 @@ def _schemas() -> dict[str, Any]:
         "input": {"type": ["object", "null"]}, "resume_from": {"type": "integer"},
         "status": _STATUS, "created_at": _TIME, "started_at": _NULLABLE_TIME,
         "completed_at": _NULLABLE_TIME, "pid": {"type": ["integer", "null"]},
+        "node": {"type": ["string", "null"], "description": "The node that runs the job, "
+                 "or ran it last (several nodes on one database; null on one node and "
+                 "while the job waits in the queue)"},
         "exit_code": {"type": ["integer", "null"]}, "outcome": _NULLABLE_STRING,
         "result_message": _NULLABLE_STRING, "error_message": _NULLABLE_STRING,
         "log_snippet": _NULLABLE_STRING, "progress": {"type": ["object", "null"]},
@@ -191,7 +194,8 @@ def _native_paths() -> dict[str, Any]:
     events = _obj({"events": _arr({"$ref": "#/components/schemas/Event"}),
                    "next_after": {"type": ["integer", "null"]}, "status": _STATUS})
     stream_params = [_ID, _TOKEN, {
-        "name": "after", "in": "query", "description": "Events after this seq",
+        "name": "after", "in": "query", "description": "Events after this seq (at or "
+        "past a live job's last: from now; a finished job's: 204)",
         "schema": {"type": "integer", "minimum": 0}}, {
         "name": "Last-Event-ID", "in": "header", "description": "Wins over `after`",
         "schema": {"type": "integer", "minimum": 0}}]
@@ -227,7 +231,8 @@ def _native_paths() -> dict[str, Any]:
                      "responses": _answers("202", _JOB, 404, 409)}},
         "/api/v1/jobs/{job_id}/events": {
             "get": {"summary": "Events after a seq (paged)", "parameters": [
-                _ID, {"name": "after", "in": "query",
+                _ID, {"name": "after", "in": "query", "description": "Events after this seq "
+                      "(at or past the job's last: none, next_after null)",
                       "schema": {"type": "integer", "minimum": 0}},
                 {"name": "limit", "in": "query",
                  "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
@@ -239,7 +244,8 @@ def _native_paths() -> dict[str, Any]:
                       "schema": {"type": "string"}},
                 {"name": "streams", "in": "query", "description": "`1`: `[stream] line`",
                  "schema": {"type": "string"}},
-                {"name": "after", "in": "query", "description": "Lines after this seq",
+                {"name": "after", "in": "query", "description": "Lines after this seq "
+                 "(at or past the job's last: an empty body)",
                  "schema": {"type": "integer", "minimum": 0}},
                 {"name": "until", "in": "query", "description": "Lines up to this seq",
                  "schema": {"type": "integer", "minimum": 0}}],

@@ -165,9 +165,15 @@ def _finish(ctx: Context, job_id: str, final: dict[str, Any] | None, *, exit_cod
         return 1 if exit_code else 0
     if ctx.json:
         print_json_line(final)
-    elif ctx.progress or exit_code:
+    elif ctx.progress or exit_code or ended_badly(final):
         note(summary(final, ctx.err))
     return job_exit_code(final) if exit_code else 0
+
+
+def ended_badly(job: dict[str, Any]) -> bool:
+    """A followed job that did not succeed: its end is said even off a terminal
+    (on stderr; `-f` still exits 0, `wait` / `--wait` exit with the job's code)."""
+    return job["status"] in TERMINAL and job["status"] != "SUCCEEDED"
 
 
 # ---- ls / show ---------------------------------------------------------------
@@ -242,7 +248,7 @@ def _print_jobs(ctx: Context, jobs: list[dict[str, Any]], cursor: str | None) ->
         note(f"more: the same with --cursor {cursor} (or --all)")
 
 
-SHOW_FIELDS = ("template", "owner", "params", "argv", "command", "pid", "exit_code",
+SHOW_FIELDS = ("template", "owner", "params", "argv", "command", "pid", "node", "exit_code",
                "outcome", "result_message", "error_message", "attempt", "retry_of",
                "parent_id", "correlation_id")
 
@@ -306,7 +312,7 @@ async def logs(ctx: Context) -> int:
                              progress=ctx.progress)
     if final is None:
         note(f"jobserver: job {job['id']} was deleted")
-    elif ctx.progress:
+    elif (ctx.progress and not ctx.json) or ended_badly(final):  # stderr: for the person
         note(summary(final, ctx.err))
     return 0
 

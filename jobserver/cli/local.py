@@ -22,12 +22,13 @@ from typing import Any
 import trio
 
 from ..auth import SIGNING_KEY_FILE, KeyRing, progress_key
+from ..cluster import NodeFenced
 from ..config import Config, ConfigError, load_config
 from ..core.ids import parse_job_id
 from ..core.timefmt import iso_ms
 from ..datadir import StartRefused
 from ..server import Server, serve
-from ..store import DatabaseUnavailable, IncompatibleDatabase
+from ..store import DatabaseUnavailable, IncompatibleDatabase, WriteFenced
 from .client import EXIT_FAILED, EXIT_USAGE
 
 FIRST_TOKEN_TTL = 7 * 24 * 3600
@@ -97,9 +98,10 @@ def serve_command(args: argparse.Namespace) -> int:
     unusable: list[BaseException] = []
     try:
         trio.run(_serve_until_signal, config, first_start)
-    except* (IncompatibleDatabase, DatabaseUnavailable, StartRefused) as group:
+    except* (IncompatibleDatabase, DatabaseUnavailable, StartRefused, NodeFenced,
+             WriteFenced) as group:
         unusable.extend(_leaves(group))
-    for exc in unusable:  # a database the server cannot use: say why, no traceback
+    for exc in unusable:  # a database the server cannot use (or no longer may): say why
         print(f"jobserver: {exc}", file=sys.stderr)
     return EXIT_FAILED if unusable else 0
 

@@ -40,6 +40,8 @@ class Started(Event):
     # What proves a live process is this one after a restart (pid, pgid,
     # start_time, boot_id: see groups.py); None where the system cannot tell.
     process: Mapping[str, Any] | None = None
+    # The node running it, with several nodes on one database (None: one node).
+    node: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -67,6 +67,8 @@ class Job:
     completed_at: float | None = None
     pid: int | None = None
     process: Mapping[str, Any] | None = None  # the running process's identity (groups.py)
+    # The node that runs it or ran it last (its `started` event's; None on one node).
+    node: str | None = None
     command_line: str | None = None
     exit_code: int | None = None
     outcome: str | None = None
@@ -110,6 +112,7 @@ class Job:
             "completed_at": self.completed_at,
             "pid": self.pid,
             "process": dict(self.process) if self.process is not None else None,
+            "node": self.node,
             "exit_code": self.exit_code,
             "outcome": self.outcome,
             "result_message": self.result_message,
@@ -147,6 +150,7 @@ class Job:
             completed_at=d.get("completed_at"),
             pid=d.get("pid"),
             process=d.get("process"),
+            node=d.get("node"),
             command_line=d.get("command"),
             exit_code=d.get("exit_code"),
             outcome=d.get("outcome"),
@@ -182,7 +186,7 @@ def apply(job: Job, event: ev.Event) -> Job:
         case ev.Queued():
             if job.status is not Status.QUEUED:
                 raise_invalid(job.status)
-        case ev.Started(pid=pid, command=command, step=step, process=process):
+        case ev.Started(pid=pid, command=command, step=step, process=process, node=node):
             if job.status is Status.QUEUED:
                 changes["status"] = transition(job.status, Move.START)
                 changes["started_at"] = event.ts
@@ -190,6 +194,7 @@ def apply(job: Job, event: ev.Event) -> Job:
                 transition(job.status, Move.START)  # raises
             changes["pid"] = pid
             changes["process"] = process
+            changes["node"] = node
             changes["command_line"] = command
             if step is not None:
                 changes["steps"] = _step(job.steps, step, "Running", event.ts)
@@ -221,6 +226,7 @@ def apply(job: Job, event: ev.Event) -> Job:
             changes["status"] = transition(job.status, Move.BOUNCE)
             changes["pid"] = None
             changes["process"] = None
+            changes["node"] = None  # queued again: no node runs it
             changes["steps"] = tuple(
                 dataclasses.replace(s, status="Pending") if s.status == "Running" else s
                 for s in job.steps

@@ -16,20 +16,23 @@ from .base import (
     RetentionRule,
     Store,
     StoreStatistics,
+    WriteFenced,
 )
 
 if TYPE_CHECKING:
     from ..config import Config
 
 __all__ = ["DatabaseUnavailable", "Expired", "IdempotencyRecord", "IncompatibleDatabase",
-           "JobFilter", "RetentionRule", "Store", "StoreStatistics"]
+           "JobFilter", "RetentionRule", "Store", "StoreStatistics", "WriteFenced"]
 
 log = logging.getLogger("jobserver.store")
 
 
-def open_store(config: Config, *, observe_commit: Callable[[float], None] | None = None) -> Store:
-    """The store `config` names (not yet running): PostgreSQL at `database_url`,
-    else SQLite in the data directory."""
+def open_store(config: Config, *, observe_commit: Callable[[float], None] | None = None,
+               node: str | None = None) -> Store:
+    """The store `config` names (not yet running): PostgreSQL at `database_url`
+    (writing as `node`: see postgres_blocking.py's fencing), else SQLite in the
+    data directory."""
     from ..config import redact_url
 
     if config.database_url is not None:
@@ -37,7 +40,7 @@ def open_store(config: Config, *, observe_commit: Callable[[float], None] | None
 
         log.info("PostgreSQL at %s", redact_url(config.database_url))
         return PostgresStore(config.database_url, observe_commit=observe_commit,
-                             lost_after=config.database_lost_after)
+                             lost_after=config.database_lost_after, node=node)
     from .sqlite import SqliteStore
 
     path = config.data_dir / "jobserver.db"

@@ -30,6 +30,12 @@ class IncompatibleDatabase(Exception):
     """The database was written by a newer jobserver (a higher schema version)."""
 
 
+class WriteFenced(Exception):
+    """A write for a job another node holds now: this node was declared dead
+    and its jobs taken over (cluster.py). Nothing of the group was committed;
+    the node must stop."""
+
+
 class DatabaseUnavailable(Exception):
     """The connection to a database server was lost (or never made): nothing of
     the operation that met it is known to be committed beyond what was acknowledged."""

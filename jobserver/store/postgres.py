@@ -62,18 +62,20 @@ class PostgresStore(QueuedStore[db.Connection]):
         readers: int = READERS,
         observe_commit: Callable[[float], None] | None = None,
         lost_after: float = LOST_AFTER,
+        node: str | None = None,
     ) -> None:
         super().__init__(db, capacity=capacity, capacity_chars=capacity_chars,
                          max_group=max_group, max_group_chars=max_group_chars, linger=linger,
                          readers=readers, observe_commit=observe_commit)
         self._url = url
         self._lost_after = lost_after
+        self._node = node  # the node whose jobs this store writes (None: no fencing)
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact_url(self._url)!r})"
 
     def _open_writer(self) -> db.Connection:
-        return db.connect(self._url, writer=True)
+        return db.connect(self._url, writer=True, node=self._node)
 
     def _open_reader(self) -> db.Connection:
         return db.connect(self._url, writer=False)

@@ -15,7 +15,13 @@ delivers them at commit and never for a write that did not commit:
     jobserver_queue    "<job_id>"                  a job record written while QUEUED
 
 The row layout (log chunks, job rows, cursors) is codec.py's, shared with SQLite.
-The job-record upsert never writes `node` (claiming does). Every network wait
+The job-record upsert never writes `node` (claiming does). The writer's
+connection names its node (`jobserver.node`, a session setting): a group that
+writes new events for a job another node holds now (it declared this one dead
+and took the job over) is refused whole with `WriteFenced`, checked under the
+job rows' locks in the group's transaction, so no write of a fenced node
+lands after the takeover; a repeat of a group already committed (its events
+are there) leaves such a job's rows alone. Every network wait
 is bounded by the connection's TCP timeouts, so a thread never hangs on a dead
 server; a lost connection raises `DatabaseUnavailable`.
 """
@@ -42,6 +48,7 @@ from .base import (
     IncompatibleDatabase,
     JobFilter,
     RetentionRule,
+    WriteFenced,
 )
 from .codec import LOG, DeleteOp, Group, JobRow, Op, PinOp, Row, TrimOp, WriteOp, decode_job
 
@@ -130,8 +137,9 @@ _QUEUED = Status.QUEUED.value
 # ---- connections ----------------------------------------------------------
 
 
-def connect(url: str, *, writer: bool) -> Connection:
-    """A connection in autocommit mode; the writer's creates or migrates the schema."""
+def connect(url: str, *, writer: bool, node: str | None = None) -> Connection:
+    """A connection in autocommit mode; the writer's creates or migrates the
+    schema, and names `node` (the node whose jobs it writes: see `_fence`)."""
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                                tcp_user_timeout=TCP_USER_TIMEOUT_MS,
@@ -143,6 +151,8 @@ def connect(url: str, *, writer: bool) -> Connection:
     try:
         if writer:
             migrate(conn)
+            if node is not None:
+                conn.execute("SELECT set_config('jobserver.node', %s, false)", (node,))
         else:
             conn.execute("SET default_transaction_read_only = on")
     except BaseException:
@@ -265,8 +275,32 @@ def _upsert_jobs(conn: Connection, jobs: Sequence[JobRow]) -> None:
     )
 
 
+def _fence(conn: Connection, rows: list[Row], jobs: list[JobRow]
+           ) -> tuple[list[Row], list[JobRow]]:
+    """The rows and records this node may write: raises `WriteFenced` when
+    new events are for a job another node holds; drops a held job's rows when
+    they are all stored already (a repeated group). The rows checked stay
+    locked to the end of the transaction (a takeover waits for it)."""
+    ids = sorted({r[0] for r in rows} | {j[0] for j in jobs})
+    held: dict[str, int] = dict(conn.execute(
+        "SELECT j.id, (SELECT coalesce(max(e.seq_end), 0) FROM events e WHERE e.job_id = j.id)"
+        " FROM jobs j WHERE j.id = ANY(%s) AND j.node IS NOT NULL"
+        " AND j.node <> current_setting('jobserver.node', true) FOR UPDATE OF j",
+        (ids,)).fetchall()) if ids else {}
+    if not held:
+        return rows, jobs
+    for job_id, stored in held.items():
+        ours = max((r[2] for r in rows if r[0] == job_id), default=0)
+        if ours > stored:
+            raise WriteFenced(f"job {job_id} is another node's now (this node was declared "
+                              "dead and its jobs taken over): nothing more is written")
+    return [r for r in rows if r[0] not in held], [j for j in jobs if j[0] not in held]
+
+
 def _flush(conn: Connection, group: Group, notes: _Notes) -> None:
     rows, jobs = group.take()
+    if rows or jobs:
+        rows, jobs = _fence(conn, rows, jobs)
     if rows:
         _insert_rows(conn, rows)
         last = notes.events

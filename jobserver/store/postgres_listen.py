@@ -65,6 +65,11 @@ class ListenerStatistics:
     connects: int  # successful connections, the first included
     notifications: int  # received, since start
 
+    @property
+    def reconnects(self) -> int:
+        """Connections opened again after one was lost."""
+        return max(0, self.connects - 1)
+
 
 class Listener:
     def __init__(self, url: str, *, retry_first: float = RETRY_FIRST,

@@ -31,6 +31,8 @@ CONTROL_CHANNEL = "jobserver_control"
 QUEUE_CHANNEL = "jobserver_queue"
 # Heartbeats are stamped and judged by the database's clock: nodes' clocks may differ.
 NOW = "extract(epoch from clock_timestamp())"
+# The claiming node is 'up' (its id the parameter): a node declared dead claims nothing.
+UP = "EXISTS (SELECT 1 FROM nodes WHERE nodes.id = %s AND nodes.state = 'up')"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,15 +109,16 @@ class NodesDb:
     # ---- claims ------------------------------------------------------------
 
     def claim(self, limit: int) -> list[Job]:
-        """Take up to `limit` unclaimed QUEUED jobs, oldest first."""
+        """Take up to `limit` unclaimed QUEUED jobs, oldest first (none while
+        this node is not 'up': one declared dead takes nothing more)."""
         if limit <= 0:
             return []
         rows = self._c().execute(
             "WITH c AS (SELECT id FROM jobs WHERE status = 'QUEUED' AND node IS NULL "
-            "ORDER BY created_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"AND {UP} ORDER BY created_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
             "UPDATE jobs SET node = %s FROM c WHERE jobs.id = c.id "
             "RETURNING jobs.data, jobs.pinned",
-            (limit, self.node_id)).fetchall()
+            (self.node_id, limit, self.node_id)).fetchall()
         jobs = [_job(r) for r in rows]
         jobs.sort(key=lambda j: (j.created_at, j.id))
         return jobs
@@ -124,7 +127,7 @@ class NodesDb:
         """Take one particular job if it is QUEUED and unclaimed (to cancel it)."""
         row = self._c().execute(
             "UPDATE jobs SET node = %s WHERE id = %s AND status = 'QUEUED' AND node IS NULL "
-            "RETURNING data, pinned", (self.node_id, job_id)).fetchone()
+            f"AND {UP} RETURNING data, pinned", (self.node_id, job_id, self.node_id)).fetchone()
         return None if row is None else _job(row)
 
     def release(self, job_ids: Sequence[JobId]) -> int:
@@ -163,12 +166,14 @@ class NodesDb:
 
     # ---- liveness ----------------------------------------------------------
 
-    def stale_nodes(self, dead_after: float) -> list[str]:
-        """Other nodes still counted alive whose heartbeat is older than `dead_after` s."""
+    def liveness(self, dead_after: float) -> tuple[list[str], int]:
+        """The other nodes still counted alive whose heartbeat is older than
+        `dead_after` s (oldest first), and how many nodes' heartbeats are fresh."""
         rows = self._c().execute(
-            f"SELECT id FROM nodes WHERE state IN ('up', 'stopping') AND heartbeat_at < {NOW} - %s "
-            "AND id <> %s ORDER BY heartbeat_at", (dead_after, self.node_id)).fetchall()
-        return [str(r[0]) for r in rows]
+            f"SELECT id, heartbeat_at < {NOW} - %s FROM nodes WHERE state IN ('up', 'stopping') "
+            "ORDER BY heartbeat_at", (dead_after,)).fetchall()
+        stale = [str(i) for i, old in rows if old and i != self.node_id]
+        return stale, sum(1 for _, old in rows if not old)
 
     def declare_dead(self, node: str, dead_after: float) -> Rescue | None:
         """Declare `node` dead if its heartbeat is still older than `dead_after` s, and
