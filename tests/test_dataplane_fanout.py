@@ -34,6 +34,15 @@ from .test_dataplane_helpers import (
     submit_command,
 )
 
+# The pong deadline of the stall tests. The fast subscriber beside the stalled
+# one answers every ping, but from this process's one event loop, which the
+# server's pumping of the flood keeps busy: half a second was not always
+# enough on a loaded machine (it was dropped with 1011). The stalled one,
+# which answers no ping, is dropped by its full socket after ping interval +
+# this; the longer deadline also leaves a slow job time to fill that socket
+# before an unanswered ping (sent while it is still idle) drops it first.
+STALL_PONG = 4.0
+
 # Waits for go1, prints `count` lines, waits for go2, prints three more.
 TWO_BURSTS = (
     "import os, sys, time\n"
@@ -232,6 +241,10 @@ async def _burst(h: Harness, name: str, count: int, *, stall: bool
                 assert message["payload"]["message"] == f"line {expected} {'x' * 100}"
                 expected += 1
         lines = expected
+        if stall:  # its full socket holds a backlog for the stall timeout: see it
+            with trio.move_on_after(10):
+                while not backlog:
+                    await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
     assert fast.close_code == 1000 and lines == count
     await fast.aclose()
@@ -241,7 +254,7 @@ async def _burst(h: Harness, name: str, count: int, *, stall: bool
 async def test_stalled_subscriber_costs_nothing_and_resumes_with_since(data_dir: Path) -> None:
     count = 200_000
     async with running_server(data_dir, max_lag_events=1000, ws_ping_interval=0.5,
-                              ws_ping_timeout=0.5) as h:
+                              ws_ping_timeout=STALL_PONG) as h:
         # The same job once without the stalled subscriber: the process's own high water.
         warm_peak, _, _, _ = await _burst(h, "warm", count, stall=False)
         peak, backlog, stalled, job_id = await _burst(h, "stalled", count, stall=True)

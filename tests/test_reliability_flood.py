@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from .test_dataplane_fanout import _burst, wait_stats
+from .test_dataplane_fanout import STALL_PONG, _burst, wait_stats
 from .test_dataplane_helpers import rss_bytes, running_server
 
 pytestmark = pytest.mark.reliability
@@ -27,7 +27,7 @@ RSS_BOUND = 96 * 1024 * 1024
 
 async def test_a_never_reading_subscriber_costs_bounded_memory(data_dir: Path) -> None:
     async with running_server(data_dir, max_lag_events=1000, ws_ping_interval=0.5,
-                              ws_ping_timeout=0.5) as h:
+                              ws_ping_timeout=STALL_PONG) as h:
         before = rss_bytes()
         start = trio.current_time()
         peak, backlog, stalled, _ = await _burst(h, "flood", LINES, stall=True)
