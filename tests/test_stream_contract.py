@@ -165,6 +165,12 @@ async def _fifty_topics(h: Harness, ws: RawWebSocket) -> None:
     order: list[str] = []  # the job of each log message, in arrival order
     ended: set[str] = set()
     go.touch()
+    # Nothing is read until every live job has printed all its lines: the slow
+    # catch-ups (megabytes, paced by this socket) cannot have finished by then,
+    # so the order below shows whether live lines were held behind them, not
+    # which of the jobs' processes and the catch-ups a busy machine ran first.
+    for job in jobs[BEHIND:]:
+        await h.wait(job["id"])
     with trio.fail_after(90):
         async with aclosing(ws.messages()) as messages:
             async for text in messages:
