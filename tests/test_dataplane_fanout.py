@@ -208,16 +208,33 @@ async def test_a_member_that_leaves_while_waiting_for_the_placing_stays_gone() -
         assert released == [channel] and not channel.live and not channel.pending
 
 
+async def read_until_flowing(ws: RawWebSocket, got: list[dict[str, Any]]) -> None:
+    """Read (answering pings) up to the first log line, then stop reading."""
+    while not log_lines(got):
+        texts = [t async for t in ws.messages(limit=1)]
+        if not texts:
+            return
+        got.append(json.loads(texts[0]))
+    await ws.send_answers()
+
+
 async def _burst(h: Harness, name: str, count: int, *, stall: bool
-                 ) -> tuple[int, int, RawWebSocket | None, str]:
+                 ) -> tuple[int, int, tuple[RawWebSocket, list[dict[str, Any]]] | None, str]:
     """One gated job of `count` padded lines read by a fast subscriber (and, when
-    `stall`, one that reads nothing): the process's RSS peak and the data plane's
-    largest backlog while it ran."""
+    `stall`, one that stops reading at the first line: it, and what it read):
+    the process's RSS peak and the data plane's largest backlog while it ran.
+
+    The stalled one answers pings until the flood reaches it: idle before that,
+    it would be pinged, and dropped at the pong deadline whether or not its
+    socket had filled by then (on a busy machine the job can be slower than
+    that deadline), with no stall to see.
+    """
     go = h.data_dir / name
     job = await gated_job(h, go, count, "x" * 100)
     port = h.server.port
     fast = await RawWebSocket.connect(port, logs_path(job["id"], h.admin, "&since=0"))
     stalled = None
+    early: list[dict[str, Any]] = []
     if stall:
         stalled = await RawWebSocket.connect(port, logs_path(job["id"], h.admin, "&since=0"))
     peak = rss_bytes()
@@ -233,6 +250,8 @@ async def _burst(h: Harness, name: str, count: int, *, stall: bool
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sample)
+        if stalled is not None:
+            nursery.start_soon(read_until_flowing, stalled, early)
         go.touch()
         expected = 0
         async for text in fast.messages():
@@ -248,7 +267,7 @@ async def _burst(h: Harness, name: str, count: int, *, stall: bool
         nursery.cancel_scope.cancel()
     assert fast.close_code == 1000 and lines == count
     await fast.aclose()
-    return peak, backlog, stalled, job["id"]
+    return peak, backlog, None if stalled is None else (stalled, early), job["id"]
 
 
 async def test_stalled_subscriber_costs_nothing_and_resumes_with_since(data_dir: Path) -> None:
@@ -257,8 +276,9 @@ async def test_stalled_subscriber_costs_nothing_and_resumes_with_since(data_dir:
                               ws_ping_timeout=STALL_PONG) as h:
         # The same job once without the stalled subscriber: the process's own high water.
         warm_peak, _, _, _ = await _burst(h, "warm", count, stall=False)
-        peak, backlog, stalled, job_id = await _burst(h, "stalled", count, stall=True)
-        assert stalled is not None
+        peak, backlog, held, job_id = await _burst(h, "stalled", count, stall=True)
+        assert held is not None
+        stalled, early = held
         # What the stalled one holds is bounded by the outbox, not by what it missed.
         missed = count * len(f"line {count} {'x' * 100}")
         assert 0 < backlog <= MAX_BACKLOG_BYTES + REPLAY_PAGE * 200
@@ -268,7 +288,7 @@ async def test_stalled_subscriber_costs_nothing_and_resumes_with_since(data_dir:
         # The stalled one was dropped once its socket stayed full for the stall timeout.
         stats = await wait_stats(h, connections=0, slow_writers=0, backlog_bytes=0)
         assert stats["stalled_connections_total"] == 1  # and counted, once
-        got = await stalled.collect()
+        got = early + await stalled.collect()
         await stalled.aclose()
         assert stalled.close_code in (1006, 1011)
         last = max(m.get("seq", 0) for m in got)
