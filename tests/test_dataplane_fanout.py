@@ -37,11 +37,13 @@ from .test_dataplane_helpers import (
 # The pong deadline of the stall tests. The fast subscriber beside the stalled
 # one answers every ping, but from this process's one event loop, which the
 # server's pumping of the flood keeps busy: half a second was not always
-# enough on a loaded machine (it was dropped with 1011). The stalled one,
-# which answers no ping, is dropped by its full socket after ping interval +
-# this; the longer deadline also leaves a slow job time to fill that socket
-# before an unanswered ping (sent while it is still idle) drops it first.
-STALL_PONG = 4.0
+# enough on a loaded machine (it was dropped with 1011). And the stalled one
+# is pinged whenever its socket is not full yet: unanswered, that ping drops it
+# at the deadline, before any stall, unless the flood has filled the kernel's
+# buffers by then (some 2 MB here; at the 6,000 lines/s of a loaded machine
+# that took 3 s, and 4 s was not always enough). Its stall drop comes at ping
+# interval + this, after its socket filled.
+STALL_PONG = 10.0
 
 # Waits for go1, prints `count` lines, waits for go2, prints three more.
 TWO_BURSTS = (
@@ -286,7 +288,8 @@ async def test_stalled_subscriber_costs_nothing_and_resumes_with_since(data_dir:
             f"RSS rose {(peak - warm_peak) >> 20} MiB with a stalled subscriber "
             f"({missed >> 20} MiB of output it did not read)")
         # The stalled one was dropped once its socket stayed full for the stall timeout.
-        stats = await wait_stats(h, connections=0, slow_writers=0, backlog_bytes=0)
+        stats = await wait_stats(h, 3 * STALL_PONG, connections=0, slow_writers=0,
+                                 backlog_bytes=0)
         assert stats["stalled_connections_total"] == 1  # and counted, once
         got = early + await stalled.collect()
         await stalled.aclose()

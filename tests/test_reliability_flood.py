@@ -35,7 +35,7 @@ async def test_a_never_reading_subscriber_costs_bounded_memory(data_dir: Path) -
         assert held is not None
         stalled, _ = held
         # Dropped once its socket stayed full past the stall timeout; nothing held.
-        await wait_stats(h, connections=0, slow_writers=0, backlog_bytes=0)
+        await wait_stats(h, 3 * STALL_PONG, connections=0, slow_writers=0, backlog_bytes=0)
         await stalled.aclose()
         line_bytes = LINES * len(f"line {LINES} {'x' * 100}\n")
         print(f"\nflood of {LINES} lines ({line_bytes / 2**20:.0f} MiB) in {elapsed:.1f} s "
