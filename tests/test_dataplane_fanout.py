@@ -34,6 +34,17 @@ from .test_dataplane_helpers import (
     submit_command,
 )
 
+# The pong deadline of the stall tests. The fast subscriber beside the stalled
+# one answers every ping, but from this process's one event loop, which the
+# server's pumping of the flood keeps busy: half a second was not always
+# enough on a loaded machine (it was dropped with 1011). And the stalled one
+# is pinged whenever its socket is not full yet: unanswered, that ping drops it
+# at the deadline, before any stall, unless the flood has filled the kernel's
+# buffers by then (some 2 MB here; at the 6,000 lines/s of a loaded machine
+# that took 3 s, and 4 s was not always enough). Its stall drop comes at ping
+# interval + this, after its socket filled.
+STALL_PONG = 10.0
+
 # Waits for go1, prints `count` lines, waits for go2, prints three more.
 TWO_BURSTS = (
     "import os, sys, time\n"
@@ -52,8 +63,20 @@ async def stream_stats(h: Harness) -> dict[str, float]:
     """The data plane's statistics, as /metrics shows them."""
     r = await h.client.get("/metrics")
     assert r.status_code == 200
+    return _stream_figures(r.text)
+
+
+def own_stats(h: Harness) -> dict[str, float]:
+    """The same statistics read in this process, without a request (which leaves
+    garbage of its own behind)."""
+    metrics = h.server.engine.metrics
+    assert metrics is not None
+    return _stream_figures(metrics.render().decode())
+
+
+def _stream_figures(text: str) -> dict[str, float]:
     out = {}
-    for line in r.text.splitlines():
+    for line in text.splitlines():
         if line.startswith("jobserver_stream_"):
             name, value = line.split()
             out[name.removeprefix("jobserver_stream_")] = float(value)
@@ -187,16 +210,33 @@ async def test_a_member_that_leaves_while_waiting_for_the_placing_stays_gone() -
         assert released == [channel] and not channel.live and not channel.pending
 
 
+async def read_until_flowing(ws: RawWebSocket, got: list[dict[str, Any]]) -> None:
+    """Read (answering pings) up to the first log line, then stop reading."""
+    while not log_lines(got):
+        texts = [t async for t in ws.messages(limit=1)]
+        if not texts:
+            return
+        got.append(json.loads(texts[0]))
+    await ws.send_answers()
+
+
 async def _burst(h: Harness, name: str, count: int, *, stall: bool
-                 ) -> tuple[int, int, RawWebSocket | None, str]:
+                 ) -> tuple[int, int, tuple[RawWebSocket, list[dict[str, Any]]] | None, str]:
     """One gated job of `count` padded lines read by a fast subscriber (and, when
-    `stall`, one that reads nothing): the process's RSS peak and the data plane's
-    largest backlog while it ran."""
+    `stall`, one that stops reading at the first line: it, and what it read):
+    the process's RSS peak and the data plane's largest backlog while it ran.
+
+    The stalled one answers pings until the flood reaches it: idle before that,
+    it would be pinged, and dropped at the pong deadline whether or not its
+    socket had filled by then (on a busy machine the job can be slower than
+    that deadline), with no stall to see.
+    """
     go = h.data_dir / name
     job = await gated_job(h, go, count, "x" * 100)
     port = h.server.port
     fast = await RawWebSocket.connect(port, logs_path(job["id"], h.admin, "&since=0"))
     stalled = None
+    early: list[dict[str, Any]] = []
     if stall:
         stalled = await RawWebSocket.connect(port, logs_path(job["id"], h.admin, "&since=0"))
     peak = rss_bytes()
@@ -212,6 +252,8 @@ async def _burst(h: Harness, name: str, count: int, *, stall: bool
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sample)
+        if stalled is not None:
+            nursery.start_soon(read_until_flowing, stalled, early)
         go.touch()
         expected = 0
         async for text in fast.messages():
@@ -220,20 +262,25 @@ async def _burst(h: Harness, name: str, count: int, *, stall: bool
                 assert message["payload"]["message"] == f"line {expected} {'x' * 100}"
                 expected += 1
         lines = expected
+        if stall:  # its full socket holds a backlog for the stall timeout: see it
+            with trio.move_on_after(10):
+                while not backlog:
+                    await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
     assert fast.close_code == 1000 and lines == count
     await fast.aclose()
-    return peak, backlog, stalled, job["id"]
+    return peak, backlog, None if stalled is None else (stalled, early), job["id"]
 
 
 async def test_stalled_subscriber_costs_nothing_and_resumes_with_since(data_dir: Path) -> None:
     count = 200_000
     async with running_server(data_dir, max_lag_events=1000, ws_ping_interval=0.5,
-                              ws_ping_timeout=0.5) as h:
+                              ws_ping_timeout=STALL_PONG) as h:
         # The same job once without the stalled subscriber: the process's own high water.
         warm_peak, _, _, _ = await _burst(h, "warm", count, stall=False)
-        peak, backlog, stalled, job_id = await _burst(h, "stalled", count, stall=True)
-        assert stalled is not None
+        peak, backlog, held, job_id = await _burst(h, "stalled", count, stall=True)
+        assert held is not None
+        stalled, early = held
         # What the stalled one holds is bounded by the outbox, not by what it missed.
         missed = count * len(f"line {count} {'x' * 100}")
         assert 0 < backlog <= MAX_BACKLOG_BYTES + REPLAY_PAGE * 200
@@ -241,9 +288,10 @@ async def test_stalled_subscriber_costs_nothing_and_resumes_with_since(data_dir:
             f"RSS rose {(peak - warm_peak) >> 20} MiB with a stalled subscriber "
             f"({missed >> 20} MiB of output it did not read)")
         # The stalled one was dropped once its socket stayed full for the stall timeout.
-        stats = await wait_stats(h, connections=0, slow_writers=0, backlog_bytes=0)
+        stats = await wait_stats(h, 3 * STALL_PONG, connections=0, slow_writers=0,
+                                 backlog_bytes=0)
         assert stats["stalled_connections_total"] == 1  # and counted, once
-        got = await stalled.collect()
+        got = early + await stalled.collect()
         await stalled.aclose()
         assert stalled.close_code in (1006, 1011)
         last = max(m.get("seq", 0) for m in got)
@@ -311,7 +359,12 @@ async def test_closed_connections_leave_no_garbage_cycles(h: Harness) -> None:
                     await ws.close()
                     await ws.collect()
                 await ws.aclose()
-            await wait_stats(h, connections=0)
+            # Waited for in-process: each scrape over HTTP leaves cycles of its
+            # own (the client's request and response objects), one set per poll,
+            # and a busy machine takes more than 20 polls to close 20 connections.
+            with trio.fail_after(10):
+                while own_stats(h)["connections"]:
+                    await trio.sleep(0.02)
             del clients, ws
             gc.collect()
             kinds = Counter(type(o).__qualname__ for o in gc.garbage)

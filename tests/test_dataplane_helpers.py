@@ -173,9 +173,7 @@ class RawWebSocket:
 
     async def _fill(self) -> bool:
         """Send pending answers, read once more; False at the end of the stream."""
-        if self._outgoing:
-            data, self._outgoing = self._outgoing, b""
-            await self.stream.send_all(data)
+        await self.send_answers()
         try:
             data = await self.stream.receive_some(262144)
         except trio.BrokenResourceError:
@@ -216,6 +214,13 @@ class RawWebSocket:
                 if self.close_code is None:
                     self.close_code = 1006
                 return
+
+    async def send_answers(self) -> None:
+        """Send the pongs owed for pings read so far (they go out with the next
+        read otherwise: a client that stops reading would owe them)."""
+        if self._outgoing:
+            data, self._outgoing = self._outgoing, b""
+            await self.stream.send_all(data)
 
     async def collect(self) -> list[dict[str, Any]]:
         return [json.loads(m) async for m in self.messages()]

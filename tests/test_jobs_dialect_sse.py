@@ -14,6 +14,7 @@ import trio
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from .conftest import Harness
+from .test_dataplane_fanout import wait_stats
 from .test_jobs_dialect import (
     assert_problem,
     checked_video,
@@ -195,7 +196,9 @@ async def test_last_event_id_ahead_of_a_running_job_follows_from_now(harness: Ha
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
-        await trio.sleep(0.3)
+        # Following before the cancel (a fixed pause was not always enough on a
+        # busy machine: the stream then opened on a job already ended).
+        await wait_stats(harness, live=1)
         await harness.client.post(f"/api/jobs/{slow['jobId']}/cancel", headers=headers)
     # ("working", printed as it starts, may be recorded once the stream follows.)
     assert [name for _, name, _ in got if name != "job-log"] == [

@@ -1,4 +1,4 @@
-"""A subscriber that never reads while a job prints a flood of lines: the
+"""A subscriber that stops reading at a flood's first line: the
 server's memory stays bounded (the stalled one is held to its outbox, then
 dropped), and a fast subscriber beside it gets every line, in order.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from .test_dataplane_fanout import _burst, wait_stats
+from .test_dataplane_fanout import STALL_PONG, _burst, wait_stats
 from .test_dataplane_helpers import rss_bytes, running_server
 
 pytestmark = pytest.mark.reliability
@@ -27,14 +27,15 @@ RSS_BOUND = 96 * 1024 * 1024
 
 async def test_a_never_reading_subscriber_costs_bounded_memory(data_dir: Path) -> None:
     async with running_server(data_dir, max_lag_events=1000, ws_ping_interval=0.5,
-                              ws_ping_timeout=0.5) as h:
+                              ws_ping_timeout=STALL_PONG) as h:
         before = rss_bytes()
         start = trio.current_time()
-        peak, backlog, stalled, _ = await _burst(h, "flood", LINES, stall=True)
+        peak, backlog, held, _ = await _burst(h, "flood", LINES, stall=True)
         elapsed = trio.current_time() - start
-        assert stalled is not None
+        assert held is not None
+        stalled, _ = held
         # Dropped once its socket stayed full past the stall timeout; nothing held.
-        await wait_stats(h, connections=0, slow_writers=0, backlog_bytes=0)
+        await wait_stats(h, 3 * STALL_PONG, connections=0, slow_writers=0, backlog_bytes=0)
         await stalled.aclose()
         line_bytes = LINES * len(f"line {LINES} {'x' * 100}\n")
         print(f"\nflood of {LINES} lines ({line_bytes / 2**20:.0f} MiB) in {elapsed:.1f} s "

@@ -165,6 +165,12 @@ async def _fifty_topics(h: Harness, ws: RawWebSocket) -> None:
     order: list[str] = []  # the job of each log message, in arrival order
     ended: set[str] = set()
     go.touch()
+    # Nothing is read until every live job has printed all its lines: the slow
+    # catch-ups (megabytes, paced by this socket) cannot have finished by then,
+    # so the order below shows whether live lines were held behind them, not
+    # which of the jobs' processes and the catch-ups a busy machine ran first.
+    for job in jobs[BEHIND:]:
+        await h.wait(job["id"])
     with trio.fail_after(90):
         async with aclosing(ws.messages()) as messages:
             async for text in messages:
@@ -206,7 +212,11 @@ async def test_unsubscribe_and_timer_at_run_time(data_dir: Path) -> None:
         try:
             a = await submit_command(h, ["python3", "-c", "import time\nfor i in range(400):"
                                          " print(i, flush=True); time.sleep(0.01)"])
-            b = await submit_command(h, ["python3", "-c", "import time; time.sleep(0.5)"])
+            # b ends once a has been left (a fixed sleep raced a's first 20 lines).
+            gate = h.data_dir / "b-may-end"
+            b = await submit_command(h, ["python3", "-c", (
+                "import os, sys, time\n"
+                "while not os.path.exists(sys.argv[1]): time.sleep(0.005)"), str(gate)])
             await ws.send_text(f"sub {a['id']} 0")
             await ws.send_text(f"sub {b['id']} 0")
             await ws.send_text("tick 0.05")
@@ -222,6 +232,7 @@ async def test_unsubscribe_and_timer_at_run_time(data_dir: Path) -> None:
                             await ws.send_text(f"unsub {a['id']}")
                         if message["type"] == "unsubscribed":
                             unsubscribed_at = len(seen[a["id"]])
+                            gate.touch()
                         if "seq" in message:
                             seen[message["job"]].append(message["seq"])
                         if message["type"] == "end":
