@@ -35,7 +35,7 @@ async def test_commands_up_down_and_timing_out(data_dir: Path) -> None:
         await wait_health(h.server.engine, {"vector_db": "up", "model_service": "down",
                                             "slow": "down", "api": "up", "database": "up"})
         # The slow probe was cut off at its timeout, not after its 5 s.
-        assert trio.current_time() - start < 2.0
+        assert trio.current_time() - start < 4.0
         mx = await Mx.open(h.server.port, h.alice)
         await mx.send("subscribe", {"channel": "system_status"})
         snapshot = await mx.recv()

@@ -386,7 +386,7 @@ async def test_silent_peer_is_dropped_after_ping_timeout(data_dir: Path) -> None
             with trio.fail_after(5):
                 types = [json.loads(m)["type"] async for m in silent.messages()]
             assert types[:1] == ["system"]
-            assert silent.close_code == 1011 and trio.current_time() - start < 2.0
+            assert silent.close_code == 1011 and trio.current_time() - start < 5.0
             await trio.sleep(1.0)  # several more pings, answered: still connected
             nursery.cancel_scope.cancel()
         assert polite.close_code is None

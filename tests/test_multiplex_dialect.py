@@ -210,7 +210,7 @@ async def test_system_status_on_subscribe_on_change_and_periodically(data_dir: P
         start = trio.current_time()
         ticks = [await mx.recv(2) for _ in range(3)]
         assert all(t["type"] == "system_status_update" for t in ticks)
-        assert trio.current_time() - start < 2.0
+        assert trio.current_time() - start < 5.0
         await mx.send("unsubscribe", {"channel": "system_status"})
         assert of_type(await mx.sync(), "system_status_update") in ([], [ticks[-1]], ticks[-1:])
         await cancel(h, job)
@@ -332,7 +332,7 @@ async def test_ping_pong_and_a_silent_client_is_dropped(data_dir: Path) -> None:
         out = await silent.rest(5)
         assert [m["type"] for m in out] == ["ping", "connection_closed"]
         assert out[-1]["data"] == {"reason": "ping_timeout", "message": "No pong in time"}
-        assert silent.close_code == 1011 and trio.current_time() - start < 2.0
+        assert silent.close_code == 1011 and trio.current_time() - start < 5.0
         assert polite.close_code is None
         # The client may ping too.
         await polite.send("ping", {"timestamp": "t"})
@@ -358,7 +358,7 @@ async def test_idle_connection_times_out(data_dir: Path) -> None:
         assert out[-1] == {"type": "connection_closed", "data": {
             "reason": "session_timeout",
             "message": "Session timed out after 0.6 seconds of inactivity"}}
-        assert 0.5 < trio.current_time() - start < 2.0
+        assert 0.5 < trio.current_time() - start < 5.0
         assert await mx.rest() == [] and mx.close_code == 1000
         await mx.aclose()
 
