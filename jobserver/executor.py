@@ -33,7 +33,7 @@ from typing import Protocol
 
 import trio
 
-from . import groups
+from . import groups, syscalls
 from .core import control
 from .core.lines import LineSplitter
 from .groups import KILL_WAIT
@@ -269,7 +269,7 @@ class _Pumps:
     async def _read(self, pipe: _Pipe) -> bool:
         """One read of `pipe`, its lines handed on; True if it would block."""
         try:
-            data = os.read(pipe.fd, CHUNK)
+            data = syscalls.read(pipe.fd, CHUNK)
         except BlockingIOError:
             if self._epoll is None:  # from now on, every pipe left is waited for
                 self._epoll = select.epoll(len(self._pipes))
@@ -381,9 +381,10 @@ def _describe(exc: OSError, program: str, cwd: str | None) -> str:
 
 def _streams(ours: contextlib.ExitStack, ends: Ends) -> _Streams:
     """Our ends, each closed by `ours`; no checkpoint. The pipes' fds are never
-    waited on by trio itself (only `_Pumps`' own epoll is), so a plain close."""
+    waited on by trio itself (only `_Pumps`' own epoll is), so a plain close
+    (one that keeps the GIL, syscalls.py)."""
     for fd in (ends.stdout, ends.stderr, ends.control):
-        ours.callback(os.close, fd)
+        ours.callback(syscalls.close, fd)
     stdin = None
     if ends.stdin is not None:
         stdin = trio.lowlevel.FdStream(ends.stdin)
