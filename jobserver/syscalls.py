@@ -51,10 +51,11 @@ def _bind() -> tuple[Callable[[int], None], Callable[[int, int], bytes],
         return ctypes.string_at(buffer, n)
 
     def reap(pid: int) -> tuple[int, int]:
+        status.value = 0
         got = c_waitpid(pid, ctypes.byref(status), os.WNOHANG)
         if got < 0:
             fail()
-        return got, status.value
+        return got, status.value if got else 0
 
     return close, read, reap
 
