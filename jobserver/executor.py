@@ -4,7 +4,8 @@ Rules:
 - The child runs in its own session (its pid is its process group id), with
   exactly `command.env` plus PYTHONUNBUFFERED=1 and JOBSERVER_CONTROL_FD=3;
   stdin is `stdin_data` or /dev/null; stdout, stderr and the control pipe (fd 3)
-  are read by three pumps in the caller's task tree. No shell, no thread of ours.
+  are read by one task (`_Pumps`) in the caller's task tree, each pipe's lines
+  in the order written. No shell, no thread of ours.
 - Timeout, cancellation, the idle watch (`Command.idle_timeout`: nothing read
   from any pipe for that long) and a `Stopper` (watchdog.py) end the whole
   group: SIGTERM, then SIGKILL after `kill_grace`. When the leader exits by
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import select
 import shlex
 import signal
 import time
@@ -31,7 +33,7 @@ from typing import Protocol
 
 import trio
 
-from . import groups
+from . import groups, syscalls
 from .core import control
 from .core.lines import LineSplitter
 from .groups import KILL_WAIT
@@ -123,60 +125,22 @@ async def execute(command: Command, sink: ExecutionSink, *, kill_grace: float = 
 
 @dataclass(slots=True, kw_only=True)
 class _Streams:
-    stdout: _PipeReader
-    stderr: _PipeReader
-    control: _PipeReader
+    stdout: int  # our ends, non-blocking; closed by `execute`'s exit stack
+    stderr: int
+    control: int
     stdin: trio.lowlevel.FdStream | None
-
-
-class _Readable(Protocol):
-    async def receive_some(self, max_bytes: int) -> bytes: ...
-
-
-class _PipeReader:
-    """Our end of a pipe from the child, made non-blocking and close-on-exec when
-    it was opened: trio.lowlevel.FdStream's reading, without its fcntl calls on
-    wrapping and on closing. A read that did not wait yields once afterwards
-    (shielded: what was read is not lost to a cancel), so a pipe that never
-    runs dry cannot keep the other tasks from running."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    async def receive_some(self, max_bytes: int) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        waited = False
-        while True:
-            try:
-                data = os.read(self.fd, max_bytes)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.fd)
-                waited = True
-                continue
-            if not waited:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            trio.lowlevel.notify_closing(self.fd)
-            os.close(self.fd)
-            self.fd = -1
 
 
 async def _supervise(child: Child, streams: _Streams, command: Command, sink: ExecutionSink,
                      kill_grace: float, max_line: int, stopper: Stopper) -> ExitInfo:
     activity = Activity()
-    pumps = [
-        _Pump("stdout", streams.stdout, _lines_to(sink, "stdout"), max_line, activity),
-        _Pump("stderr", streams.stderr, _lines_to(sink, "stderr"), max_line, activity),
-        _Pump("control", streams.control, _control_to(sink), max_line, activity),
-    ]
+    pumps = _Pumps([("stdout", streams.stdout, _lines_to(sink, "stdout")),
+                    ("stderr", streams.stderr, _lines_to(sink, "stderr")),
+                    ("control", streams.control, _control_to(sink))], max_line, activity)
     feeding = trio.CancelScope()
     watching = trio.CancelScope()
     async with trio.open_nursery() as nursery:
-        for pump in pumps:
-            nursery.start_soon(pump.run)
+        nursery.start_soon(pumps.run)
         if streams.stdin is not None and command.stdin_data:
             nursery.start_soon(_feed, streams.stdin, command.stdin_data, feeding)
         elif streams.stdin is not None:
@@ -193,10 +157,8 @@ async def _supervise(child: Child, streams: _Streams, command: Command, sink: Ex
         watching.cancel()
         feeding.cancel()
         await _end_group(child, kill_grace)
-        until = trio.current_time() + DRAIN_LIMIT
-        for pump in pumps:
-            pump.drain(DRAIN_IDLE, until)
-    abandoned = [p.name for p in pumps if p.abandoned]
+        pumps.drain(DRAIN_IDLE, trio.current_time() + DRAIN_LIMIT)
+    abandoned = pumps.abandoned
     if abandoned:
         await sink.warning(f"stopped reading {', '.join(abandoned)}: still held open by a process "
                            "that left the job's process group")
@@ -235,54 +197,125 @@ def _control_to(sink: ExecutionSink) -> _Handler:
 _Handler = Callable[[float, list[str]], Awaitable[None]]
 
 
-class _Pump:
-    """Reads one pipe to its end, handing each read's complete lines on."""
+class _Pipe:
+    __slots__ = ("fd", "handle", "name", "since", "splitter")
 
-    def __init__(self, name: str, stream: _Readable, handle: _Handler,
-                 max_line: int, activity: Activity | None = None) -> None:
-        self.name = name
+    def __init__(self, name: str, fd: int, handle: _Handler, max_line: int) -> None:
+        self.name, self.fd, self.handle = name, fd, handle
+        self.splitter = LineSplitter(max_line)
+        self.since = 0.0  # trio time its current wait for data began
+
+
+class _Pumps:
+    """Reads the child's pipes (non-blocking fds, not ours to close) to their
+    ends in one task, handing each read's complete lines on, pipe by pipe in the
+    order read. First every pipe is read as it is (a job that is already over
+    never waits); then the ones that would block are waited for together on an
+    epoll set of our own, the one fd trio waits on. One read per ready pipe per
+    round, so none starves the others; a round that did not wait yields once."""
+
+    def __init__(self, pipes: Sequence[tuple[str, int, _Handler]], max_line: int,
+                 activity: Activity | None = None) -> None:
+        self._pipes = [_Pipe(name, fd, handle, max_line) for name, fd, handle in pipes]
+        self._order = [p.name for p in self._pipes]
         self._activity = activity or Activity()
-        self.abandoned = False  # given up on: held open from outside the group
+        self._abandoned: list[str] = []  # given up on: held open from outside the group
         self.done = False
-        self._stream = stream
-        self._handle = handle
-        self._max_line = max_line
-        self._idle = math.inf  # once draining: how long a read may wait,
+        self._idle = math.inf  # once draining: how long a pipe may stay silent,
         self._until = math.inf  # and when reading stops
-        self._receiving: trio.CancelScope | None = None
+        self._waiting: trio.CancelScope | None = None
+        self._epoll: select.epoll | None = None
+
+    @property
+    def abandoned(self) -> list[str]:
+        return sorted(self._abandoned, key=self._order.index)
 
     async def run(self) -> None:
-        splitter = LineSplitter(self._max_line)
-        activity = self._activity
-        while data := await self._receive():
-            activity.last = trio.current_time()
-            lines = splitter.feed(data)
-            if lines:
-                await self._handle(time.time(), lines)
-        lines = splitter.close()
-        if lines:
-            await self._handle(time.time(), lines)
-        self.done = True
+        try:
+            ready = list(self._pipes)
+            while True:
+                blocked = False
+                for pipe in ready:
+                    blocked |= await self._read(pipe)
+                if not self._pipes:
+                    break
+                if trio.current_time() >= self._until:
+                    await self._give_up(list(self._pipes))
+                    break
+                if blocked:
+                    ready = await self._wait()
+                else:  # everything was readable: let the others run, then read on
+                    await trio.lowlevel.checkpoint()
+                    ready = list(self._pipes)
+            self.done = True
+        finally:
+            if self._epoll is not None:
+                trio.lowlevel.notify_closing(self._epoll.fileno())
+                self._epoll.close()
 
     def drain(self, idle: float, until: float) -> None:
-        """From now on, give up on the pipe after `idle` seconds without data,
-        or at `until` (trio time)."""
+        """From now on, give up on a pipe after `idle` seconds without data, and
+        on all at `until` (trio time)."""
+        now = trio.current_time()
         self._idle, self._until = idle, until
-        if self._receiving is not None:
-            self._receiving.deadline = self._deadline()
+        for pipe in self._pipes:
+            pipe.since = now
+        if self._waiting is not None:
+            self._waiting.deadline = self._deadline()
 
     def _deadline(self) -> float:
-        return min(trio.current_time() + self._idle, self._until)
+        return min([p.since + self._idle for p in self._pipes] + [self._until])
 
-    async def _receive(self) -> bytes:
+    async def _read(self, pipe: _Pipe) -> bool:
+        """One read of `pipe`, its lines handed on; True if it would block."""
+        try:
+            data = syscalls.read(pipe.fd, CHUNK)
+        except BlockingIOError:
+            if self._epoll is None:  # from now on, every pipe left is waited for
+                self._epoll = select.epoll(len(self._pipes))
+                for open_pipe in self._pipes:
+                    self._epoll.register(open_pipe.fd, select.EPOLLIN)
+            return True
+        if data:
+            self._activity.last = trio.current_time()
+            lines = pipe.splitter.feed(data)
+            if lines:
+                await pipe.handle(time.time(), lines)
+            pipe.since = trio.current_time()
+            return False
+        await self._end(pipe)
+        return False
+
+    async def _wait(self) -> list[_Pipe]:
+        """The pipes that are readable (or at their end), once some are; the
+        pipes past their drain deadline are given up on."""
+        assert self._epoll is not None
         with trio.CancelScope(deadline=self._deadline()) as scope:
-            self._receiving = scope
+            self._waiting = scope
             try:
-                return await self._stream.receive_some(CHUNK)
+                await trio.lowlevel.wait_readable(self._epoll.fileno())
             finally:
-                self._receiving = None
-        self.abandoned = True
-        return b""
+                self._waiting = None
+        if scope.cancelled_caught:
+            now = trio.current_time()
+            await self._give_up([p for p in self._pipes
+                                 if p.since + self._idle <= now or now >= self._until])
+        fds = {fd for fd, _ in self._epoll.poll(0)}
+        return [p for p in self._pipes if p.fd in fds]
+
+    async def _give_up(self, pipes: list[_Pipe]) -> None:
+        for pipe in pipes:
+            self._abandoned.append(pipe.name)
+            await self._end(pipe)
+
+    async def _end(self, pipe: _Pipe) -> None:
+        """No more reads of `pipe`; what is left of its last line goes on."""
+        self._pipes.remove(pipe)
+        if self._epoll is not None:
+            self._epoll.unregister(pipe.fd)
+        lines = pipe.splitter.close()
+        if lines:
+            await pipe.handle(time.time(), lines)
 
 
 async def _feed(stream: trio.lowlevel.FdStream, data: bytes, scope: trio.CancelScope) -> None:
@@ -347,15 +380,13 @@ def _describe(exc: OSError, program: str, cwd: str | None) -> str:
 
 
 def _streams(ours: contextlib.ExitStack, ends: Ends) -> _Streams:
-    """Our ends, each closed by `ours`; no checkpoint."""
-    def reader(fd: int) -> _PipeReader:
-        stream = _PipeReader(fd)
-        ours.callback(stream.close)
-        return stream
-
+    """Our ends, each closed by `ours`; no checkpoint. The pipes' fds are never
+    waited on by trio itself (only `_Pumps`' own epoll is), so a plain close
+    (one that keeps the GIL, syscalls.py)."""
+    for fd in (ends.stdout, ends.stderr, ends.control):
+        ours.callback(syscalls.close, fd)
     stdin = None
     if ends.stdin is not None:
         stdin = trio.lowlevel.FdStream(ends.stdin)
         ours.callback(stdin.close)
-    return _Streams(stdout=reader(ends.stdout), stderr=reader(ends.stderr),
-                    control=reader(ends.control), stdin=stdin)
+    return _Streams(stdout=ends.stdout, stderr=ends.stderr, control=ends.control, stdin=stdin)

@@ -39,7 +39,7 @@ from typing import Protocol
 
 import trio
 
-from . import groups
+from . import groups, syscalls
 
 CONTROL_FD = 3
 # Waiting for a child that something else reaped (SIGCHLD ignored), as subprocess does.
@@ -142,7 +142,7 @@ class _PidfdChild:
         while self._code is None:
             await trio.lowlevel.wait_readable(self._pidfd)  # readable once it has exited
             try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)  # noqa: ASYNC222 (no wait)
+                pid, status = syscalls.reap(self.pid)  # WNOHANG, keeping the GIL
             except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): as subprocess does
                 pid, status = self.pid, 0
             if pid == 0:  # not reapable yet
@@ -155,7 +155,7 @@ class _PidfdChild:
     def close(self) -> None:
         if self._pidfd >= 0:
             trio.lowlevel.notify_closing(self._pidfd)
-            os.close(self._pidfd)
+            syscalls.close(self._pidfd)
             self._pidfd = -1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -485,8 +486,8 @@ async def test_a_silent_pipe_is_abandoned_after_the_idle_time(
         async def handle(ts: float, lines: list[str]) -> None:
             got.extend(lines)
 
-        stream = trio.lowlevel.FdStream(r)
-        pump = executor._Pump("stdout", stream, handle, 100)
+        os.set_blocking(r, False)
+        pump = executor._Pumps([("stdout", r, handle)], 100)
         os.write(w, b"one\npartial")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump.run)
@@ -495,9 +496,9 @@ async def test_a_silent_pipe_is_abandoned_after_the_idle_time(
             start = trio.current_time()
             pump.drain(0.5, start + 5.0)
         assert trio.current_time() - start == pytest.approx(0.5)
-        assert pump.abandoned and pump.done and got == ["one", "partial"]
-        stream.close()
+        assert pump.abandoned == ["stdout"] and pump.done and got == ["one", "partial"]
     finally:
+        os.close(r)
         os.close(w)
 
 
@@ -519,8 +520,8 @@ async def test_a_chatty_pipe_outside_the_group_is_cut_off_at_the_limit(
             os.write(w, f"{i}\n".encode())
             await trio.sleep(0.1)
 
-    stream = trio.lowlevel.FdStream(r)
-    pump = executor._Pump("stderr", stream, handle, 100)
+    os.set_blocking(r, False)
+    pump = executor._Pumps([("stderr", r, handle)], 100)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(chatter)
@@ -529,11 +530,69 @@ async def test_a_chatty_pipe_outside_the_group_is_cut_off_at_the_limit(
             start = trio.current_time()
             pump.drain(0.5, start + 5.0)
             await trio.sleep(10)
-            assert pump.done and pump.abandoned
+            assert pump.done and pump.abandoned == ["stderr"]
             nursery.cancel_scope.cancel()
         assert got == [str(i) for i in range(len(got))]  # in order, none lost
         assert 55 <= len(got) <= 62  # 6 s of a line every 0.1 s
     finally:
-        stream.close()
+        os.close(r)
         os.close(w)
 
+
+
+async def test_one_task_reads_every_pipe_none_starving_the_others() -> None:
+    """A pipe that never runs dry (a thread keeps it full) does not keep the
+    others from being read; a pipe at its end early leaves the others read to
+    theirs; each pipe's lines whole and in order."""
+    (flood_r, flood_w), (late_r, late_w), (closed_r, closed_w) = fds = [os.pipe() for _ in range(3)]
+    got: dict[str, list[str]] = {"flood": [], "late": [], "closed": []}
+    late_seen = trio.Event()
+    stop = threading.Event()
+    sent = 0
+
+    def handler(name: str) -> executor._Handler:
+        async def handle(ts: float, lines: list[str]) -> None:
+            got[name].extend(lines)
+            if name == "late":
+                late_seen.set()
+        return handle
+
+    def flood() -> None:
+        nonlocal sent
+        try:
+            while not stop.is_set():
+                sent += os.write(flood_w, b"x" * 50 + b"\n")
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(flood_w)
+
+    for r, _ in fds:
+        os.set_blocking(r, False)
+    pumps = executor._Pumps([("flood", flood_r, handler("flood")),
+                             ("late", late_r, handler("late")),
+                             ("closed", closed_r, handler("closed"))], 100)
+    os.write(closed_w, b"only\nlast")
+    os.close(closed_w)
+    writer = threading.Thread(target=flood)
+    try:
+        writer.start()
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pumps.run)
+                await trio.sleep(0.05)
+                os.write(late_w, b"late line\n")
+                await late_seen.wait()  # never set if the flood starved the pipe
+                assert writer.is_alive()
+                stop.set()
+                os.close(late_w)
+        writer.join()
+        assert pumps.done and pumps.abandoned == []
+        assert got["late"] == ["late line"] and got["closed"] == ["only", "last"]
+        assert got["flood"] == ["x" * 50] * (sent // 51)
+    finally:
+        stop.set()
+        for fd in (flood_r, late_r, closed_r):  # a writer blocked on a full pipe gets EPIPE
+            os.close(fd)
+        if writer.is_alive():
+            writer.join(5)
