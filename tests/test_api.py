@@ -258,3 +258,10 @@ async def test_logs_text_between_two_seqs(harness: Harness) -> None:
     r = await harness.client.get(f"/api/v1/jobs/{job['id']}/logs", params={"until": "x"},
                                  headers=harness.auth(harness.alice))
     assert r.status_code == 422 and r.json()["field"] == "until"
+    r = await harness.client.get(f"/api/v1/jobs/{job['id']}/logs", params={"stream": "bogus"},
+                                 headers=harness.auth(harness.alice))
+    assert r.status_code == 422 and r.json()["field"] == "stream"
+    assert r.json()["code"] == "validation_failed" and "stdout" in r.json()["message"]
+    r = await harness.client.get(f"/api/v1/jobs/{job['id']}/logs", params={"stream": "stderr"},
+                                 headers=harness.auth(harness.alice))
+    assert r.status_code == 200 and r.text == ""
