@@ -250,7 +250,7 @@ async def test_wait_cancel_retry_and_rm(harness: Harness, tmp_path: Path) -> Non
         nursery.start_soon(wait_for_it)
         await trio.sleep(0.5)
         ran = await cli(env, "cancel", long["id"][:8])
-        assert ran.rc == 0 and ran.out.split() == [long["id"], "RUNNING"]  # as it was asked
+        assert ran.rc == 0 and ran.lines == [f"{long['id']} cancel requested (RUNNING)"]
     assert waited == [130]  # a cancelled job
     ran = await cli(env, "cancel", long["id"])
     assert ran.rc == 1 and "409" in ran.err
@@ -270,6 +270,16 @@ async def test_wait_cancel_retry_and_rm(harness: Harness, tmp_path: Path) -> Non
     assert ran.rc == 0 and json.loads(ran.out)["status"] == "SUCCEEDED"
     ran = await cli(env, "retry", done["id"])
     assert ran.rc == 1 and "only failed or cancelled jobs can be retried" in ran.err.lower()
+
+
+async def test_cancel_of_a_queued_job_says_it_is_cancelled(
+        harness: Harness, tmp_path: Path) -> None:
+    env = env_for(harness, tmp_path)
+    for _ in range(2):  # both slots taken
+        await harness.wait((await harness.submit("sleep", {"seconds": 60}))["id"], "RUNNING")
+    queued = await harness.submit("sleep", {"seconds": 60})
+    ran = await cli(env, "cancel", queued["id"])
+    assert ran.rc == 0 and ran.lines == [f"{queued['id']} CANCELLED"]
 
 
 async def test_pin_and_unpin_keep_a_job_from_retention_and_let_it_go(

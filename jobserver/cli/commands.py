@@ -340,8 +340,10 @@ async def cancel(ctx: Context) -> int:
         job = await ctx.client.cancel(await ctx.client.resolve(text))
         if ctx.json:
             print_json_line(job)
-        else:
+        elif job["status"] in TERMINAL:  # a queued job is cancelled at once
             print(f"{job['id']} {ctx.out.status(job['status'])}")
+        else:  # a running one is told to stop; `wait` shows how it ends
+            print(f"{job['id']} cancel requested ({ctx.out.status(job['status'])})")
     return 0
 
 
