@@ -324,8 +324,11 @@ async def test_login_keeps_url_and_token_0600_and_env_overrides(harness: Harness
     bare = cli_env(None, None, home)
     ran = await cli(bare, "login", "--url", harness.url, stdin=b"not a token\n")
     assert ran.rc == 77 and not (home / "jobserver" / "config.toml").exists()
-    ran = await cli(bare, "login", "--url", harness.url, stdin=harness.alice.encode() + b"\n")
+    assert ran.err.startswith("jobserver: the token from standard input was refused ("), ran.err
+    bare_host = harness.url.removeprefix("http://")  # no scheme: http:// is assumed
+    ran = await cli(bare, "login", "--url", bare_host, stdin=harness.alice.encode() + b"\n")
     assert ran.rc == 0 and "as alice (user)" in ran.out
+    assert f"logged in to {harness.url} " in ran.out
     path = home / "jobserver" / "config.toml"
     assert path.stat().st_mode & 0o777 == 0o600
     assert harness.alice in path.read_text()

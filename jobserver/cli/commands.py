@@ -378,21 +378,22 @@ async def _set_pinned(ctx: Context, pinned: bool) -> int:
 
 # ---- login -------------------------------------------------------------------
 
-def _read_token() -> str:
+def _read_token() -> tuple[str, str]:
+    """The token and where it came from (for "the token from ... was refused")."""
     if sys.stdin.isatty():
-        return getpass.getpass("token: ").strip()
-    return sys.stdin.readline().strip()
+        return getpass.getpass("token: ").strip(), "the prompt"
+    return sys.stdin.readline().strip(), "standard input"
 
 
 async def login(ctx: Context) -> int:
     """Check the URL and token against the server, then keep them (mode 0600)."""
-    token = _read_token()
+    token, source = _read_token()
     if not token:
         raise CliError("no token given (paste it, or pipe it in: "
                        "echo $TOKEN | jobserver login --url URL)", EXIT_USAGE)
     target = ctx.client.target
     async with Client.open(type(target)(url=target.url, token=token,
-                                        token_source="the token given")) as check:
+                                        token_source=source)) as check:
         await check.templates()
     path = config_path()
     write_login(path, url=target.url, token=token)
