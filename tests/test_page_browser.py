@@ -17,6 +17,8 @@ import httpx
 import pytest
 import trio
 
+from jobserver.auth import token_command_line
+
 from .browser import CHROMIUM, HAVE_CHROMIUM, Page, open_browser
 from .conftest import TEMPLATES, Harness
 from .test_first_run import jobserver, user_env
@@ -367,7 +369,9 @@ async def test_sign_in_and_a_list_that_pages_beyond_fifty(harness: Harness, tmp_
         await page.goto(f"{h.url}/#token=not.a.token")
         message = await page.wait_for("document.body.dataset.session === 'none' &&"
                                       " document.querySelector('#signin-message').textContent")
-        assert "refused the token" in message and "jobserver token" in message
+        assert "refused the token" in message and "the command below" in message
+        hint = await page.js("document.querySelector('#make-token').textContent")
+        assert hint == token_command_line(h.data_dir)  # as the server prints it at start
         assert await page.js("sessionStorage.getItem('jobserver-token')") is None
         # ... where a good one can be pasted.
         await page.type("#signin-token", h.bob)
