@@ -22,6 +22,7 @@ from jobserver.auth import token_command_line
 from .browser import CHROMIUM, HAVE_CHROMIUM, Page, open_browser
 from .conftest import TEMPLATES, Harness
 from .test_first_run import jobserver, user_env
+from .test_metrics import scrape
 
 pytestmark = pytest.mark.skipif(
     not HAVE_CHROMIUM, reason=f"{CHROMIUM} is missing: run scripts/install-browser")
@@ -386,6 +387,12 @@ async def test_sign_in_and_a_list_that_pages_beyond_fifty(harness: Harness, tmp_
         assert await page.wait_for(f"{shown}.length === 56 && {shown}") == ids[::-1]
         assert await page.js("document.querySelector('#more').hidden") is True
         assert page.problems == []
+    # The page names its icon, so a browser asks for no /favicon.ico (an unmatched 404).
+    got = await scrape(h)
+    assert got.get("jobserver_http_requests_total",
+                   {"method": "GET", "route": "/static/<name>", "status": "200"}) >= 1
+    assert got.get("jobserver_http_requests_total",
+                   {"method": "GET", "route": "unmatched", "status": "404"}) == 0
 
 
 async def test_a_failed_pipeline_shows_where_it_failed(harness: Harness, tmp_path: Path) -> None:
