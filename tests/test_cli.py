@@ -352,3 +352,6 @@ async def test_token_refuses_a_data_dir_without_a_key(tmp_path: Path) -> None:
     assert ran.rc == 0
     assert KeyRing.load_or_create(empty).verify(ran.out.strip()).sub == "alice"
     assert os.stat(empty / "signing.key").st_mode & 0o777 == 0o600
+    # The defaults the README states: role user, valid 24 hours.
+    claims = jwt.decode(ran.out.strip(), options={"verify_signature": False})
+    assert claims["role"] == "user" and claims["exp"] - claims["iat"] == 24 * 3600
