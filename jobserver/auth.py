@@ -20,6 +20,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import shlex
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +45,14 @@ PROGRESS_KEY_ID = "progress-1"
 PROGRESS_KEY_FILE = "progress.key"
 PROGRESS_AUDIENCE = "oseh-job-progress"
 PROGRESS_ISSUER = "oseh"
+
+
+def token_command_line(data_dir: str | Path) -> str:
+    """The command, run on this machine, that makes an admin token for the server
+    of `data_dir`: what the server prints at start and the page shows. It holds
+    no secret (the key stays in the data directory; only its reader can sign)."""
+    return shlex.join([sys.executable, "-m", "jobserver", "token", "--sub", "admin",
+                       "--role", "admin", "--data-dir", str(Path(data_dir).resolve())])
 RSA_KEY_BITS = 2048
 MAX_TOKEN_LENGTH = 8192
 # Tokens verified lately, remembered until they expire: a client sends the same

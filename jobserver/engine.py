@@ -297,6 +297,11 @@ class Engine:
             jobs = await self.claims.own_unfinished()
         await self.take_over(jobs, lost="server stopped while running",
                              bounced="server restarted")
+        # A graceful stop leaves the jobs it bounced QUEUED with a start behind them.
+        bounced = sum(job.status is Status.QUEUED and job.started_at is not None for job in jobs)
+        if bounced:
+            log.info("re-queued %d job%s bounced at the last stop", bounced,
+                     "" if bounced == 1 else "s")
 
     async def take_over(self, jobs: Sequence[Job], *, lost: str, bounced: str) -> None:
         """End jobs left QUEUED or RUNNING by a run that is gone (this node's

@@ -31,12 +31,17 @@ START_TIMEOUT = 30.0
 
 @asynccontextmanager
 async def server_process(data_dir: Path, port: int = 0, *,
-                         env: Mapping[str, str] | None = None
+                         env: Mapping[str, str] | None = None, stderr: Path | None = None
                          ) -> AsyncIterator[tuple[trio.Process, str]]:
-    proc = await trio.lowlevel.open_process(
-        [PY, "-m", "jobserver", "--port", str(port), "--data-dir", str(data_dir),
-         "--config", str(TEMPLATES)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    """The server as a process; its stderr (its log) goes to `stderr` when given."""
+    err = os.open(stderr or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        proc = await trio.lowlevel.open_process(
+            [PY, "-m", "jobserver", "--port", str(port), "--data-dir", str(data_dir),
+             "--config", str(TEMPLATES)],
+            stdout=subprocess.PIPE, stderr=err, env={**os.environ, **(env or {})})
+    finally:
+        os.close(err)  # the child has its own copy
     assert proc.stdout is not None
     try:
         buffer = b""

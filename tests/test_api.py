@@ -8,7 +8,7 @@ import uuid
 import jwt
 import pytest
 
-from jobserver.auth import KeyRing
+from jobserver.auth import LEEWAY_SECONDS, KeyRing
 
 from .conftest import Harness
 
@@ -136,6 +136,18 @@ async def test_token_cli_key_is_the_servers(harness: Harness) -> None:
     assert r.status_code == 200
 
 
+async def test_a_token_has_the_leeway_the_readme_states(harness: Harness) -> None:
+    """README: accepted up to LEEWAY_SECONDS past `exp` (or with `iat` that far ahead)."""
+    keys, now = KeyRing.load_or_create(harness.data_dir), time.time()
+    assert LEEWAY_SECONDS == 10
+    cases = [(now - 61 - LEEWAY_SECONDS / 2, 200), (now - 61 - LEEWAY_SECONDS * 2, 401),
+             (now + LEEWAY_SECONDS / 2, 200), (now + LEEWAY_SECONDS * 2, 401)]
+    for issued, status in cases:  # each valid for 60 seconds from `issued`
+        token = keys.issue("carol", "user", ttl=60, now=issued)
+        r = await harness.client.get("/api/v1/jobs", headers=harness.auth(token))
+        assert r.status_code == status, issued - now
+
+
 @pytest.mark.parametrize(("body", "status", "code"), [
     (b"not json", 400, "bad_json"),
     (b"\xff\xfe{}", 400, "bad_encoding"),
@@ -258,3 +270,10 @@ async def test_logs_text_between_two_seqs(harness: Harness) -> None:
     r = await harness.client.get(f"/api/v1/jobs/{job['id']}/logs", params={"until": "x"},
                                  headers=harness.auth(harness.alice))
     assert r.status_code == 422 and r.json()["field"] == "until"
+    r = await harness.client.get(f"/api/v1/jobs/{job['id']}/logs", params={"stream": "bogus"},
+                                 headers=harness.auth(harness.alice))
+    assert r.status_code == 422 and r.json()["field"] == "stream"
+    assert r.json()["code"] == "validation_failed" and "stdout" in r.json()["message"]
+    r = await harness.client.get(f"/api/v1/jobs/{job['id']}/logs", params={"stream": "stderr"},
+                                 headers=harness.auth(harness.alice))
+    assert r.status_code == 200 and r.text == ""

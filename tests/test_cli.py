@@ -250,7 +250,7 @@ async def test_wait_cancel_retry_and_rm(harness: Harness, tmp_path: Path) -> Non
         nursery.start_soon(wait_for_it)
         await trio.sleep(0.5)
         ran = await cli(env, "cancel", long["id"][:8])
-        assert ran.rc == 0 and ran.out.split() == [long["id"], "RUNNING"]  # as it was asked
+        assert ran.rc == 0 and ran.lines == [f"{long['id']} cancel requested (RUNNING)"]
     assert waited == [130]  # a cancelled job
     ran = await cli(env, "cancel", long["id"])
     assert ran.rc == 1 and "409" in ran.err
@@ -270,6 +270,16 @@ async def test_wait_cancel_retry_and_rm(harness: Harness, tmp_path: Path) -> Non
     assert ran.rc == 0 and json.loads(ran.out)["status"] == "SUCCEEDED"
     ran = await cli(env, "retry", done["id"])
     assert ran.rc == 1 and "only failed or cancelled jobs can be retried" in ran.err.lower()
+
+
+async def test_cancel_of_a_queued_job_says_it_is_cancelled(
+        harness: Harness, tmp_path: Path) -> None:
+    env = env_for(harness, tmp_path)
+    for _ in range(2):  # both slots taken
+        await harness.wait((await harness.submit("sleep", {"seconds": 60}))["id"], "RUNNING")
+    queued = await harness.submit("sleep", {"seconds": 60})
+    ran = await cli(env, "cancel", queued["id"])
+    assert ran.rc == 0 and ran.lines == [f"{queued['id']} CANCELLED"]
 
 
 async def test_pin_and_unpin_keep_a_job_from_retention_and_let_it_go(
@@ -314,8 +324,11 @@ async def test_login_keeps_url_and_token_0600_and_env_overrides(harness: Harness
     bare = cli_env(None, None, home)
     ran = await cli(bare, "login", "--url", harness.url, stdin=b"not a token\n")
     assert ran.rc == 77 and not (home / "jobserver" / "config.toml").exists()
-    ran = await cli(bare, "login", "--url", harness.url, stdin=harness.alice.encode() + b"\n")
+    assert ran.err.startswith("jobserver: the token from standard input was refused ("), ran.err
+    bare_host = harness.url.removeprefix("http://")  # no scheme: http:// is assumed
+    ran = await cli(bare, "login", "--url", bare_host, stdin=harness.alice.encode() + b"\n")
     assert ran.rc == 0 and "as alice (user)" in ran.out
+    assert f"logged in to {harness.url} " in ran.out
     path = home / "jobserver" / "config.toml"
     assert path.stat().st_mode & 0o777 == 0o600
     assert harness.alice in path.read_text()
@@ -339,3 +352,6 @@ async def test_token_refuses_a_data_dir_without_a_key(tmp_path: Path) -> None:
     assert ran.rc == 0
     assert KeyRing.load_or_create(empty).verify(ran.out.strip()).sub == "alice"
     assert os.stat(empty / "signing.key").st_mode & 0o777 == 0o600
+    # The defaults the README states: role user, valid 24 hours.
+    claims = jwt.decode(ran.out.strip(), options={"verify_signature": False})
+    assert claims["role"] == "user" and claims["exp"] - claims["iat"] == 24 * 3600

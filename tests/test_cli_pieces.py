@@ -68,6 +68,8 @@ def test_login_file_is_0600_and_the_environment_wins(tmp_path: Path) -> None:
     assert (target.url, target.token, target.token_source) == \
         ("http://e:2", "envtok", "JOBSERVER_TOKEN")
     assert resolve("http://flag:3", both).url == "http://flag:3"
+    assert resolve("flag:3", both).url == "http://flag:3"
+    assert resolve(None, {**env, "JOBSERVER_URL": "e:2/"}).url == "http://e:2"
     assert list(path.parent.iterdir()) == [path]  # no temporary file left
 
 

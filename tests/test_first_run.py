@@ -4,6 +4,7 @@ unit), its start-up lines, and the bundled jobs-dialect sample run for real."""
 
 from __future__ import annotations
 
+import html
 import shlex
 import signal
 import sys
@@ -144,6 +145,8 @@ async def test_every_start_prints_a_token_command_that_works(tmp_path: Path) -> 
                                  headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 200, r.text
             assert any(t["name"] == "sample-hello-youtube" for t in r.json()["templates"])
+            page = await client.get("/")  # its sign-in hint shows the same command
+            assert f"<code id=\"make-token\">{html.escape(command)}</code>" in page.text
     assert token not in server.stderr.read_text()
     assert list(cwd.iterdir()) == []
 

@@ -17,9 +17,12 @@ import httpx
 import pytest
 import trio
 
+from jobserver.auth import token_command_line
+
 from .browser import CHROMIUM, HAVE_CHROMIUM, Page, open_browser
 from .conftest import TEMPLATES, Harness
 from .test_first_run import jobserver, user_env
+from .test_metrics import scrape
 
 pytestmark = pytest.mark.skipif(
     not HAVE_CHROMIUM, reason=f"{CHROMIUM} is missing: run scripts/install-browser")
@@ -367,7 +370,9 @@ async def test_sign_in_and_a_list_that_pages_beyond_fifty(harness: Harness, tmp_
         await page.goto(f"{h.url}/#token=not.a.token")
         message = await page.wait_for("document.body.dataset.session === 'none' &&"
                                       " document.querySelector('#signin-message').textContent")
-        assert "refused the token" in message and "jobserver token" in message
+        assert "refused the token" in message and "the command below" in message
+        hint = await page.js("document.querySelector('#make-token').textContent")
+        assert hint == token_command_line(h.data_dir)  # as the server prints it at start
         assert await page.js("sessionStorage.getItem('jobserver-token')") is None
         # ... where a good one can be pasted.
         await page.type("#signin-token", h.bob)
@@ -382,6 +387,12 @@ async def test_sign_in_and_a_list_that_pages_beyond_fifty(harness: Harness, tmp_
         assert await page.wait_for(f"{shown}.length === 56 && {shown}") == ids[::-1]
         assert await page.js("document.querySelector('#more').hidden") is True
         assert page.problems == []
+    # The page names its icon, so a browser asks for no /favicon.ico (an unmatched 404).
+    got = await scrape(h)
+    assert got.get("jobserver_http_requests_total",
+                   {"method": "GET", "route": "/static/<name>", "status": "200"}) >= 1
+    assert got.get("jobserver_http_requests_total",
+                   {"method": "GET", "route": "unmatched", "status": "404"}) == 0
 
 
 async def test_a_failed_pipeline_shows_where_it_failed(harness: Harness, tmp_path: Path) -> None:

@@ -43,6 +43,15 @@ async def test_the_page_and_every_file_it_loads_are_served_with_the_csp(
         assert not re.search(r"\.(innerHTML|outerHTML)\s*=|\beval\(|new Function", r.text), name
 
 
+async def test_the_page_names_its_icon_and_it_is_served(harness: Harness) -> None:
+    page = await harness.client.get("/")
+    found = re.search(r'<link rel="icon" href="(/static/[a-z]+\.svg)"', page.text)
+    assert found is not None
+    r = await harness.client.get(found.group(1))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml"
+    assert "img-src 'self'" in PAGE_CSP and r.text.startswith("<svg")
+
+
 async def test_only_the_packages_files_by_plain_name(harness: Harness) -> None:
     for path in ("/static/nope.js", "/static/..%2fserver.py", "/static/app.py",
                  "/static/.hidden.js", "/static/index.html/x", "/static/%2e%2e/config.py"):

@@ -82,8 +82,11 @@ async def test_sigterm_bounces_running_jobs_and_exits_zero(tmp_path: Path) -> No
         with trio.fail_after(15):
             assert await proc.wait() == 0
         assert not pid_alive(child)
-    async with server_process(data_dir) as (proc, url):
+    log = tmp_path / "second.log"
+    async with server_process(data_dir, stderr=log) as (proc, url):
         job = await _wait(url, token, job_id, "SUCCEEDED")
+        assert "INFO jobserver.engine: re-queued 1 job bounced at the last stop" in \
+            log.read_text()
         async with httpx.AsyncClient(base_url=url) as client:
             events = (await client.get(f"/api/v1/jobs/{job_id}/events",
                                        headers={"Authorization": f"Bearer {token}"})).json()

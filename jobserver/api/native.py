@@ -39,6 +39,9 @@ def job_view(job: Job) -> dict[str, Any]:
     return out
 
 
+LOG_STREAMS = ("stdout", "stderr")
+
+
 def _int_arg(name: str, default: int, *, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
@@ -158,7 +161,9 @@ async def job_logs(job_id: str) -> Response:
     principal = authenticate()
     engine = services().engine
     job = await engine.get(principal, job_id_arg(job_id))
-    only = request.args.get("stream")
+    only = request.args.get("stream") or None
+    if only is not None and only not in LOG_STREAMS:
+        raise ValidationFailed(f"stream must be one of {', '.join(LOG_STREAMS)}", field="stream")
     tagged = request.args.get("streams") in ("1", "true")
     start = _int_arg("after", 0, low=0, high=MAX_SEQ)
     until = _int_arg("until", MAX_SEQ, low=0, high=MAX_SEQ)

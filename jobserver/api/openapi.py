@@ -240,8 +240,8 @@ def _native_paths() -> dict[str, Any]:
         "/api/v1/jobs/{job_id}/logs": {
             "get": {"summary": "The log as plain text", "parameters": [
                 _ID, {"name": "stream", "in": "query", "description": "Only this stream's "
-                      "lines (`stdout` or `stderr`; another name matches none)",
-                      "schema": {"type": "string"}},
+                      "lines",
+                      "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
                 {"name": "streams", "in": "query", "description": "`1`: `[stream] line`",
                  "schema": {"type": "string"}},
                 {"name": "after", "in": "query", "description": "Lines after this seq "

@@ -7,16 +7,20 @@ step. Every response carries `PAGE_CSP`: scripts and styles only from this
 origin (no inline script, no eval), connections only to this origin, and the
 page may not be framed. The page reads its token from the URL's fragment,
 which never reaches the server, and keeps it in the tab's sessionStorage.
+The one thing filled in is the sign-in hint's command line (no secret in it).
 """
 
 from __future__ import annotations
 
+import html
 import re
 from importlib import resources
 
 from quart import Blueprint, Response
 
+from ..auth import token_command_line
 from ..errors import NotFound
+from .common import services
 
 page = Blueprint("page", __name__)
 
@@ -24,6 +28,8 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 's
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                  ".html": "text/html; charset=utf-8", ".svg": "image/svg+xml"}
+# The hint in index.html that the server's own command replaces.
+MAKE_TOKEN_HINT = "jobserver token --sub NAME --data-dir DIR"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,40}(\.[a-z]{2,4})$")
 
 
@@ -44,7 +50,12 @@ def _static(name: str) -> Response:
 
 @page.get("/")
 async def index() -> Response:
-    return _static("index.html")
+    """The page, its sign-in hint showing the command the server printed at start."""
+    response = _static("index.html")
+    command = html.escape(token_command_line(services().config.data_dir))
+    body = (await response.get_data(as_text=True)).replace(MAKE_TOKEN_HINT, command, 1)
+    response.set_data(body)
+    return response
 
 
 @page.get("/static/<name>")

@@ -237,6 +237,7 @@ class Client:
         cursor = after
         delay = RECONNECT_FIRST
         failing_since: float | None = None  # the first failed attempt since a good one
+        lost = False  # a loss was reported, and no reconnection since
         timeout = httpx.Timeout(REQUEST_TIMEOUT, read=STREAM_READ_TIMEOUT)
         while True:
             try:
@@ -244,6 +245,10 @@ class Client:
                         self.http, "GET", f"/api/v1/jobs/{job_id}/stream", timeout=timeout,
                         headers={**self._headers(), "Last-Event-ID": str(cursor)}) as source:
                     response = source.response
+                    if lost and response.status_code < 400:
+                        self._note(f"reconnected to {self.target.url}; resuming after seq "
+                                   f"{cursor}")
+                        lost = False
                     if response.status_code == 204:  # finished, nothing after the cursor
                         return cursor
                     if response.status_code >= 400:
@@ -260,14 +265,18 @@ class Client:
                         if event.get("type") in END_TYPES:
                             return cursor
                 # The body ended before the job did (the server stopping, a proxy).
-                self._note(f"the stream from {self.target.url} ended early; resuming after "
-                           f"seq {cursor}")
+                self._note(f"the stream from {self.target.url} ended early; reconnecting "
+                           f"to resume after seq {cursor}")
+                lost = True
             except (httpx.TransportError, SSEError) as exc:
                 now = time.monotonic()
                 if failing_since is None:
                     failing_since = now
-                    self._note(f"lost the stream from {self.target.url} "
-                               f"({str(exc) or type(exc).__name__}); resuming after seq {cursor}")
+                    if not lost:
+                        self._note(f"lost the stream from {self.target.url} "
+                                   f"({str(exc) or type(exc).__name__}); reconnecting (for up "
+                                   f"to {self.reconnect_for:g}s) to resume after seq {cursor}")
+                    lost = True
                 elif now - failing_since > self.reconnect_for:
                     raise self.unreachable(exc) from None
             await trio.sleep(delay)

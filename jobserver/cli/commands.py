@@ -340,8 +340,10 @@ async def cancel(ctx: Context) -> int:
         job = await ctx.client.cancel(await ctx.client.resolve(text))
         if ctx.json:
             print_json_line(job)
-        else:
+        elif job["status"] in TERMINAL:  # a queued job is cancelled at once
             print(f"{job['id']} {ctx.out.status(job['status'])}")
+        else:  # a running one is told to stop; `wait` shows how it ends
+            print(f"{job['id']} cancel requested ({ctx.out.status(job['status'])})")
     return 0
 
 
@@ -376,21 +378,22 @@ async def _set_pinned(ctx: Context, pinned: bool) -> int:
 
 # ---- login -------------------------------------------------------------------
 
-def _read_token() -> str:
+def _read_token() -> tuple[str, str]:
+    """The token and where it came from (for "the token from ... was refused")."""
     if sys.stdin.isatty():
-        return getpass.getpass("token: ").strip()
-    return sys.stdin.readline().strip()
+        return getpass.getpass("token: ").strip(), "the prompt"
+    return sys.stdin.readline().strip(), "standard input"
 
 
 async def login(ctx: Context) -> int:
     """Check the URL and token against the server, then keep them (mode 0600)."""
-    token = _read_token()
+    token, source = _read_token()
     if not token:
         raise CliError("no token given (paste it, or pipe it in: "
                        "echo $TOKEN | jobserver login --url URL)", EXIT_USAGE)
     target = ctx.client.target
     async with Client.open(type(target)(url=target.url, token=token,
-                                        token_source="the token given")) as check:
+                                        token_source=source)) as check:
         await check.templates()
     path = config_path()
     write_login(path, url=target.url, token=token)

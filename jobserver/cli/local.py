@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import trio
 
-from ..auth import SIGNING_KEY_FILE, KeyRing, progress_key
+from ..auth import SIGNING_KEY_FILE, KeyRing, progress_key, token_command_line
 from ..cluster import NodeFenced
 from ..config import Config, ConfigError, load_config
 from ..core.ids import parse_job_id
@@ -140,8 +139,6 @@ def announcement(config: Config, url: str, port: int, *, first_token: str | None
     # A wildcard address is where the server listens, not where a browser goes.
     page = {"0.0.0.0": f"http://127.0.0.1:{port}", "::": f"http://[::1]:{port}"}.get(
         config.host, url)
-    make_token = shlex.join([sys.executable, "-m", "jobserver", "token", "--sub", "admin",
-                             "--role", "admin", "--data-dir", str(data_dir)])
     # On the first start the page's link carries the admin token in its fragment,
     # which a browser keeps to itself: it never reaches a server or its logs.
     fragment = f"#token={first_token}" if first_token is not None else ""
@@ -159,7 +156,7 @@ def announcement(config: Config, url: str, port: int, *, first_token: str | None
                      "start with JOBSERVER_ANONYMOUS_LOOPBACK=1 or set anonymous_loopback = "
                      "true in the config's [server] table")
     # Last, so a script reading the output knows the announcement is whole.
-    lines.append(f"make a token: {make_token}")
+    lines.append(f"make a token: {token_command_line(data_dir)}")
     return lines
 
 

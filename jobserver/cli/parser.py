@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from importlib import metadata
 
-from ..auth import ROLES
+from ..auth import DEFAULT_TTL, ROLES
 from .client import RECONNECT_FOR
 
 EPILOG = """\
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("token", help="print a JWT signed with the data dir's key")
     tok.add_argument("--sub", required=True, help="the user name")
     tok.add_argument("--role", choices=ROLES, default="user")
-    tok.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
+    tok.add_argument("--ttl", type=int, default=DEFAULT_TTL, help="lifetime in seconds")
     tok.add_argument("--data-dir", dest="data_dir")
     tok.add_argument("--config", dest="config_file")
     tok.add_argument("--new-key", action="store_true", help="make a signing key when the "

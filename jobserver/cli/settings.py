@@ -1,8 +1,9 @@
 """Where the command line finds its server: the login file and the environment.
 
 Rules: the URL is `--url`, else JOBSERVER_URL, else the login file, else
-http://127.0.0.1:8000; the token is JOBSERVER_TOKEN, else the login file
-(never a flag: a flag lands in shell history and `ps`). The login file is
+http://127.0.0.1:8000 (`http://` assumed when it has no scheme); the token is
+JOBSERVER_TOKEN, else the login file (never a flag: a flag lands in shell
+history and `ps`). The login file is
 $XDG_CONFIG_HOME/jobserver/config.toml (~/.config/... without it), written
 whole with mode 0600 from the start (never chmod after the token is in it).
 """
@@ -63,11 +64,17 @@ def write_login(path: Path, *, url: str, token: str) -> None:
         raise
 
 
+def with_scheme(url: str) -> str:
+    """`localhost:8000` means http://localhost:8000 (httpx would read `localhost`
+    as the scheme)."""
+    return url if "://" in url else f"http://{url}"
+
+
 def resolve(url_flag: str | None, environ: Mapping[str, str] | None = None) -> Target:
     environ = os.environ if environ is None else environ
     path = config_path(environ)
     login = read_login(path)
-    url = url_flag or environ.get("JOBSERVER_URL") or login.get("url") or DEFAULT_URL
+    url = with_scheme(url_flag or environ.get("JOBSERVER_URL") or login.get("url") or DEFAULT_URL)
     if environ.get("JOBSERVER_TOKEN"):
         return Target(url=url.rstrip("/"), token=environ["JOBSERVER_TOKEN"],
                       token_source="JOBSERVER_TOKEN")

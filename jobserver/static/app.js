@@ -57,7 +57,7 @@ window.addEventListener("jobserver:unauthorized", () => {
   session.set(null);
   view.close();
   signIn("The server refused the token (missing, expired or revoked). Make a new one with " +
-         "`python -m jobserver token --sub NAME`, or open the link the server printed.");
+         "the command below, or open the link the server printed.");
 });
 window.addEventListener("popstate", route);
 window.addEventListener("hashchange", route);
