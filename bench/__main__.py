@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="idle subscribers to hold (capped by the fd limit)")
     parser.add_argument("--profile", action="store_true",
                         help="sample the server with py-spy during one more log-throughput "
-                             "(and spawn) run and print where its time goes")
+                             "(and spawn, and REST) run and print where its time goes")
     parser.add_argument("--database-url", default=None,
                         help="the PostgreSQL server of the `logs` bench's PostgreSQL row "
                              "(it makes and drops databases jobserver_bench_N there; "
@@ -232,9 +232,9 @@ def rest_bench(args: argparse.Namespace, runs: int, say: Callable[[str], None]) 
     except Skip as exc:
         say(f"rest: skipped: {exc}")
         return {"skipped": str(exc)}
-    targets = ["starlette", *(["jobserver"] if "jobserver" in args.targets else [])]
+    targets = ["starlette", "quart", *(["jobserver"] if "jobserver" in args.targets else [])]
     return run_rest(wrk, targets=targets, runs=runs, seconds=2.0 if args.quick else 5.0,
-                    connections=32, say=say)
+                    connections=32, profile=RESULTS if args.profile else None, say=say)
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:

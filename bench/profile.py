@@ -27,7 +27,8 @@ RATE = 200
 TOP = 12
 # Frames every sample passes through: left out of the inclusive ranking.
 _PLUMBING = ("<module> ", "main (jobserver/__main__.py", "_run_code ", "_run_module_as_main ",
-             "run (trio/", "unrolled_run (trio/", "Thread.", "WorkerThread.")
+             "run (trio/", "unrolled_run (trio/", "Thread.", "WorkerThread.",
+             "main (hypercorn/__main__.py", "trio_worker (hypercorn/", "run (hypercorn/run.py")
 # Innermost frames of a thread that waits for work.
 _IDLE = ("EpollIOManager.get_events (trio/", "WorkerThread._work (trio/")
 
@@ -102,6 +103,51 @@ def summary(path: Path, top: int = TOP) -> dict[str, list[tuple[str, float]]]:
     waiting = [(name, n / (n + threads[name])) for name, n in idle.most_common(top)]
     return {"threads": shares(threads), "idle (of the thread's own samples)": waiting,
             "self": shares(own), "inclusive": shares(inclusive)}
+
+
+# Who a sample's time is counted to: the package of its innermost frame that
+# belongs to one of these layers (the standard library, attrs' generated
+# methods and the like count to the layer that called them).
+LAYERS = (("h11", "h11 (HTTP/1.1 parsing and framing)"),
+          ("hypercorn", "hypercorn (its protocol, ASGI glue, task groups)"),
+          ("quart", "Quart (+ Werkzeug, Flask's sansio, blinker)"),
+          ("quart_trio", "Quart (+ Werkzeug, Flask's sansio, blinker)"),
+          ("werkzeug", "Quart (+ Werkzeug, Flask's sansio, blinker)"),
+          ("flask", "Quart (+ Werkzeug, Flask's sansio, blinker)"),
+          ("blinker", "Quart (+ Werkzeug, Flask's sansio, blinker)"),
+          ("trio", "trio (scheduling, sockets, channels)"),
+          ("outcome", "trio (scheduling, sockets, channels)"),
+          ("jwt", "PyJWT (token check)"),
+          ("cryptography", "PyJWT (token check)"),
+          ("jobserver", "jobserver (front door, handlers, engine, store)"),
+          ("bench", "the baseline's handlers"))
+
+
+def _layer(frame: str) -> str | None:
+    where = frame[frame.rfind("(") + 1:]
+    top = where.split("/", 1)[0] if "/" in where else ""
+    for package, layer in LAYERS:
+        if top == package:
+            return layer
+    return None
+
+
+def by_layer(path: Path) -> list[tuple[str, float]]:
+    """Shares of busy samples of the main thread by layer (LAYERS)."""
+    layers: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack.startswith("thread") or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if "MainThread" not in frames[0] or frames[-1].startswith(_IDLE):
+            continue
+        n = int(count)
+        total += n
+        found = next((layer for layer in map(_layer, reversed(frames)) if layer), "other")
+        layers[found] += n
+    return [(name, n / total) for name, n in layers.most_common()] if total else []
 
 
 def print_summary(found: dict[str, list[tuple[str, float]]],

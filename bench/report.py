@@ -123,19 +123,22 @@ def rest_table(rest: dict[str, Any]) -> str:
     measured = {k: v for k, v in rest.items() if "skipped" not in v}
     endpoints = list(next(iter(measured.values()), {}))
     keys = list(measured)
+    pairs = [(a, b) for a, b in REST_RATIOS if {a, b} <= set(keys)]
     rows = []
     for endpoint in endpoints:
         medians = {k: measured[k][endpoint]["median"] for k in keys}
         rows.append([endpoint, *(_num(medians[k]["requests_per_s"]) for k in keys),
                      *(_num(medians[k]["p99_ms"], 2) for k in keys),
-                     *([_ratio(medians["jobserver"]["requests_per_s"],
-                               medians["starlette"]["requests_per_s"])]
-                       if {"jobserver", "starlette"} <= set(keys) else [])])
+                     *(_ratio(medians[a]["requests_per_s"], medians[b]["requests_per_s"])
+                       for a, b in pairs)])
     headers = ["endpoint", *(f"{k} req/s" for k in keys), *(f"{k} p99 ms" for k in keys),
-               *(["jobserver/starlette"] if {"jobserver", "starlette"} <= set(keys) else [])]
+               *(f"{a}/{b}" for a, b in pairs)]
     notes = [f"  skipped {k}: {_note(v['skipped'])}" for k, v in rest.items() if "skipped" in v]
     return "\n".join([title, table(headers, rows, "l"), *notes])
 
+
+# The frameworks against each other, then what jobserver adds to its own.
+REST_RATIOS = (("jobserver", "starlette"), ("quart", "starlette"), ("jobserver", "quart"))
 
 SECTIONS: dict[str, tuple[str, str, tuple[tuple[str, str], ...]]] = {
     "logs": ("Log throughput: lines/s", "lines/s", (("jobserver", "seq | wc -l"),

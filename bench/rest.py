@@ -1,7 +1,9 @@
 """REST benchmark: requests/s of `GET /api/v1/jobs/{id}` and `POST /api/v1/jobs`.
 
-jobserver against bench/servers/starlette_rest.py (the same handlers on
-uvicorn + Starlette, minus persistence), both loaded by `wrk` (from the
+jobserver against two baselines running the same handlers minus persistence
+(bench/servers/rest_handlers.py): uvicorn + Starlette (starlette_rest.py) and
+hypercorn + Quart-Trio (quart_rest.py), jobserver's own server and framework
+with none of jobserver around them; all loaded by `wrk` (from the
 system's packages: apt-get installed if missing and allowed, else skipped) with
 one thread and `connections` keep-alive connections for `seconds`. jobserver
 runs with one slot held by a job that waits, so POSTed jobs stay QUEUED and
@@ -31,9 +33,10 @@ POST_BODY = '{"template": "bench-true", "params": {}}'
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-class StarletteRest:
-    key = "starlette"
-    label = "uvicorn + Starlette"
+class BaselineRest:
+    """A baseline server process running bench/servers/rest_handlers.py."""
+    key = ""
+    label = ""
 
     def __init__(self) -> None:
         self.server: ServerProcess | None = None
@@ -44,25 +47,45 @@ class StarletteRest:
         self.url = ""
         self.job_id = ""
 
+    def argv(self, port: int) -> list[str]:
+        raise NotImplementedError
+
     def start(self) -> None:
         port = free_port()
-        self.server = ServerProcess(
-            "starlette-rest",
-            [sys.executable, "-m", "uvicorn", "bench.servers.starlette_rest:app", "--host", HOST,
-             "--port", str(port), "--log-level", "warning", "--no-access-log"],
-            cwd=ROOT, env={**os.environ, "BENCH_JWT_SECRET": self.secret})
+        self.server = ServerProcess(f"{self.key}-rest", self.argv(port), cwd=ROOT,
+                                    env={**os.environ, "BENCH_JWT_SECRET": self.secret})
         self.server.wait_listening(port)
         self.url = f"http://{HOST}:{port}"
         status, body = http("POST", f"{self.url}/api/v1/jobs", token=self.token,
                             body={"template": "bench-true", "params": {}})
         if status != 201 or not isinstance(body, dict):
-            raise RuntimeError(f"starlette baseline: POST answered {status}")
+            raise RuntimeError(f"{self.label} baseline: POST answered {status}")
         self.job_id = body["id"]
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+
+class StarletteRest(BaselineRest):
+    key = "starlette"
+    label = "uvicorn + Starlette"
+
+    def argv(self, port: int) -> list[str]:
+        return [sys.executable, "-m", "uvicorn", "bench.servers.starlette_rest:app",
+                "--host", HOST, "--port", str(port), "--log-level", "warning",
+                "--no-access-log"]
+
+
+class QuartRest(BaselineRest):
+    key = "quart"
+    label = "hypercorn + Quart-Trio"
+
+    def argv(self, port: int) -> list[str]:
+        return [sys.executable, "-m", "hypercorn", "--worker-class", "trio",
+                "--workers", "0",  # served in this process, as jobserver serves
+                "--bind", f"{HOST}:{port}", "bench.servers.quart_rest:app"]
 
 
 class JobserverRest:
@@ -122,11 +145,35 @@ def wrk_once(wrk: str, url: str, token: str, *, post: bool, seconds: float,
             "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
 
+PROFILED = ("quart", "jobserver")
+
+
+def _profiled(wrk: str, url: str, target: BaselineRest | JobserverRest, raw: Path, *,
+              post: bool, seconds: float, connections: int,
+              say: Callable[[str], None]) -> dict[str, Any]:
+    from .profile import Sampler, by_layer, print_summary, summary
+
+    pid = target.server.pid if target.server is not None else 0
+    with Sampler(pid, raw) as sampler:
+        if sampler.problem:
+            say(f"  no profile: {sampler.problem}")
+            return {"skipped": sampler.problem}
+        wrk_once(wrk, url, target.token, post=post, seconds=seconds, connections=connections)
+    found = {"main thread's busy samples by layer": by_layer(raw),
+             "inclusive": summary(raw)["inclusive"]}
+    say(f"  profile ({raw.name}):")
+    print_summary(found, say)
+    return {**found, "raw": raw.name}
+
+
 def run_rest(wrk: str, *, targets: list[str], runs: int, seconds: float, connections: int,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
-    """For each target and endpoint, `runs` wrk runs; medians in "median"."""
-    makers: dict[str, Callable[[], StarletteRest | JobserverRest]] = {
-        "starlette": StarletteRest, "jobserver": JobserverRest}
+             profile: Path | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """For each target and endpoint, `runs` wrk runs; medians in "median". With
+    `profile` (a directory), one more run per endpoint of the targets on
+    hypercorn + Quart with py-spy sampling the server: raw stacks in
+    `rest-profile-KEY-get.txt` / `-post.txt` there, the shares in "profile"."""
+    makers: dict[str, Callable[[], BaselineRest | JobserverRest]] = {
+        "starlette": StarletteRest, "quart": QuartRest, "jobserver": JobserverRest}
     results: dict[str, Any] = {}
     for key in targets:
         target = makers[key]()
@@ -150,6 +197,11 @@ def run_rest(wrk: str, *, targets: list[str], runs: int, seconds: float, connect
                         f"p99 {t['p99_ms']} ms  non-2xx {t['non_2xx']}")
                 ordered = sorted(tries, key=lambda t: t["requests_per_s"])
                 results[key][name] = {"runs": tries, "median": ordered[len(ordered) // 2]}
+                if profile is not None and key in PROFILED:
+                    raw = profile / f"rest-profile-{key}-{'post' if post else 'get'}.txt"
+                    results[key][name]["profile"] = _profiled(
+                        wrk, url, target, raw, post=post, seconds=seconds,
+                        connections=connections, say=say)
         finally:
             target.stop()
     return results
