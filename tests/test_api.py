@@ -240,6 +240,8 @@ async def test_templates_health_metrics_openapi(harness: Harness) -> None:
     assert "admin_only" in {t["name"] for t in r.json()["templates"]}
     health = (await harness.client.get("/healthz")).json()
     assert health["status"] == "ok"
+    also = (await harness.client.get("/api/v1/health")).json()
+    assert also["status"] == "ok" and set(also) == set(health)
     metrics = (await harness.client.get("/metrics")).text
     assert "jobserver_jobs_running 0.0" in metrics and "jobserver_slots 2.0" in metrics
     doc = (await harness.client.get("/openapi.json")).json()

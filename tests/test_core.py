@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import pathlib
+import random
 import sys
 
 import pytest
@@ -190,6 +192,8 @@ def test_numbers_keep_their_json_meaning() -> None:
         "n": 3, "name": "a", "mode": "fast", "ratio": 2.0}
     with pytest.raises(ParamError, match=r"must be an integer, got the string '3'"):
         t.validate({"name": "a", "n": "3"})
+    with pytest.raises(ParamError, match=r"params\.n: must be an integer, got 1\.5$"):
+        t.validate({"name": "a", "n": 1.5})
 
 
 def test_python_placeholder_is_the_servers_interpreter() -> None:
@@ -225,3 +229,18 @@ def test_timestamps() -> None:
     assert iso_ms(1698402601.1234) == "2023-10-27T10:30:01.123Z"
     assert iso_s(1698402601.9) == "2023-10-27T10:30:01Z"
     assert iso_ms(None) is None
+
+
+def test_iso_ms_matches_datetime() -> None:
+    """iso_ms gives what datetime.fromtimestamp would, rounding included, in any
+    order of seconds (it keeps the last second's text)."""
+    rng = random.Random(7)
+    stamps = [rng.uniform(0, 4e9) for _ in range(20_000)]
+    stamps += [s + f for s in (1698402601, 0, 86399, 951782399)
+               for f in (0.0, 0.0005, 0.0004995, 0.9994999, 0.9995, 0.9999995, 0.9999994)]
+    stamps += [-0.5, -1.0000004, -86400.25]
+    stamps += sorted(stamps[:500])  # runs of the same second, as events come
+    for ts in stamps:
+        moment = dt.datetime.fromtimestamp(ts, dt.UTC)
+        expected = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        assert iso_ms(ts) == expected, ts

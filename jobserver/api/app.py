@@ -18,7 +18,6 @@ import logging
 import re
 import secrets
 import time
-import uuid
 from typing import Any
 
 from quart import Response, g, request
@@ -49,9 +48,9 @@ def create_app(svc: Services) -> QuartTrio:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
     app.before_request(_correlation_id)
-    app.after_request(_correlation_header)
-    app.after_request(_count_request)
+    app.after_request(_finish)
     app.add_url_rule("/healthz", view_func=healthz)
+    app.add_url_rule("/api/v1/health", view_func=healthz, endpoint="api_health")
     app.add_url_rule("/metrics", view_func=metrics)
     app.add_url_rule("/openapi.json", view_func=openapi)
     return app
@@ -66,13 +65,14 @@ _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
 
 def correlation_id() -> str:
     cid: str | None = getattr(g, "correlation_id", None)
-    return cid or uuid.uuid4().hex
+    return cid or secrets.token_hex(16)
 
 
 async def _correlation_id() -> None:
     g.began = time.perf_counter()
-    given = request.headers.get("X-Correlation-ID", "")
-    g.correlation_id = given if _CORRELATION.match(given) else uuid.uuid4().hex
+    given = request.headers.get("X-Correlation-ID")
+    g.correlation_id = (given if given is not None and _CORRELATION.match(given)
+                        else secrets.token_hex(16))
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
@@ -110,11 +110,6 @@ async def _unexpected(exc: Exception) -> Response:
     return error_response(500, "internal", "internal server error")
 
 
-async def _correlation_header(response: Response) -> Response:
-    response.headers["X-Correlation-ID"] = correlation_id()
-    return response
-
-
 async def healthz() -> dict[str, Any]:
     svc = services()
     return {
@@ -133,8 +128,10 @@ async def metrics() -> Response:
     return Response(services().metrics.render(), content_type=CONTENT_TYPE)
 
 
-async def _count_request(response: Response) -> Response:
-    """Every answer of the app, once: by method, route template and status."""
+async def _finish(response: Response) -> Response:
+    """Every answer of the app, once: its X-Correlation-ID, and counted by
+    method, route template and status."""
+    response.headers["X-Correlation-ID"] = correlation_id()
     rule = request.url_rule
     began: float | None = getattr(g, "began", None)
     seconds = None if began is None else time.perf_counter() - began

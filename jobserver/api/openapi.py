@@ -364,6 +364,9 @@ def openapi_document(config: Config) -> dict[str, Any]:
             **_jobs_paths(),
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": _answers(
                 "200", health, auth=False)}},
+            "/api/v1/health": {"get": {"summary": "Liveness (the same as /healthz)",
+                                       "security": [],
+                                       "responses": _answers("200", health, auth=False)}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {
                 "200": {"description": "Prometheus text format", "headers": _ECHOED,
                         "content": {"text/plain; version=0.0.4; charset=utf-8": {

@@ -67,7 +67,9 @@ class Param:
             number = _number(value, integer=self.type == "int")
             if number is None:
                 kind = "an integer" if self.type == "int" else "a number"
-                raise ParamError(where, f"must be {kind}, got {_kind(value)}")
+                got = (repr(value) if isinstance(value, float) and math.isfinite(value)
+                       else _kind(value))  # 1.5 for an int: say which number
+                raise ParamError(where, f"must be {kind}, got {got}")
             if self.min is not None and number < self.min:
                 raise ParamError(where, f"must be at least {_fmt(self.min)}")
             if self.max is not None and number > self.max:
