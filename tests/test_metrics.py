@@ -126,6 +126,10 @@ async def test_running_and_queued_gauges(harness: Harness) -> None:
                 break
             await trio.sleep(0.02)
     assert got.get("jobserver_jobs_queued") == 1
+    # A slot is taken before the job's `started` is recorded: both must have started
+    # (a job cancelled while it spawns has no run duration either).
+    for job in jobs[:2]:
+        await h.wait(job["id"], "RUNNING")
     for job in reversed(jobs):  # the queued one first, before a slot frees for it
         r = await h.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=h.auth(h.alice))
         assert r.status_code == 202
