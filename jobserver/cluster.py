@@ -247,10 +247,19 @@ class Cluster:
         the connection, or one cut short. Ended as the rescue would have (each
         named by the node that ran it, its record's `node`). Claims and a
         rescue under way hold their jobs in the engine before they can be
-        RUNNING here, and this runs in the watch loop, after its rescues."""
+        RUNNING here, a job leaves the engine only once its end is committed,
+        and this runs in the watch loop, after its rescues."""
         held = await self._call(self._db, self._db.own_unfinished)
-        orphans = [j for j in held
-                   if j.status is Status.RUNNING and self.engine.local(j.id) is None]
+        suspects = {j.id for j in held
+                    if j.status is Status.RUNNING and self.engine.local(j.id) is None}
+        if not suspects:
+            return
+        # The read may predate the end of a job that finished here meanwhile (a job
+        # leaves the engine once its end is committed): read again, and only the
+        # jobs RUNNING here in both reads and held by no one all along are orphans.
+        again = await self._call(self._db, self._db.own_unfinished)
+        orphans = [j for j in again if j.id in suspects and j.status is Status.RUNNING
+                   and self.engine.local(j.id) is None]
         by_node: dict[str, list[Job]] = {}
         for job in orphans:
             by_node.setdefault(job.node or "unknown", []).append(job)
