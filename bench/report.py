@@ -117,7 +117,8 @@ def render(results: dict[str, Any]) -> str:
 
 
 def rest_table(rest: dict[str, Any]) -> str:
-    title = "REST: requests/s with wrk (1 thread, 32 connections), median run"
+    title = ("REST: requests/s with wrk (1 thread, 32 keep-alive connections, or 1 where "
+             "named), median run")
     if "skipped" in rest:
         return f"{title}\n  skipped: {_note(rest['skipped'])}"
     measured = {k: v for k, v in rest.items() if "skipped" not in v}

@@ -5,9 +5,11 @@ jobserver against two baselines running the same handlers minus persistence
 hypercorn + Quart-Trio (quart_rest.py), jobserver's own server and framework
 with none of jobserver around them; all loaded by `wrk` (from the
 system's packages: apt-get installed if missing and allowed, else skipped) with
-one thread and `connections` keep-alive connections for `seconds`. jobserver
-runs with one slot held by a job that waits, so POSTed jobs stay QUEUED and
-the figure is the submit path, not process spawning. Report only, no target.
+one thread and `connections` keep-alive connections for `seconds`, then with
+one connection (one request at a time: each figure is then one round trip, as
+a script submitting jobs one after another sees it). jobserver runs with one
+slot held by a job that waits, so POSTed jobs stay QUEUED and the figure is
+the submit path, not process spawning. Report only, no target.
 """
 
 from __future__ import annotations
@@ -186,18 +188,22 @@ def run_rest(wrk: str, *, targets: list[str], runs: int, seconds: float, connect
             continue
         try:
             results[key] = {}
-            for name, post in (("GET /api/v1/jobs/{id}", False), ("POST /api/v1/jobs", True)):
+            for name, post, load in (
+                    ("GET /api/v1/jobs/{id}", False, connections),
+                    ("POST /api/v1/jobs", True, connections),
+                    ("GET /api/v1/jobs/{id}, 1 connection", False, 1),
+                    ("POST /api/v1/jobs, 1 connection", True, 1)):
                 url = f"{target.url}/api/v1/jobs" + ("" if post else f"/{target.job_id}")
                 tries = []
                 for _ in range(runs):
                     tries.append(wrk_once(wrk, url, target.token, post=post, seconds=seconds,
-                                          connections=connections))
+                                          connections=load))
                     t = tries[-1]
                     say(f"  {name}: {t['requests_per_s']:,.0f} req/s  p50 {t['p50_ms']} ms  "
                         f"p99 {t['p99_ms']} ms  non-2xx {t['non_2xx']}")
                 ordered = sorted(tries, key=lambda t: t["requests_per_s"])
                 results[key][name] = {"runs": tries, "median": ordered[len(ordered) // 2]}
-                if profile is not None and key in PROFILED:
+                if profile is not None and key in PROFILED and load == connections:
                     raw = profile / f"rest-profile-{key}-{'post' if post else 'get'}.txt"
                     results[key][name]["profile"] = _profiled(
                         wrk, url, target, raw, post=post, seconds=seconds,
